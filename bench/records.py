@@ -1,0 +1,235 @@
+"""Typed benchmark records (a frozen case spec plus raw samples) and their one JSON serializer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cosmos3.errors import InputError
+
+# Bump when a field changes meaning; the loader fills in fields that older files lack.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, order=True)
+class CaseSpec:
+    """What was measured. `name` is the id used everywhere: `latent_prep[single_frame-1280x720-81f]`.
+
+    Resolutions read WIDTHxHEIGHT, as in the upstream resolution list (1280x720 is 720p landscape).
+    """
+
+    benchmark: str  # "latent_prep" | "vae_encode" | "e2e"
+    width: int
+    height: int
+    num_frames: int
+    strategy: str | None = None  # "single_frame" | "expand"; None where no strategy applies
+
+    @property
+    def resolution(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def name(self) -> str:
+        parts = ([self.strategy] if self.strategy else []) + [self.resolution, f"{self.num_frames}f"]
+        return f"{self.benchmark}[{'-'.join(parts)}]"
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """Raw samples of one case. Statistics are derived, never stored twice in memory."""
+
+    spec: CaseSpec
+    samples_ms: tuple[float, ...]
+    # Largest `torch.cuda.max_memory_allocated` over the timed rounds; None where not measurable (CPU).
+    peak_mem_gib: float | None = None
+    # Memory already allocated when the case started (weights): peak_mem_gib minus this is the working set.
+    resident_mem_gib: float | None = None
+    # Per-stage raw samples of an end-to-end case, stage name -> one value per round.
+    stage_samples_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # Anything else worth keeping with the case (e.g. the frame-0 equivalence report).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def rounds(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples_ms))
+
+    @property
+    def q1_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 25))
+
+    @property
+    def q3_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 75))
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
+
+    @property
+    def min_ms(self) -> float:
+        return float(np.min(self.samples_ms))
+
+    @property
+    def stage_median_ms(self) -> dict[str, float]:
+        return {stage: float(np.median(v)) for stage, v in self.stage_samples_ms.items()}
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where a run happened. `device_slug` keys the baseline folder: baselines/<device_slug>/<preset>.json."""
+
+    device_kind: str  # "cuda" | "cpu"
+    device_name: str  # e.g. "NVIDIA H100 80GB HBM3"
+    device_slug: str  # e.g. "nvidia-h100-80gb-hbm3"
+    preset: str
+    dtype: str
+    torch: str
+    diffusers: str
+    python: str
+    platform: str = ""
+    cuda: str | None = None
+    cudnn: str | None = None
+    driver: str | None = None
+    cudnn_benchmark: bool | None = None
+    allow_tf32_matmul: bool | None = None
+    commit: str | None = None
+    commit_dirty: bool | None = None
+    date_utc: str = ""
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One benchmark run: its environment and every case, in the order they ran."""
+
+    environment: Environment
+    cases: tuple[CaseResult, ...]
+    schema_version: int = SCHEMA_VERSION
+
+    def by_name(self) -> dict[str, CaseResult]:
+        return {case.name: case for case in self.cases}
+
+
+def _case_to_dict(case: CaseResult) -> dict[str, Any]:
+    out = {
+        "name": case.name,
+        "spec": dataclasses.asdict(case.spec),
+        "samples_ms": list(case.samples_ms),
+        "peak_mem_gib": case.peak_mem_gib,
+        "resident_mem_gib": case.resident_mem_gib,
+        "stage_samples_ms": {k: list(v) for k, v in case.stage_samples_ms.items()},
+        "extra": case.extra,
+        # Written for people reading the file; the loader ignores it and derives them again.
+        "stats": {
+            "rounds": case.rounds,
+            "median_ms": case.median_ms,
+            "iqr_ms": case.iqr_ms,
+            "min_ms": case.min_ms,
+        },
+    }
+    return out
+
+
+def run_to_dict(run: RunRecord) -> dict[str, Any]:
+    return {
+        "schema_version": run.schema_version,
+        "environment": dataclasses.asdict(run.environment),
+        "cases": [_case_to_dict(c) for c in run.cases],
+    }
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def run_from_dict(data: dict[str, Any], *, source: str = "run record") -> RunRecord:
+    """Parse a run record, filling in fields older files lack; raise InputError naming what is wrong."""
+    if not isinstance(data, dict):
+        raise InputError(source, "must be a JSON object")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InputError(
+            f"{source}.schema_version", f"must be an integer <= {SCHEMA_VERSION} (this tool's schema)", version
+        )
+    try:
+        env = Environment(**_known_fields(Environment, data["environment"]))
+        cases = []
+        for raw in data["cases"]:
+            spec = CaseSpec(**_known_fields(CaseSpec, raw["spec"]))
+            samples = tuple(float(x) for x in raw["samples_ms"])
+            if not samples:
+                raise InputError(f"{source}.cases[{spec.name}].samples_ms", "must hold at least one sample")
+            cases.append(
+                CaseResult(
+                    spec=spec,
+                    samples_ms=samples,
+                    peak_mem_gib=raw.get("peak_mem_gib"),
+                    resident_mem_gib=raw.get("resident_mem_gib"),
+                    stage_samples_ms={k: tuple(v) for k, v in raw.get("stage_samples_ms", {}).items()},
+                    extra=raw.get("extra", {}),
+                )
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(source, f"is not a valid run record: {type(exc).__name__}: {exc}") from exc
+    return RunRecord(environment=env, cases=tuple(cases), schema_version=version)
+
+
+def load_run(path: Path | str, *, what: str = "run record") -> RunRecord:
+    """Read a run record (a baseline is one too). Absent, unreadable or corrupt files raise InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(what, "file does not exist", str(path))
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(what, f"must be readable JSON ({exc})", str(path)) from exc
+    return run_from_dict(data, source=f"{what} {path}")
+
+
+def write_json_atomic(path: Path | str, payload: Any, *, overwrite: bool = False) -> Path:
+    """Write JSON to a temporary file beside `path`, fsync it, then rename it into place.
+
+    A reader never sees a half-written file, and an existing file is replaced only when
+    `overwrite` is given; otherwise InputError names the file and the flag to pass.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if `path` exists, so two writers can never clobber each other.
+            os.link(tmp, path)
+    except FileExistsError:
+        raise InputError("output", "file exists; pass --force to replace it", str(path)) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def save_run(run: RunRecord, path: Path | str, *, overwrite: bool = False) -> Path:
+    return write_json_atomic(path, run_to_dict(run), overwrite=overwrite)

@@ -1,0 +1,1 @@
+"""Cosmos3 video-diffusion pipeline stages, built on real diffusers components."""

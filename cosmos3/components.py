@@ -1,0 +1,131 @@
+"""Builds the diffusers components (VAE, DiT stand-in, scheduler) from a preset or a local folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+from cosmos3.errors import InputError
+from cosmos3.presets import Preset
+
+
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to `dtype` but keep the model's `_keep_in_fp32_modules` in float32, as from_pretrained does.
+
+    Random-weight and loaded models then run the same mixed-precision graph.
+    """
+    torch.nn.Module.to(model, dtype)  # the plain cast; diffusers' .to() only adds a warning
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(k in name.split(".") for k in keep):
+            torch.nn.Module.float(module)
+    return model
+
+
+def _check_weights_dir(weights_dir: Path, subfolder: str) -> Path:
+    folder = Path(weights_dir) / subfolder
+    if not (folder / "config.json").is_file():
+        raise InputError(
+            "weights_dir",
+            f"must be a local diffusers folder with {subfolder}/config.json (nothing is downloaded)",
+            str(weights_dir),
+        )
+    return folder
+
+
+def build_vae(
+    preset: Preset,
+    device: torch.device | str,
+    *,
+    dtype: torch.dtype | None = None,
+    weights_dir: Path | None = None,
+    seed: int = 0,
+) -> AutoencoderKLWan:
+    """The Wan 2.2 VAE: seeded random weights at the preset's size, or `weights_dir/vae` when given."""
+    dtype = dtype or preset.dtype
+    if weights_dir is not None:
+        folder = _check_weights_dir(weights_dir, "vae")
+        vae = AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    else:
+        torch.manual_seed(seed)
+        # Built directly on the device: initialising a large model on the CPU first takes minutes.
+        with torch.device(device):
+            vae = cast_like_from_pretrained(AutoencoderKLWan(**preset.vae.to_diffusers()), dtype)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def build_transformer(
+    preset: Preset,
+    device: torch.device | str,
+    *,
+    dtype: torch.dtype | None = None,
+    weights_dir: Path | None = None,
+    seed: int = 0,
+) -> WanTransformer3DModel:
+    """The DiT stand-in: seeded random weights at the preset's size, or `weights_dir/transformer`."""
+    dtype = dtype or preset.dtype
+    if weights_dir is not None:
+        folder = _check_weights_dir(weights_dir, "transformer")
+        model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    else:
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = cast_like_from_pretrained(WanTransformer3DModel(**preset.dit.to_diffusers()), dtype)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def build_scheduler(preset: Preset, *, output_kind: str = "video") -> UniPCMultistepScheduler:
+    """Flow-matching UniPC, with Cosmos3's shift for video (T2V / I2V) or image (T2I) output."""
+    shift = preset.flow_shift_video if output_kind == "video" else preset.flow_shift_image
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        num_train_timesteps=preset.num_train_timesteps,
+        flow_shift=shift,
+    )
+
+
+def text_context(
+    seq_len: int, text_dim: int, device: torch.device | str, dtype: torch.dtype, *, seed: int = 0
+) -> torch.Tensor:
+    """A fixed random text embedding [2, L, text_dim] ([uncond, cond]); no text encoder is benchmarked."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    ctx = torch.randn(2, seq_len, text_dim, generator=generator)
+    return ctx.to(device=device, dtype=dtype)
+
+
+@dataclass
+class Components:
+    """Everything the stages share, built once per process."""
+
+    preset: Preset
+    device: torch.device
+    dtype: torch.dtype
+    vae: AutoencoderKLWan
+    transformer: WanTransformer3DModel | None = None
+    text_embeds: torch.Tensor | None = None  # [2, L, text_dim]: [uncond, cond]
+
+
+def build_components(
+    preset: Preset,
+    device: torch.device | str,
+    *,
+    dtype: torch.dtype | None = None,
+    weights_dir: Path | None = None,
+    with_transformer: bool = True,
+    seed: int = 0,
+) -> Components:
+    """VAE always; the DiT stand-in and text context only when the denoiser will run."""
+    device = torch.device(device)
+    dtype = dtype or preset.dtype
+    vae = build_vae(preset, device, dtype=dtype, weights_dir=weights_dir, seed=seed)
+    transformer = text_embeds = None
+    if with_transformer:
+        transformer = build_transformer(preset, device, dtype=dtype, weights_dir=weights_dir, seed=seed)
+        text_embeds = text_context(
+            preset.dit.text_seq_len, transformer.config.text_dim, device, dtype, seed=seed
+        )
+    return Components(preset, device, dtype, vae, transformer, text_embeds)

@@ -1,0 +1,164 @@
+"""A process-wide torch.profiler session per request, its trace export and the denoise-step coverage check."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.profiler import ProfilerActivity, profile, schedule
+
+from cosmos3.errors import InputError
+
+# The denoising stage wraps every step in record_function(DENOISE_STEP_EVENT); coverage counts them.
+DENOISE_STEP_EVENT = "cosmos3.denoise_step"
+# record_function shows up once on the host ("user_annotation") and, on CUDA, again on the device
+# timeline ("gpu_user_annotation"); counting the host copy counts each step once.
+_STEP_EVENT_CATEGORY = "user_annotation"
+
+ProfileMode = Literal["steps", "all_stages"]
+
+_active: RequestProfiler | None = None
+
+
+def get_active_profiler() -> RequestProfiler | None:
+    """The profiler of the request being profiled in this process, if any (upstream's singleton)."""
+    return _active
+
+
+def _activities() -> list[ProfilerActivity]:
+    acts = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(ProfilerActivity.CUDA)
+    return acts
+
+
+class RequestProfiler:
+    """torch.profiler around one request, with CPU and (when present) CUDA activities.
+
+    mode "steps": started by the pipeline just before denoising; records `num_profiled_timesteps`
+    denoising steps (-1 = all) and is advanced once per step by the denoise loop.
+    mode "all_stages": records every stage of the request, start to end.
+    The trace is exported once, as a gzip Chrome/Perfetto JSON, to a new file under `out_dir`.
+    """
+
+    def __init__(self, out_dir: Path | str, *, mode: ProfileMode = "steps", num_profiled_timesteps: int = -1) -> None:
+        if mode not in ("steps", "all_stages"):
+            raise InputError("profile_mode", "must be 'steps' or 'all_stages'", mode)
+        if num_profiled_timesteps == 0 or num_profiled_timesteps < -1:
+            raise InputError("num_profiled_timesteps", "must be a positive step count, or -1 for all steps",
+                             num_profiled_timesteps)
+        self.out_dir = Path(out_dir)
+        self.mode = mode
+        self.num_profiled_timesteps = num_profiled_timesteps
+        self.steps_taken = 0
+        self.trace_path: Path | None = None
+        self._prof: profile | None = None
+
+    @property
+    def expected_steps(self) -> int | None:
+        """Denoising steps the trace must hold; None means 'all the request's steps'."""
+        return None if self.mode == "all_stages" or self.num_profiled_timesteps == -1 else self.num_profiled_timesteps
+
+    @property
+    def running(self) -> bool:
+        return self._prof is not None
+
+    def start(self) -> RequestProfiler:
+        global _active
+        if _active is not None:
+            raise RuntimeError("a request profiler is already active in this process")
+        sched = None
+        if self.expected_steps is not None:
+            # Record exactly N steps from the first one; the trace is exported when they are done.
+            # No profiler warm-up: upstream captures the first N steps, and so do we.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Profiler won't be using warmup")
+                sched = schedule(wait=0, warmup=0, active=self.expected_steps, repeat=1)
+        self._prof = profile(activities=_activities(), schedule=sched, on_trace_ready=self._export)
+        self._prof.start()
+        _active = self
+        return self
+
+    def step(self) -> None:
+        """Advance the schedule by one denoising step (called by the denoise loop, never by warm-ups)."""
+        if self._prof is None:
+            raise RuntimeError("step() before start()")
+        self._prof.step()
+        self.steps_taken += 1
+
+    def stop(self) -> Path:
+        """Stop recording; export the trace unless the schedule already did. Returns the trace path."""
+        global _active
+        if self._prof is None:
+            raise RuntimeError("stop() before start()")
+        try:
+            self._prof.stop()
+            if self.trace_path is None:
+                self._export(self._prof)
+        finally:
+            _active = None
+            self._prof = None
+        return self.trace_path
+
+    def _export(self, prof: profile) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        final = self.out_dir / f"trace-{self.mode}-{stamp}-{os.getpid()}-{id(self):x}.json.gz"
+        tmp = final.with_name(f".{final.name}.tmp.json.gz")
+        prof.export_chrome_trace(str(tmp))
+        read_trace(tmp)  # a trace that is not one complete gzip JSON never gets its final name
+        os.replace(tmp, final)
+        self.trace_path = final
+
+
+def read_trace(path: Path | str) -> dict:
+    """Load a gzip Chrome trace; InputError unless it is one complete gzip JSON with traceEvents."""
+    path = Path(path)
+    try:
+        with gzip.open(path, "rb") as handle:
+            data = json.loads(handle.read())
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError("trace", f"must be one complete gzip JSON file ({type(exc).__name__}: {exc})",
+                         str(path)) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
+        raise InputError("trace", "must be a Chrome trace object with a traceEvents list", str(path))
+    return data
+
+
+def count_denoise_steps(path: Path | str) -> int:
+    """Denoising steps recorded in a trace: host-side DENOISE_STEP_EVENT spans."""
+    events = read_trace(path)["traceEvents"]
+    return sum(
+        1
+        for e in events
+        if e.get("name") == DENOISE_STEP_EVENT and e.get("cat") == _STEP_EVENT_CATEGORY and e.get("ph") == "X"
+    )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How many denoising steps a trace holds against how many were asked for."""
+
+    trace_path: Path
+    expected_steps: int
+    found_steps: int
+
+    @property
+    def ok(self) -> bool:
+        return self.found_steps == self.expected_steps
+
+    def __str__(self) -> str:
+        verdict = "OK" if self.ok else "FAIL"
+        return f"{verdict}: {self.found_steps} of {self.expected_steps} expected denoising steps in {self.trace_path}"
+
+
+def check_coverage(path: Path | str, expected_steps: int) -> Coverage:
+    """The trace must hold exactly `expected_steps` denoising steps, no fewer and no more."""
+    return Coverage(Path(path), expected_steps, count_denoise_steps(path))

@@ -1,0 +1,114 @@
+"""The request record that flows through the stages (upstream's `Req`), with typed stage outputs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from diffusers import UniPCMultistepScheduler
+
+from cosmos3.errors import InputError
+
+OutputKind = Literal["video", "image"]
+
+SPATIAL_MULTIPLE = 16  # the VAE's 16x spatial compression
+TEMPORAL_STRIDE = 4  # the VAE's 4x temporal compression: valid num_frames are 4k + 1
+
+
+def latent_frames(num_frames: int) -> int:
+    """Latent frames for `num_frames` pixel frames: frame 0 alone, then one per 4 frames."""
+    return (num_frames - 1) // TEMPORAL_STRIDE + 1
+
+
+def check_num_frames(num_frames: int) -> None:
+    """Reject frame counts the causal VAE cannot encode exactly (we do not round down silently)."""
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise InputError("num_frames", "must be an integer >= 1 (1 means a single image)", num_frames)
+    if (num_frames - 1) % TEMPORAL_STRIDE:
+        lower = num_frames - (num_frames - 1) % TEMPORAL_STRIDE
+        raise InputError(
+            "num_frames",
+            f"must satisfy (num_frames - 1) % {TEMPORAL_STRIDE} == 0; nearest valid values are "
+            f"{lower} and {lower + TEMPORAL_STRIDE}",
+            num_frames,
+        )
+
+
+def check_spatial(name: str, value: int) -> None:
+    """Height and width must be positive multiples of the VAE's spatial compression."""
+    if not isinstance(value, int) or value <= 0 or value % SPATIAL_MULTIPLE:
+        raise InputError(name, f"must be a positive multiple of {SPATIAL_MULTIPLE}", value)
+
+
+@dataclass
+class Req:
+    """One generation request. Inputs first; the stages fill in the outputs below them.
+
+    I2V is "a conditioning image is present and the output is a video"; T2I is
+    `num_frames == 1` with `output_kind == "image"`.
+    """
+
+    height: int = 720
+    width: int = 1280
+    num_frames: int = 81
+    fps: int = 24
+    seed: int = 0
+    image: str | Path | torch.Tensor | None = None  # a file path, or a [1,3,H,W] tensor in [-1, 1]
+    output_kind: OutputKind = "video"
+    num_inference_steps: int = 35
+    guidance_scale: float = 4.0
+    profile: bool = False
+    is_warmup: bool = False
+
+    # Filled by Cosmos3ImagePreprocessStage.
+    image_pixels: torch.Tensor | None = None  # [1, 3, H, W] in [-1, 1]
+    # Filled by Cosmos3LatentPreparationStage.
+    latents: torch.Tensor | None = None  # [1, 48, T_lat, H/16, W/16]
+    image_latent: torch.Tensor | None = None  # [1, 48, 1, H/16, W/16]; I2V only
+    velocity_mask: torch.Tensor | None = None  # broadcastable to latents; I2V only
+    # Filled by Cosmos3TimestepPreparationStage; the scheduler's state belongs to this request.
+    scheduler: UniPCMultistepScheduler | None = field(default=None, repr=False)
+    timesteps: torch.Tensor | None = None
+    # Filled by Cosmos3DecodingStage.
+    frames: torch.Tensor | None = None  # uint8 [num_frames, H, W, 3]
+    # Bookkeeping the pipeline and the profiler read.
+    denoise_steps_done: int = field(default=0, repr=False)
+
+    @property
+    def is_i2v(self) -> bool:
+        return self.image is not None and self.output_kind == "video"
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int, int]:
+        return (
+            1,
+            48,
+            latent_frames(self.num_frames),
+            self.height // SPATIAL_MULTIPLE,
+            self.width // SPATIAL_MULTIPLE,
+        )
+
+    def validate(self) -> None:
+        """Check every input field; raise InputError naming the first one that breaks its rule."""
+        check_spatial("height", self.height)
+        check_spatial("width", self.width)
+        check_num_frames(self.num_frames)
+        if self.output_kind not in ("video", "image"):
+            raise InputError("output_kind", "must be 'video' or 'image'", self.output_kind)
+        if self.output_kind == "image" and self.num_frames != 1:
+            raise InputError("num_frames", "must be 1 when output_kind is 'image' (T2I)", self.num_frames)
+        if self.output_kind == "image" and self.image is not None:
+            raise InputError("image", "a conditioning image needs output_kind 'video' (I2V); T2I takes none")
+        if not isinstance(self.fps, int) or self.fps < 1:
+            raise InputError("fps", "must be an integer >= 1", self.fps)
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise InputError("num_inference_steps", "must be an integer >= 1", self.num_inference_steps)
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise InputError("guidance_scale", "must be a finite number >= 0", self.guidance_scale)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise InputError("seed", "must be an integer >= 0", self.seed)
