@@ -111,6 +111,9 @@ class Environment:
     commit_dirty: bool | None = None
     date_utc: str = ""
     hostname: str = ""
+    # Negative controls switched on for this run (e.g. an injected slowdown); a baseline must have none.
+    negative_controls: tuple[str, ...] = ()
+    argv: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,9 @@ def run_from_dict(data: dict[str, Any], *, source: str = "run record") -> RunRec
             f"{source}.schema_version", f"must be an integer <= {SCHEMA_VERSION} (this tool's schema)", version
         )
     try:
-        env = Environment(**_known_fields(Environment, data["environment"]))
+        env_fields = _known_fields(Environment, data["environment"])
+        env_fields["negative_controls"] = tuple(env_fields.get("negative_controls", ()))
+        env = Environment(**env_fields)
         cases = []
         for raw in data["cases"]:
             spec = CaseSpec(**_known_fields(CaseSpec, raw["spec"]))
@@ -233,3 +238,30 @@ def write_json_atomic(path: Path | str, payload: Any, *, overwrite: bool = False
 
 def save_run(run: RunRecord, path: Path | str, *, overwrite: bool = False) -> Path:
     return write_json_atomic(path, run_to_dict(run), overwrite=overwrite)
+
+
+def run_from_pytest_benchmark(data: dict[str, Any], *, source: str = "pytest-benchmark JSON") -> RunRecord:
+    """Rebuild the run record from pytest-benchmark's --benchmark-json output (raw data in seconds)."""
+    try:
+        env_fields = _known_fields(Environment, data["machine_info"]["cosmos3_environment"])
+        env_fields["negative_controls"] = tuple(env_fields.get("negative_controls", ()))
+        cases = []
+        for bench in data["benchmarks"]:
+            info = bench["extra_info"]
+            cases.append(
+                CaseResult(
+                    spec=CaseSpec(**info["spec"]),
+                    samples_ms=tuple(s * 1e3 for s in bench["stats"]["data"]),
+                    peak_mem_gib=info.get("peak_mem_gib"),
+                    resident_mem_gib=info.get("resident_mem_gib"),
+                    stage_samples_ms={k: tuple(v) for k, v in info.get("stage_samples_ms", {}).items()},
+                    extra={k: v for k, v in info.items() if k in _EXTRA_KEYS},
+                )
+            )
+    except (KeyError, TypeError) as exc:
+        raise InputError(source, f"lacks what the cosmos3 benchmarks write ({type(exc).__name__}: {exc})") from exc
+    return RunRecord(environment=Environment(**env_fields), cases=tuple(cases))
+
+
+# extra_info keys worth carrying into the run record (the rest is already a typed field).
+_EXTRA_KEYS = ("equivalence", "warmup_ms", "injected_slowdown", "num_inference_steps")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cosmos3.components import Components
 from cosmos3.errors import InputError
-from cosmos3.profiler import Coverage, ProfileMode, RequestProfiler, check_coverage
+from cosmos3.profiler import Coverage, ProfileOptions, RequestProfiler, check_coverage
 from cosmos3.request import Req
 from cosmos3.stages import (
     Cosmos3DecodingStage,
@@ -20,15 +20,6 @@ from cosmos3.stages import (
     PipelineStage,
 )
 from cosmos3.timing import DeviceTimer
-
-
-@dataclass(frozen=True)
-class ProfileOptions:
-    """What a profiled request records (upstream's --profile --num-profiled-timesteps N)."""
-
-    out_dir: Path = Path("results/traces")
-    mode: ProfileMode = "steps"
-    num_profiled_timesteps: int = -1  # -1: every denoising step
 
 
 @dataclass
@@ -76,9 +67,7 @@ class Cosmos3Pipeline:
         req.validate()
         profiler = None
         if req.profile and not req.is_warmup:
-            profiler = RequestProfiler(
-                self.profile.out_dir, mode=self.profile.mode, num_profiled_timesteps=self.profile.num_profiled_timesteps
-            )
+            profiler = RequestProfiler(self.profile)
         if profiler and profiler.mode == "all_stages":
             profiler.start()
         stage_ms: dict[str, float] = {}

@@ -39,6 +39,24 @@ def _activities() -> list[ProfilerActivity]:
     return acts
 
 
+@dataclass(frozen=True)
+class ProfileOptions:
+    """What a profiled request records (upstream's --profile --num-profiled-timesteps N)."""
+
+    out_dir: Path = Path("results/traces")
+    mode: ProfileMode = "steps"
+    num_profiled_timesteps: int = -1  # -1: every denoising step
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("steps", "all_stages"):
+            raise InputError("profile_mode", "must be 'steps' or 'all_stages'", self.mode)
+        if self.num_profiled_timesteps == 0 or self.num_profiled_timesteps < -1:
+            raise InputError(
+                "num_profiled_timesteps", "must be a positive step count, or -1 for all steps",
+                self.num_profiled_timesteps,
+            )
+
+
 class RequestProfiler:
     """torch.profiler around one request, with CPU and (when present) CUDA activities.
 
@@ -48,15 +66,11 @@ class RequestProfiler:
     The trace is exported once, as a gzip Chrome/Perfetto JSON, to a new file under `out_dir`.
     """
 
-    def __init__(self, out_dir: Path | str, *, mode: ProfileMode = "steps", num_profiled_timesteps: int = -1) -> None:
-        if mode not in ("steps", "all_stages"):
-            raise InputError("profile_mode", "must be 'steps' or 'all_stages'", mode)
-        if num_profiled_timesteps == 0 or num_profiled_timesteps < -1:
-            raise InputError("num_profiled_timesteps", "must be a positive step count, or -1 for all steps",
-                             num_profiled_timesteps)
-        self.out_dir = Path(out_dir)
-        self.mode = mode
-        self.num_profiled_timesteps = num_profiled_timesteps
+    def __init__(self, options: ProfileOptions) -> None:
+        self.options = options
+        self.out_dir = Path(options.out_dir)
+        self.mode = options.mode
+        self.num_profiled_timesteps = options.num_profiled_timesteps
         self.steps_taken = 0
         self.trace_path: Path | None = None
         self._prof: profile | None = None

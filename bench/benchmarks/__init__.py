@@ -1,0 +1,1 @@
+"""pytest-benchmark modules; run through `python -m bench run`, which also gates and reports."""

@@ -1,0 +1,84 @@
+"""Benchmark fixtures: preset and device, the shared VAE, grid parametrisation, the run's environment."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import cases
+from bench.environment import collect_environment
+from bench.harness import active_negative_controls
+from cosmos3.components import build_vae
+from cosmos3.presets import get_preset
+
+_CASES_BY_MARK = {
+    "latent_prep": cases.latent_prep_cases,
+    "vae_encode": cases.vae_encode_cases,
+    "e2e": cases.e2e_cases,
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cosmos3")
+    group.addoption("--preset", default="auto", help="tiny | wan22 | auto (wan22 with CUDA, else tiny)")
+    group.addoption("--weights-dir", default=None, help="local diffusers folder with vae/ and transformer/")
+    group.addoption("--dit-layers", type=int, default=None, help="DiT stand-in depth (default: the preset's)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cases(kind): parametrise `case` with the preset's grid of that kind")
+
+
+def resolve_preset_name(config: pytest.Config) -> str:
+    name = config.getoption("--preset")
+    if name == "auto":
+        name = "wan22" if torch.cuda.is_available() else "tiny"
+    return name
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("cases")
+    if marker is None or "case" not in metafunc.fixturenames:
+        return
+    specs = _CASES_BY_MARK[marker.args[0]](resolve_preset_name(metafunc.config))
+    # The id is the case name's bracket part, so test ids read like the gate's names.
+    metafunc.parametrize("case", specs, ids=[s.name.partition("[")[2].rstrip("]") for s in specs])
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    preset = get_preset(resolve_preset_name(config))
+    env = collect_environment(_device(), preset.name, preset.dtype, active_negative_controls())
+    machine_info["cosmos3_environment"] = dataclasses.asdict(env)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return _device()
+
+
+@pytest.fixture(scope="session")
+def preset(pytestconfig: pytest.Config):
+    return get_preset(resolve_preset_name(pytestconfig), dit_num_layers=pytestconfig.getoption("--dit-layers"))
+
+
+@pytest.fixture(scope="session")
+def grid(preset) -> cases.Grid:
+    return cases.grid_for(preset.name)
+
+
+@pytest.fixture(scope="session")
+def weights_dir(pytestconfig: pytest.Config) -> Path | None:
+    raw = pytestconfig.getoption("--weights-dir")
+    return Path(raw) if raw else None
+
+
+@pytest.fixture(scope="session")
+def vae(preset, device, weights_dir):
+    return build_vae(preset, device, weights_dir=weights_dir)

@@ -1,0 +1,62 @@
+"""End-to-end I2V requests per encode strategy, with device-synchronised per-stage times."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from bench.harness import measure, record_spec, revert_single_frame
+from cosmos3.components import Components, build_transformer, text_context
+from cosmos3.pipeline import Cosmos3Pipeline
+from cosmos3.request import Req
+
+
+@pytest.fixture(scope="module")
+def components(preset, device, vae, weights_dir):
+    transformer = build_transformer(preset, device, weights_dir=weights_dir)
+    text = text_context(preset.dit.text_seq_len, transformer.config.text_dim, device, preset.dtype)
+    yield Components(preset, device, preset.dtype, vae, transformer, text)
+    del transformer, text
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory, grid):
+    """A seeded random RGB image larger than the output, so preprocessing really resizes and crops."""
+    w, h = grid.e2e_resolution
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(h * 5 // 4, w * 5 // 4, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("e2e") / "condition.png"
+    PIL.Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.mark.cases("e2e")
+def test_e2e(benchmark, case, components, grid, image_path, device):
+    strategy = "expand" if case.strategy == "single_frame" and revert_single_frame() else case.strategy
+    pipeline = Cosmos3Pipeline(components, encode_strategy=strategy)
+
+    def request() -> Req:
+        return Req(
+            height=case.height,
+            width=case.width,
+            num_frames=case.num_frames,
+            image=image_path,
+            num_inference_steps=grid.e2e_steps,
+        )
+
+    stage_samples: dict[str, list[float]] = defaultdict(list)
+
+    def keep_stage_times(output) -> None:
+        for stage, ms in output.stage_ms.items():
+            stage_samples[stage].append(ms)
+
+    record_spec(benchmark, case)
+    benchmark.extra_info["num_inference_steps"] = grid.e2e_steps
+    measure(benchmark, lambda: pipeline(request()), device=device, case_name=case.name, on_round=keep_stage_times)
+    benchmark.extra_info["stage_samples_ms"] = dict(stage_samples)

@@ -1,0 +1,70 @@
+"""The benchmark grid per preset: parameters and ids are data, read by the benchmark modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.records import CaseSpec
+from cosmos3.errors import InputError
+from cosmos3.stages import ENCODE_STRATEGIES
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Resolutions are (width, height), as in the case ids (1280x720 = 720p landscape)."""
+
+    resolutions: tuple[tuple[int, int], ...]
+    latent_prep_frames: tuple[int, ...]
+    vae_encode_frames: tuple[int, ...]  # 1 = the single-frame encode; more = an expanded video
+    e2e_resolution: tuple[int, int]
+    e2e_frames: int
+    e2e_steps: int
+
+
+GRIDS: dict[str, Grid] = {
+    # The real sizes: DESIGN.md's table and the upstream change's 832x480 case.
+    "wan22": Grid(
+        resolutions=((1280, 720), (832, 480)),
+        latent_prep_frames=(33, 81, 121),
+        vae_encode_frames=(1, 81),
+        e2e_resolution=(1280, 720),
+        e2e_frames=81,
+        e2e_steps=35,
+    ),
+    # A CPU smoke run of the same shape in seconds.
+    "tiny": Grid(
+        resolutions=((96, 64), (64, 48)),
+        latent_prep_frames=(9, 17, 33),
+        vae_encode_frames=(1, 17),
+        e2e_resolution=(96, 64),
+        e2e_frames=17,
+        e2e_steps=6,
+    ),
+}
+
+
+def grid_for(preset: str) -> Grid:
+    if preset not in GRIDS:
+        raise InputError("preset", f"has no benchmark grid; must be one of {sorted(GRIDS)}", preset)
+    return GRIDS[preset]
+
+
+def latent_prep_cases(preset: str) -> list[CaseSpec]:
+    g = grid_for(preset)
+    return [
+        CaseSpec("latent_prep", w, h, n, strategy)
+        for (w, h) in g.resolutions
+        for n in g.latent_prep_frames
+        for strategy in ENCODE_STRATEGIES
+    ]
+
+
+def vae_encode_cases(preset: str) -> list[CaseSpec]:
+    g = grid_for(preset)
+    return [CaseSpec("vae_encode", w, h, n) for (w, h) in g.resolutions for n in g.vae_encode_frames]
+
+
+def e2e_cases(preset: str) -> list[CaseSpec]:
+    g = grid_for(preset)
+    w, h = g.e2e_resolution
+    return [CaseSpec("e2e", w, h, g.e2e_frames, strategy) for strategy in ENCODE_STRATEGIES]

@@ -1,0 +1,61 @@
+"""Request validation: every bad field gets an error naming the field and the rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cosmos3.errors import InputError
+from cosmos3.request import Req, latent_frames
+
+
+def test_defaults_are_cosmos3s():
+    req = Req()
+    req.validate()
+    assert (req.height, req.width, req.num_frames, req.fps) == (720, 1280, 81, 24)
+    assert (req.num_inference_steps, req.guidance_scale) == (35, 4.0)
+    assert req.latent_shape == (1, 48, 21, 45, 80)
+
+
+@pytest.mark.parametrize(("n", "t"), [(1, 1), (5, 2), (33, 9), (81, 21), (121, 31)])
+def test_latent_frames(n, t):
+    assert latent_frames(n) == t
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"height": 100}, r"height: must be a positive multiple of 16 \(got 100\)"),
+        ({"height": 0}, r"height: must be a positive multiple of 16 \(got 0\)"),
+        ({"width": -16}, r"width: must be a positive multiple of 16 \(got -16\)"),
+        ({"width": 720.0}, r"width: must be a positive multiple of 16"),
+        ({"num_frames": 0}, r"num_frames: must be an integer >= 1"),
+        ({"num_frames": 80}, r"num_frames: must satisfy \(num_frames - 1\) % 4 == 0; nearest valid values are 77 and 81"),
+        ({"num_frames": 3}, r"nearest valid values are 1 and 5 \(got 3\)"),
+        ({"output_kind": "gif"}, r"output_kind: must be 'video' or 'image'"),
+        ({"output_kind": "image"}, r"num_frames: must be 1 when output_kind is 'image'"),
+        ({"output_kind": "image", "num_frames": 1, "image": "x.png"}, r"image: a conditioning image needs"),
+        ({"num_inference_steps": 0}, r"num_inference_steps: must be an integer >= 1"),
+        ({"guidance_scale": math.nan}, r"guidance_scale: must be a finite number >= 0"),
+        ({"fps": 0}, r"fps: must be an integer >= 1"),
+        ({"seed": -1}, r"seed: must be an integer >= 0"),
+    ],
+)
+def test_bad_fields(fields, message):
+    with pytest.raises(InputError, match=message):
+        Req(**fields).validate()
+
+
+def test_error_names_field_and_rule():
+    with pytest.raises(InputError) as info:
+        Req(height=100).validate()
+    assert info.value.field == "height"
+    assert "multiple of 16" in info.value.rule
+    assert isinstance(info.value, ValueError)
+
+
+def test_i2v_and_t2i_kinds():
+    assert Req(image="a.png").is_i2v
+    assert not Req().is_i2v
+    Req(num_frames=1, output_kind="image").validate()
