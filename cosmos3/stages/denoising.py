@@ -78,18 +78,17 @@ class Cosmos3DenoisingStage(PipelineStage):
 
     @torch.no_grad()
     def forward(self, req: Req) -> Req:
-        latents = req.latents
         scheduler = req.scheduler
         steps = tqdm(req.timesteps, desc="denoising", unit="step", disable=not self.show_progress, leave=False)
         for t in steps:
             with record_function(DENOISE_STEP_EVENT):
-                velocity = self.predict_velocity(latents, t, req.guidance_scale)
+                velocity = self.predict_velocity(req.latents, t, req.guidance_scale)
                 if req.is_i2v:
                     velocity = velocity * req.velocity_mask
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+                latents = scheduler.step(velocity, t, req.latents, return_dict=False)[0]
                 if req.is_i2v:
                     latents[:, :, :1] = req.image_latent
+            req.latents = latents  # after every step, so observers see the current state
             req.denoise_steps_done += 1
             self.after_step(req)
-        req.latents = latents
         return req
