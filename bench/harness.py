@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import math
 import os
 import time
@@ -13,6 +12,7 @@ from typing import Any
 
 import torch
 
+from bench.records import matches
 from cosmos3.errors import InputError
 from cosmos3.timing import DeviceTimer, synchronize
 
@@ -45,18 +45,21 @@ class RoundPolicy:
         return max(self.min_rounds, min(self.max_rounds, wanted))
 
     @classmethod
-    def from_env(cls) -> RoundPolicy:
-        raw = os.environ.get(ROUNDS_ENV)
-        if not raw:
-            return cls()
+    def parse(cls, raw: str) -> RoundPolicy:
+        """'WARMUP,MIN,MAX,TARGET_MS', e.g. '2,5,60,2000'."""
         try:
             warmup, lo, hi, target = raw.split(",")
             policy = cls(int(warmup), int(lo), int(hi), float(target))
         except ValueError:
-            raise InputError(ROUNDS_ENV, "must read WARMUP,MIN,MAX,TARGET_MS, e.g. 2,5,60,2000", raw) from None
+            raise InputError("rounds", "must read WARMUP,MIN,MAX,TARGET_MS, e.g. 2,5,60,2000", raw) from None
         if policy.warmup_rounds < 1 or policy.min_rounds < 1 or policy.max_rounds < policy.min_rounds:
-            raise InputError(ROUNDS_ENV, "needs WARMUP >= 1 and 1 <= MIN <= MAX", raw)
+            raise InputError("rounds", "needs WARMUP >= 1 and 1 <= MIN <= MAX", raw)
         return policy
+
+    @classmethod
+    def from_env(cls) -> RoundPolicy:
+        raw = os.environ.get(ROUNDS_ENV)
+        return cls.parse(raw) if raw else cls()
 
 
 def parse_slowdowns(raw: str | None) -> dict[str, float]:
@@ -76,8 +79,8 @@ def parse_slowdowns(raw: str | None) -> dict[str, float]:
 
 def slowdown_for(case_name: str) -> float:
     """The injected slowdown fraction for a case (0 when no pattern matches)."""
-    matches = [f for p, f in parse_slowdowns(os.environ.get(SLOWDOWN_ENV)).items() if fnmatch.fnmatchcase(case_name, p)]
-    return max(matches, default=0.0)
+    found = [f for p, f in parse_slowdowns(os.environ.get(SLOWDOWN_ENV)).items() if matches(case_name, p)]
+    return max(found, default=0.0)
 
 
 def revert_single_frame() -> bool:

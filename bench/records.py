@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import tempfile
@@ -39,6 +40,12 @@ class CaseSpec:
     def name(self) -> str:
         parts = ([self.strategy] if self.strategy else []) + [self.resolution, f"{self.num_frames}f"]
         return f"{self.benchmark}[{'-'.join(parts)}]"
+
+
+def matches(name: str, pattern: str) -> bool:
+    """Shell-style match of a case name where only * and ? are wild, so `e2e[*]` matches every e2e case."""
+    # fnmatch reads [...] as a character class; case names use brackets literally.
+    return fnmatch.fnmatchcase(name, pattern.replace("[", "[[]"))
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     preset = get_preset(resolve_preset_name(config))
-    env = collect_environment(_device(), preset.name, preset.dtype, active_negative_controls())
+    layers = config.getoption("--dit-layers")
+    # Another DiT depth is another configuration: it gets its own label and so its own baseline.
+    label = preset.name if layers is None else f"{preset.name}-dit{layers}"
+    env = collect_environment(_device(), label, preset.dtype, active_negative_controls())
     machine_info["cosmos3_environment"] = dataclasses.asdict(env)
 
 

@@ -1,0 +1,360 @@
+"""The regression gate: compares a run with its baseline and with itself; it never times anything."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from bench.records import CaseResult, Environment, RunRecord, matches
+from cosmos3.errors import InputError
+
+DEFAULT_LATENCY_THRESHOLD = 0.05  # a median may grow by 5% before it counts as a regression
+DEFAULT_ALPHA = 0.01  # one-sided Mann-Whitney significance level
+DEFAULT_MEMORY_THRESHOLD = 0.01  # peak memory is deterministic enough for a tight bound
+DEFAULT_MIN_SPEEDUP = 2.0  # single_frame must beat expand by this factor in latent preparation
+DEFAULT_BOOTSTRAP_RESAMPLES = 2000
+# The ratio's confidence interval is descriptive (the verdict rests on the Mann-Whitney test), so it
+# uses the customary 95% rather than following alpha.
+CI_LEVEL = 0.95
+# Below this many rounds on either side no test is attempted; the harness never records fewer than 5.
+MIN_SAMPLES = 3
+# Benchmarks that run both encode strategies on the same grid, so they can be compared within a run.
+STRATEGY_BENCHMARKS = ("latent_prep", "e2e")
+# Only latent preparation must reach min_speedup; end to end the saving is diluted by denoising.
+SPEEDUP_GATED = frozenset({"latent_prep"})
+
+# Verdicts. Only REGRESSION and TOO_FEW fail the gate.
+OK = "ok"
+FASTER = "faster"
+REGRESSION = "regression"
+NOT_SIGNIFICANT = "not significant"  # slower than the threshold, but within the noise
+TOO_FEW = "too few samples"
+NOT_MEASURED = "not measured"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What the gate tolerates. Thresholds are fractions: 0.05 = 5%."""
+
+    latency_threshold: float = DEFAULT_LATENCY_THRESHOLD
+    # Benchmark name or pattern -> threshold; an exact name wins, else the first pattern that matches.
+    latency_overrides: Mapping[str, float] = field(default_factory=dict)
+    alpha: float = DEFAULT_ALPHA
+    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
+    # Names or patterns of baseline benchmarks that this run need not contain.
+    exclude: frozenset[str] = frozenset()
+    min_speedup: float = DEFAULT_MIN_SPEEDUP
+    bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "latency_overrides", dict(self.latency_overrides))
+        object.__setattr__(self, "exclude", frozenset(self.exclude))
+        for name in ("latency_threshold", "memory_threshold"):
+            if not getattr(self, name) >= 0:  # `not >=` also rejects NaN
+                raise InputError(name, "must be >= 0", getattr(self, name))
+        for pattern, value in self.latency_overrides.items():
+            if not value >= 0:
+                raise InputError(f"latency_overrides[{pattern}]", "must be >= 0", value)
+        if not 0 < self.alpha < 1:
+            raise InputError("alpha", "must lie strictly between 0 and 1", self.alpha)
+        if not self.min_speedup >= 1:
+            raise InputError("min_speedup", "must be >= 1", self.min_speedup)
+        if self.bootstrap_resamples < 1:
+            raise InputError("bootstrap_resamples", "must be >= 1", self.bootstrap_resamples)
+
+    def threshold_for(self, name: str) -> float:
+        if name in self.latency_overrides:
+            return self.latency_overrides[name]
+        for pattern, value in self.latency_overrides.items():
+            if matches(name, pattern):
+                return value
+        return self.latency_threshold
+
+    def excluded(self, name: str) -> bool:
+        return any(matches(name, pattern) for pattern in self.exclude)
+
+
+def _pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f}%"
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    name: str
+    baseline_median_ms: float
+    current_median_ms: float
+    ratio: float  # current median / baseline median
+    ci_low: float | None  # CI_LEVEL bootstrap interval of the ratio; None with too few samples
+    ci_high: float | None
+    p_value: float | None  # one-sided: is the current run slower? None with too few samples
+    threshold: float
+    verdict: str
+    note: str = ""
+
+    @property
+    def failure(self) -> str | None:
+        if self.verdict in (REGRESSION, TOO_FEW):
+            return f"{self.name}: {self.note}"
+        return None
+
+
+@dataclass(frozen=True)
+class MemoryComparison:
+    name: str
+    baseline_gib: float | None
+    current_gib: float | None
+    ratio: float | None
+    verdict: str
+    threshold: float = DEFAULT_MEMORY_THRESHOLD
+
+    @property
+    def failure(self) -> str | None:
+        if self.verdict != REGRESSION:
+            return None
+        return (
+            f"{self.name}: peak memory {self.current_gib:.3f} GiB vs baseline {self.baseline_gib:.3f} GiB "
+            f"({_pct(self.ratio)}, allowed +{self.threshold:.1%}): memory regression"
+        )
+
+
+@dataclass(frozen=True)
+class SpeedupCheck:
+    benchmark: str
+    resolution: str
+    num_frames: int
+    single_frame_median_ms: float
+    expand_median_ms: float
+    factor: float  # expand median / single_frame median
+    min_factor: float | None  # None where the factor is only reported
+    passed: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.benchmark}[{self.resolution}-{self.num_frames}f]"
+
+    @property
+    def reduction(self) -> float:
+        """Fraction of the expand time that single_frame saves: 1 - single / expand."""
+        return 1 - 1 / self.factor
+
+    @property
+    def failure(self) -> str | None:
+        if self.passed:
+            return None
+        return (
+            f"{self.name}: single_frame is only {self.factor:.2f}x faster than expand "
+            f"({self.single_frame_median_ms:.2f} vs {self.expand_median_ms:.2f} ms; needs >= {self.min_factor:.2f}x); "
+            "has the single-frame encode been reverted?"
+        )
+
+
+@dataclass(frozen=True)
+class GateReport:
+    comparisons: tuple[LatencyComparison, ...]
+    memory: tuple[MemoryComparison, ...]
+    speedups: tuple[SpeedupCheck, ...]
+    new_names: tuple[str, ...]
+    missing_names: tuple[str, ...]
+    failures: tuple[str, ...]  # every failure, human-readable, each naming its benchmark
+    notes: tuple[str, ...]
+    baseline_environment: Environment | None
+    config: GateConfig
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+def _ratio_ci(current: np.ndarray, baseline: np.ndarray, config: GateConfig) -> tuple[float, float]:
+    def ratio_of_medians(cur: np.ndarray, base: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.median(cur, axis=axis) / np.median(base, axis=axis)
+
+    # Percentile, not BCa: the bootstrap distribution of a small sample's median is lumpy and BCa's
+    # jackknife acceleration estimate for a median is unreliable (and undefined on tied data).
+    result = stats.bootstrap(
+        (current, baseline),
+        ratio_of_medians,
+        n_resamples=config.bootstrap_resamples,
+        confidence_level=CI_LEVEL,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(config.seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _p_value(current: np.ndarray, baseline: np.ndarray, alternative: str) -> float:
+    p = float(stats.mannwhitneyu(current, baseline, alternative=alternative).pvalue)
+    # NaN only arises when every value on both sides is equal: no evidence of any difference.
+    return 1.0 if math.isnan(p) else p
+
+
+def _testable(n_current: int, n_baseline: int, alpha: float) -> bool:
+    # The smallest one-sided p-value Mann-Whitney can give is 1 / C(n1 + n2, n1); when even that is
+    # not below alpha, no slowdown could ever be detected and "ok" would be a false assurance.
+    if min(n_current, n_baseline) < MIN_SAMPLES:
+        return False
+    return 1 / math.comb(n_current + n_baseline, n_current) < alpha
+
+
+def compare_latency(current: CaseResult, baseline: CaseResult, config: GateConfig) -> LatencyComparison:
+    """Verdict on one benchmark's median: a regression needs both size (threshold) and significance (alpha)."""
+    cur, base = np.asarray(current.samples_ms), np.asarray(baseline.samples_ms)
+    ratio = current.median_ms / baseline.median_ms
+    threshold = config.threshold_for(current.name)
+    common = dict(
+        name=current.name,
+        baseline_median_ms=baseline.median_ms,
+        current_median_ms=current.median_ms,
+        ratio=ratio,
+        threshold=threshold,
+    )
+    if not _testable(len(cur), len(base), config.alpha):
+        note = (
+            f"only {len(cur)} rounds in this run and {len(base)} in the baseline; too few samples for a "
+            f"one-sided test at alpha={config.alpha:g} (the harness records at least 5 per case)"
+        )
+        return LatencyComparison(**common, ci_low=None, ci_high=None, p_value=None, verdict=TOO_FEW, note=note)
+
+    p_slower = _p_value(cur, base, "greater")
+    ci_low, ci_high = _ratio_ci(cur, base, config)
+    change = f"median {current.median_ms:.2f} ms vs baseline {baseline.median_ms:.2f} ms ({_pct(ratio)})"
+    if ratio > 1 + threshold:
+        if p_slower < config.alpha:
+            verdict = REGRESSION
+            note = f"{change} > +{threshold:.1%} with p={p_slower:.2g} < {config.alpha:g}: latency regression"
+        else:
+            verdict, note = NOT_SIGNIFICANT, f"{change} but p={p_slower:.2g} >= {config.alpha:g}: within the noise"
+        return LatencyComparison(**common, ci_low=ci_low, ci_high=ci_high, p_value=p_slower, verdict=verdict, note=note)
+    if ratio < 1 - threshold and _p_value(cur, base, "less") < config.alpha:
+        verdict, note = FASTER, ""
+    elif ratio > 1 and p_slower < config.alpha:
+        verdict, note = OK, f"{change}: significant but within the +{threshold:.1%} threshold"
+    else:
+        verdict, note = OK, ""
+    return LatencyComparison(**common, ci_low=ci_low, ci_high=ci_high, p_value=p_slower, verdict=verdict, note=note)
+
+
+def compare_memory(current: CaseResult, baseline: CaseResult, config: GateConfig) -> MemoryComparison:
+    cur, base = current.peak_mem_gib, baseline.peak_mem_gib
+    if cur is None or base is None:
+        return MemoryComparison(current.name, base, cur, None, NOT_MEASURED, config.memory_threshold)
+    ratio = cur / base if base > 0 else (1.0 if cur == 0 else math.inf)
+    verdict = REGRESSION if cur > base * (1 + config.memory_threshold) else OK
+    return MemoryComparison(current.name, base, cur, ratio, verdict, config.memory_threshold)
+
+
+def speedup_checks(run: RunRecord, config: GateConfig) -> tuple[SpeedupCheck, ...]:
+    """single_frame against expand on the same (benchmark, resolution, frames): needs no baseline."""
+    groups: dict[tuple[str, str, int], dict[str, CaseResult]] = {}
+    for case in run.cases:
+        spec = case.spec
+        if spec.benchmark in STRATEGY_BENCHMARKS and spec.strategy:
+            groups.setdefault((spec.benchmark, spec.resolution, spec.num_frames), {})[spec.strategy] = case
+    checks = []
+    for (benchmark, resolution, frames), by_strategy in groups.items():
+        if not {"single_frame", "expand"} <= by_strategy.keys():
+            continue
+        single, expand = by_strategy["single_frame"].median_ms, by_strategy["expand"].median_ms
+        factor = expand / single
+        # With one frame the two strategies do the same work: nothing to gain, nothing to gate.
+        gated = benchmark in SPEEDUP_GATED and frames > 1
+        min_factor = config.min_speedup if gated else None
+        passed = min_factor is None or factor >= min_factor
+        checks.append(SpeedupCheck(benchmark, resolution, frames, single, expand, factor, min_factor, passed))
+    return tuple(checks)
+
+
+def equivalence_errors(report: Mapping) -> dict[str, float]:
+    """max_abs_err / max_rel_err of an equivalence report: top-level, else the worst of its compared tensors."""
+    errors = {}
+    for key in ("max_abs_err", "max_rel_err"):
+        nested = [v[key] for v in report.values() if isinstance(v, Mapping) and key in v]
+        values = [report[key]] if key in report else nested
+        if values:
+            errors[key] = max(float(v) for v in values)
+    return errors
+
+
+def equivalence_failures(run: RunRecord) -> list[str]:
+    failures = []
+    for case in run.cases:
+        report = case.extra.get("equivalence")
+        if isinstance(report, Mapping) and report.get("equivalent") is False:
+            errs = ", ".join(f"{k} {v:.3g}" for k, v in equivalence_errors(report).items())
+            failures.append(f"{case.name}: outputs differ between strategies" + (f" ({errs})" if errs else ""))
+    return failures
+
+
+def check_compatible(current_env: Environment, baseline_env: Environment, allow_device_mismatch: bool) -> None:
+    """Refuse a baseline that would compare unlike with unlike."""
+    if current_env.preset != baseline_env.preset:
+        # Different presets are different models; no flag makes their timings comparable.
+        raise InputError(
+            "baseline.preset", f"must equal this run's preset {current_env.preset!r}", baseline_env.preset
+        )
+    if current_env.device_slug != baseline_env.device_slug and not allow_device_mismatch:
+        raise InputError(
+            "baseline.device",
+            f"was recorded on {baseline_env.device_name!r} ({baseline_env.device_slug}) but this run is on "
+            f"{current_env.device_name!r} ({current_env.device_slug}); pass --allow-device-mismatch to compare anyway",
+            baseline_env.device_slug,
+        )
+    if baseline_env.negative_controls:
+        raise InputError(
+            "baseline.negative_controls", "must be empty: a baseline cannot carry an injected fault",
+            list(baseline_env.negative_controls),
+        )
+
+
+def evaluate(current: RunRecord, baseline: RunRecord | None, config: GateConfig) -> GateReport:
+    """Run every check, collect every failure; the caller prints them once and exits with exit_code."""
+    comparisons: list[LatencyComparison] = []
+    memory: list[MemoryComparison] = []
+    missing: list[str] = []
+    notes: list[str] = []
+    now = current.by_name()
+    if baseline is None:
+        notes.append("no baseline: latency and memory not gated")
+        new: list[str] = []
+    else:
+        then = baseline.by_name()
+        for name, base_case in then.items():
+            if name not in now:
+                if not config.excluded(name):
+                    missing.append(name)
+                continue
+            comparisons.append(compare_latency(now[name], base_case, config))
+            memory.append(compare_memory(now[name], base_case, config))
+        new = [name for name in now if name not in then]
+        if baseline.environment.device_slug != current.environment.device_slug:
+            notes.append(
+                f"baseline from {baseline.environment.device_name}, this run on "
+                f"{current.environment.device_name}: ratios compare different devices"
+            )
+    speedups = speedup_checks(current, config)
+    failures = [c.failure for c in (*comparisons, *memory, *speedups) if c.failure]
+    failures += [f"{name}: in the baseline but missing from this run (pass --exclude NAME if it was removed on purpose)"
+                 for name in missing]
+    failures += equivalence_failures(current)
+    notes += [f"{c.name}: {c.note}" for c in comparisons if c.note and c.failure is None]
+    return GateReport(
+        comparisons=tuple(comparisons),
+        memory=tuple(memory),
+        speedups=speedups,
+        new_names=tuple(new),
+        missing_names=tuple(missing),
+        failures=tuple(failures),
+        notes=tuple(notes),
+        baseline_environment=baseline.environment if baseline else None,
+        config=config,
+    )

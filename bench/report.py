@@ -1,0 +1,363 @@
+"""Writes a run's summary.md and plots from its record and gate report; it never re-runs anything."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # report writing runs on headless CI runners; never ask for a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bench.gate import CI_LEVEL, GateReport, equivalence_errors  # noqa: E402
+from bench.records import CaseResult, Environment, RunRecord  # noqa: E402
+
+SUMMARY_NAME = "summary.md"
+GITHUB_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+PLOT_DPI = 120
+DASH = "—"  # a cell with no value
+
+Plot = Callable[[RunRecord, GateReport, Path], bool]
+
+
+# ---- number formatting -------------------------------------------------------------------------
+
+
+def fmt_ms(ms: float | None) -> str:
+    """Milliseconds with precision that shrinks as the number grows: 1.23, 123.4, 28999."""
+    if ms is None or not math.isfinite(ms):
+        return DASH
+    # Compare the rounded value, so 99.999 reads 100.0 rather than 100.00.
+    if abs(round(ms, 2)) < 100:
+        return f"{ms:.2f}"
+    if abs(round(ms, 1)) < 10_000:
+        return f"{ms:.1f}"
+    return f"{ms:.0f}"
+
+
+def fmt_gib(gib: float | None) -> str:
+    return DASH if gib is None else f"{gib:.2f}"
+
+
+def fmt_change(ratio: float | None) -> str:
+    """A ratio as a signed percentage change: 1.1 -> +10.0%."""
+    return DASH if ratio is None or not math.isfinite(ratio) else f"{(ratio - 1) * 100:+.1f}%"
+
+
+def fmt_ratio_ci(ratio: float, low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return f"{ratio:.3f}"
+    return f"{ratio:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return DASH
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def fmt_share(part: float, total: float) -> str:
+    return f"{part / total:.1%}" if total > 0 else DASH
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A GitHub markdown table as lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def code(name: str) -> str:
+    # Backticks keep the brackets and underscores of case names literal in markdown.
+    return f"`{name}`"
+
+
+# ---- summary.md sections -----------------------------------------------------------------------
+
+
+def verdict_section(gate: GateReport) -> list[str]:
+    if gate.passed:
+        return ["# cosmos3-bench: PASS", ""]
+    lines = [f"# cosmos3-bench: FAIL ({len(gate.failures)} failure{'s' if len(gate.failures) != 1 else ''})", ""]
+    return lines + [f"- {failure}" for failure in gate.failures] + [""]
+
+
+_ENV_ROWS = (
+    ("device", "device_name"),
+    ("preset", "preset"),
+    ("dtype", "dtype"),
+    ("torch", "torch"),
+    ("diffusers", "diffusers"),
+    ("CUDA", "cuda"),
+    ("driver", "driver"),
+    ("commit", "commit"),
+    ("date (UTC)", "date_utc"),
+)
+
+
+def _env_value(env: Environment, attr: str) -> str:
+    value = getattr(env, attr)
+    if attr == "commit" and value:
+        value = value[:12] + (" (dirty)" if env.commit_dirty else "")
+    return str(value) if value not in (None, "") else DASH
+
+
+def environment_section(env: Environment, baseline: Environment | None) -> list[str]:
+    header = ["", "this run"] + (["baseline"] if baseline else [])
+    rows = [
+        [label, _env_value(env, attr)] + ([_env_value(baseline, attr)] if baseline else [])
+        for label, attr in _ENV_ROWS
+    ]
+    lines = ["## Environment", "", *table(header, rows), ""]
+    if env.negative_controls:
+        lines += [f"Negative controls in this run: {', '.join(env.negative_controls)}", ""]
+    return lines
+
+
+def benchmark_section(run: RunRecord, gate: GateReport) -> list[str]:
+    latency = {c.name: c for c in gate.comparisons}
+    memory = {m.name: m for m in gate.memory}
+    new = set(gate.new_names)
+    rows = []
+    for case in run.cases:
+        lat, mem = latency.get(case.name), memory.get(case.name)
+        base_mem = mem.baseline_gib if mem else None
+        if lat:
+            verdict = lat.verdict + ("; memory regression" if mem and mem.failure else "")
+        else:
+            verdict = "new" if case.name in new else DASH
+        rows.append([
+            code(case.name),
+            fmt_ms(lat.baseline_median_ms) if lat else DASH,
+            fmt_ms(case.median_ms),
+            fmt_ms(case.iqr_ms),
+            str(case.rounds),
+            fmt_ratio_ci(lat.ratio, lat.ci_low, lat.ci_high) if lat else DASH,
+            fmt_p(lat.p_value) if lat else DASH,
+            f"{fmt_gib(base_mem)} / {fmt_gib(case.peak_mem_gib)}",
+            verdict,
+        ])
+    header = [
+        "benchmark", "baseline median ms", "new median ms", "IQR ms", "rounds",
+        f"ratio [{CI_LEVEL:.0%} CI]", "p (slower)", "peak GiB (baseline / new)", "verdict",
+    ]
+    return ["## Benchmarks", "", *table(header, rows), ""]
+
+
+def speedup_section(gate: GateReport) -> list[str]:
+    if not gate.speedups:
+        return []
+    rows = [
+        [
+            code(s.name), fmt_ms(s.single_frame_median_ms), fmt_ms(s.expand_median_ms), f"{s.factor:.2f}x",
+            f"{s.reduction:.1%}", DASH if s.min_factor is None else f">= {s.min_factor:.2f}x",
+            "pass" if s.passed else "FAIL",
+        ]
+        for s in gate.speedups
+    ]
+    header = ["case", "single_frame ms", "expand ms", "speedup", "time saved", "required", "check"]
+    return ["## single_frame over expand", "", *table(header, rows), ""]
+
+
+def _e2e_groups(run: RunRecord) -> dict[tuple[str, int], list[CaseResult]]:
+    groups: dict[tuple[str, int], list[CaseResult]] = {}
+    for case in run.cases:
+        if case.spec.benchmark == "e2e" and case.stage_samples_ms:
+            groups.setdefault((case.spec.resolution, case.spec.num_frames), []).append(case)
+    return groups
+
+
+def e2e_section(run: RunRecord, gate: GateReport) -> list[str]:
+    lines: list[str] = []
+    for (resolution, frames), cases in _e2e_groups(run).items():
+        stages = list(dict.fromkeys(stage for case in cases for stage in case.stage_samples_ms))
+        by_strategy = {case.spec.strategy: case for case in cases}
+        # A change column only where the two strategies are there to compare.
+        pair = (by_strategy.get("expand"), by_strategy.get("single_frame"))
+        compare = all(pair)
+        header = ["stage"] + [f"{case.spec.strategy or 'e2e'} ms (share)" for case in cases] + (
+            ["single_frame vs expand"] if compare else []
+        )
+        rows = []
+        for stage in stages:
+            cells = [_stage_cell(case, case.stage_median_ms.get(stage)) for case in cases]
+            if compare:
+                old, new = (c.stage_median_ms.get(stage) for c in pair)
+                cells.append(fmt_change(new / old) if old and new is not None else DASH)
+            rows.append([stage, *cells])
+        total = [f"{fmt_ms(case.median_ms)} (100%)" for case in cases]
+        if compare:
+            total.append(fmt_change(pair[1].median_ms / pair[0].median_ms))
+        rows.append(["**total**", *total])
+        lines += [f"## End to end, {resolution}, {frames} frames: per-stage medians", "", *table(header, rows), ""]
+        for s in gate.speedups:
+            if s.benchmark == "e2e" and (s.resolution, s.num_frames) == (resolution, frames):
+                lines += [f"End-to-end reduction from single_frame: {s.reduction:.1%} ({s.factor:.3f}x).", ""]
+    if lines:
+        lines += ["Shares are each stage's median over the median total; the medians need not add up.", ""]
+    return lines
+
+
+def _stage_cell(case: CaseResult, ms: float | None) -> str:
+    return DASH if ms is None else f"{fmt_ms(ms)} ({fmt_share(ms, case.median_ms)})"
+
+
+def equivalence_section(run: RunRecord) -> list[str]:
+    rows = []
+    for case in run.cases:
+        eq = case.extra.get("equivalence")
+        if not isinstance(eq, Mapping):
+            continue
+        verdict = "bitwise" if eq.get("bitwise") else ("within tolerance" if eq.get("equivalent") else "DIFFERENT")
+        errs = equivalence_errors(eq)
+        cells = (f"{errs[k]:.3g}" if k in errs else DASH for k in ("max_abs_err", "max_rel_err"))
+        rows.append([code(case.name), verdict, *cells])
+    if not rows:
+        return []
+    header = ["case", "single_frame vs expand", "max abs err", "max rel err"]
+    return ["## Strategy equivalence", "", *table(header, rows), ""]
+
+
+def names_section(title: str, names: Sequence[str]) -> list[str]:
+    return [f"## {title}", "", *(f"- {code(n)}" for n in names), ""] if names else []
+
+
+def notes_section(gate: GateReport) -> list[str]:
+    return ["## Notes", "", *(f"- {n}" for n in gate.notes), ""] if gate.notes else []
+
+
+def plots_section(plots: Sequence[str]) -> list[str]:
+    return ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""] if plots else []
+
+
+def render_summary(run: RunRecord, gate: GateReport, plots: Sequence[str] = ()) -> str:
+    sections = [
+        verdict_section(gate),
+        environment_section(run.environment, gate.baseline_environment),
+        benchmark_section(run, gate),
+        speedup_section(gate),
+        e2e_section(run, gate),
+        equivalence_section(run),
+        names_section("New benchmarks (not in the baseline)", gate.new_names),
+        names_section("Missing benchmarks (in the baseline, not in this run)", gate.missing_names),
+        notes_section(gate),
+        plots_section(plots),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+# ---- plots: each returns False, writing nothing, when its data is absent -------------------------
+
+
+def _save(fig: plt.Figure, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+    return True
+
+
+def _latent_prep_series(run: RunRecord) -> dict[tuple[str, str], list[CaseResult]]:
+    """(strategy, resolution) -> latent_prep cases sorted by frames."""
+    series: dict[tuple[str, str], list[CaseResult]] = {}
+    for case in run.cases:
+        if case.spec.benchmark == "latent_prep":
+            series.setdefault((case.spec.strategy or "", case.spec.resolution), []).append(case)
+    return {key: sorted(cases, key=lambda c: c.spec.num_frames) for key, cases in series.items()}
+
+
+def plot_latency_vs_frames(run: RunRecord, gate: GateReport, path: Path) -> bool:
+    series = _latent_prep_series(run)
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (strategy, resolution), cases in series.items():
+        frames = [c.spec.num_frames for c in cases]
+        medians = [c.median_ms for c in cases]
+        err = [[c.median_ms - c.q1_ms for c in cases], [c.q3_ms - c.median_ms for c in cases]]
+        ax.errorbar(frames, medians, yerr=err, marker="o", capsize=3, label=f"{strategy} {resolution}")
+    ax.set(xlabel="frames", ylabel="median ms (bars: IQR)", yscale="log", title="Latent preparation latency")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_speedup_vs_frames(run: RunRecord, gate: GateReport, path: Path) -> bool:
+    checks = [s for s in gate.speedups if s.benchmark == "latent_prep"]
+    if not checks:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for resolution in dict.fromkeys(s.resolution for s in checks):
+        points = sorted((s.num_frames, s.factor) for s in checks if s.resolution == resolution)
+        ax.plot(*zip(*points), marker="o", label=resolution)
+    ax.axhline(gate.config.min_speedup, color="red", linestyle="--", label=f"required {gate.config.min_speedup:g}x")
+    ax.set(xlabel="frames", ylabel="expand / single_frame (median)", yscale="log", title="Latent preparation speedup")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_peak_memory_vs_frames(run: RunRecord, gate: GateReport, path: Path) -> bool:
+    series = {
+        key: [c for c in cases if c.peak_mem_gib is not None] for key, cases in _latent_prep_series(run).items()
+    }
+    series = {key: cases for key, cases in series.items() if cases}
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (strategy, resolution), cases in series.items():
+        ax.plot([c.spec.num_frames for c in cases], [c.peak_mem_gib for c in cases], marker="o",
+                label=f"{strategy} {resolution}")
+    ax.set(xlabel="frames", ylabel="peak GiB", title="Latent preparation peak memory")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_baseline_ratio(run: RunRecord, gate: GateReport, path: Path) -> bool:
+    comps = [c for c in gate.comparisons if math.isfinite(c.ratio)]
+    if not comps:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.35 * len(comps)))
+    ys = range(len(comps))
+    # max(0, ...): a percentile interval need not contain the point estimate, and error bars cannot be negative.
+    low = [max(0.0, c.ratio - c.ci_low) if c.ci_low is not None else 0.0 for c in comps]
+    high = [max(0.0, c.ci_high - c.ratio) if c.ci_high is not None else 0.0 for c in comps]
+    colors = ["tab:red" if c.failure else "tab:green" if c.verdict == "faster" else "tab:gray" for c in comps]
+    # Bars start at 1 so that their length is the change, not the ratio.
+    ax.barh(ys, [c.ratio - 1 for c in comps], left=1, xerr=[low, high], color=colors, capsize=3)
+    ax.axvline(1, color="black", linewidth=1)
+    limit = 1 + gate.config.latency_threshold
+    ax.axvline(limit, color="red", linestyle="--", label=f"threshold {limit:g}")
+    ax.set_yticks(list(ys), [c.name for c in comps], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"median / baseline median ({CI_LEVEL:.0%} CI)", title="Change against the baseline")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+PLOTS: dict[str, Plot] = {
+    "latency_vs_frames.png": plot_latency_vs_frames,
+    "speedup_vs_frames.png": plot_speedup_vs_frames,
+    "peak_memory_vs_frames.png": plot_peak_memory_vs_frames,
+    "baseline_ratio.png": plot_baseline_ratio,
+}
+
+
+def write_report(run: RunRecord, gate: GateReport, out_dir: Path) -> Path:
+    """Write out_dir/summary.md and the plots whose data exists; return the summary's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [name for name, plot in PLOTS.items() if plot(run, gate, out_dir / name)]
+    summary = out_dir / SUMMARY_NAME
+    summary.write_text(render_summary(run, gate, written))
+    return summary
+
+
+def append_github_summary(summary_path: Path) -> bool:
+    """Append summary.md to the GitHub Actions job summary when running there; return whether it did."""
+    target = os.environ.get(GITHUB_SUMMARY_ENV)
+    if not target:
+        return False
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write(Path(summary_path).read_text() + "\n")
+    return True

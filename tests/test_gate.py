@@ -1,0 +1,206 @@
+"""The regression gate on synthetic records: verdicts, failures, baseline compatibility, config checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from bench.gate import GateConfig, check_compatible, evaluate, matches
+from bench.records import load_run, run_to_dict
+from cosmos3.errors import InputError
+
+NAME = "latent_prep[single_frame-1280x720-81f]"
+
+
+def gate_one(make_case, make_run, current_kwargs, baseline_kwargs=None, config=GateConfig()):
+    baseline = make_run([make_case(**(baseline_kwargs or {}))])
+    current = make_run([make_case(seed=1, **current_kwargs)])
+    return evaluate(current, baseline, config)
+
+
+def test_equal_distributions_pass(make_case, make_run):
+    report = gate_one(make_case, make_run, {})
+    assert report.passed and report.exit_code == 0
+    (comp,) = report.comparisons
+    assert comp.verdict == "ok" and comp.p_value > 0.01
+    assert comp.ci_low < 1 < comp.ci_high
+
+
+def test_clear_slowdown_fails_and_names_the_benchmark(make_case, make_run):
+    report = gate_one(make_case, make_run, {"median_ms": 11.0})
+    (comp,) = report.comparisons
+    assert comp.verdict == "regression" and comp.p_value < 1e-6
+    assert 1.05 < comp.ci_low < comp.ratio < comp.ci_high
+    assert report.exit_code == 1
+    assert len(report.failures) == 1 and report.failures[0].startswith(NAME)
+
+
+def test_slowdown_inside_heavy_noise_is_not_significant(make_case, make_run):
+    noisy = {"noise": 0.4, "rounds": 10}
+    baseline = make_run([make_case(**noisy)])
+    slower = make_case(**noisy, median_ms=11.0)  # the same draws, each 10% slower
+    report = evaluate(make_run([slower]), baseline, GateConfig())
+    (comp,) = report.comparisons
+    assert comp.ratio == pytest.approx(1.1)
+    assert comp.verdict == "not significant" and comp.p_value >= 0.01
+    assert report.passed
+    assert any(NAME in note and "noise" in note for note in report.notes)
+
+
+def test_small_significant_slowdown_under_threshold_passes(make_case, make_run):
+    report = gate_one(make_case, make_run, {"median_ms": 10.3, "noise": 0.005}, {"noise": 0.005})
+    (comp,) = report.comparisons
+    assert comp.p_value < 1e-6 and comp.verdict == "ok"
+    assert report.passed
+    assert any("within the +5.0% threshold" in note for note in report.notes)
+
+
+def test_clear_speedup_is_faster(make_case, make_run):
+    report = gate_one(make_case, make_run, {"median_ms": 8.0})
+    assert report.comparisons[0].verdict == "faster" and report.passed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "verdict"),
+    [({NAME: 0.2}, "ok"), ({"latent_prep[*]": 0.2}, "ok"), ({"e2e[*]": 0.2}, "regression")],
+)
+def test_override_changes_the_verdict(make_case, make_run, overrides, verdict):
+    config = GateConfig(latency_overrides=overrides)
+    report = gate_one(make_case, make_run, {"median_ms": 11.0}, config=config)
+    assert report.comparisons[0].verdict == verdict
+
+
+def test_patterns_take_brackets_literally():
+    assert matches("e2e[single_frame-1280x720-81f]", "e2e[*]")
+    assert matches(NAME, NAME)
+    assert not matches("vae_encode[1280x720-81f]", "e2e[*]")
+
+
+def test_too_few_samples_fails(make_case, make_run):
+    report = gate_one(make_case, make_run, {"rounds": 2})
+    (comp,) = report.comparisons
+    assert comp.verdict == "too few samples" and comp.p_value is None
+    assert not report.passed and "too few samples" in report.failures[0]
+
+
+@pytest.mark.parametrize(("growth", "passed"), [(1.02, False), (1.005, True)])
+def test_memory_threshold(make_case, make_run, growth, passed):
+    report = gate_one(make_case, make_run, {"peak_mem_gib": 4.0 * growth}, {"peak_mem_gib": 4.0})
+    (mem,) = report.memory
+    assert mem.ratio == pytest.approx(growth)
+    assert report.passed is passed
+    if not passed:
+        assert mem.verdict == "regression" and NAME in report.failures[0] and "memory" in report.failures[0]
+
+
+def test_memory_not_measured(make_case, make_run):
+    report = gate_one(make_case, make_run, {"peak_mem_gib": None}, {"peak_mem_gib": 4.0})
+    assert report.memory[0].verdict == "not measured" and report.passed
+
+
+def test_missing_new_and_excluded(make_case, make_run):
+    kept, dropped = make_case(), make_case("vae_encode", None)
+    baseline = make_run([kept, dropped])
+    current = make_run([make_case(seed=1), make_case("latent_prep", "single_frame", width=832, height=480)])
+    report = evaluate(current, baseline, GateConfig())
+    assert report.missing_names == ("vae_encode[1280x720-81f]",)
+    assert report.new_names == ("latent_prep[single_frame-832x480-81f]",)
+    assert report.failures == (
+        "vae_encode[1280x720-81f]: in the baseline but missing from this run (pass --exclude NAME if it was removed on purpose)",
+    )
+    excluded = evaluate(current, baseline, GateConfig(exclude={"vae_encode[*]"}))
+    assert excluded.passed and excluded.missing_names == ()
+
+
+def test_no_baseline_runs_only_in_run_checks(make_case, make_run):
+    report = evaluate(make_run([make_case()]), None, GateConfig())
+    assert report.passed and report.comparisons == () and report.baseline_environment is None
+    assert "no baseline: latency and memory not gated" in report.notes
+
+
+@pytest.mark.parametrize(("expand_ms", "passed"), [(10.2, False), (50.0, True)])
+def test_speedup_check(make_case, make_run, expand_ms, passed):
+    run = make_run([make_case(), make_case(strategy="expand", median_ms=expand_ms, seed=2)])
+    report = evaluate(run, None, GateConfig())
+    (check,) = report.speedups
+    assert check.factor == pytest.approx(expand_ms / 10.0, rel=0.02)
+    assert check.passed is passed and report.passed is passed
+    if not passed:
+        assert "latent_prep[1280x720-81f]" in report.failures[0] and "reverted" in report.failures[0]
+
+
+def test_e2e_speedup_is_reported_not_gated(make_case, make_run):
+    run = make_run([make_case("e2e", median_ms=1000.0), make_case("e2e", "expand", median_ms=1010.0)])
+    report = evaluate(run, None, GateConfig())
+    (check,) = report.speedups
+    assert check.min_factor is None and check.passed and report.passed
+    assert check.reduction == pytest.approx(1 - 1000 / 1010, abs=0.01)
+
+
+def test_equivalence_false_fails(make_case, make_run):
+    eq = {"equivalent": False, "bitwise": False, "max_abs_err": 0.5, "max_rel_err": 0.1}
+    report = evaluate(make_run([make_case(extra={"equivalence": eq})]), None, GateConfig())
+    assert report.failures == (f"{NAME}: outputs differ between strategies (max_abs_err 0.5, max_rel_err 0.1)",)
+
+
+def test_failures_are_all_collected(make_case, make_run):
+    baseline = make_run([make_case(peak_mem_gib=1.0), make_case("vae_encode", None)])
+    current = make_run([make_case(median_ms=12.0, peak_mem_gib=2.0, seed=1)])
+    assert len(evaluate(current, baseline, GateConfig()).failures) == 3  # latency, memory, missing
+
+
+def test_corrupt_and_absent_baselines_raise(tmp_path, make_case, make_run):
+    with pytest.raises(InputError, match="baseline: file does not exist"):
+        load_run(tmp_path / "absent.json", what="baseline")
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"schema_version": 1, "environment": ')
+    with pytest.raises(InputError, match="baseline: must be readable JSON"):
+        load_run(corrupt, what="baseline")
+    truncated = tmp_path / "no_cases.json"
+    data = run_to_dict(make_run([make_case()]))
+    del data["cases"]
+    truncated.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="is not a valid run record"):
+        load_run(truncated, what="baseline")
+
+
+def test_device_mismatch_refused_unless_allowed(make_run):
+    h100, a100 = make_run([]).environment, make_run([], device="NVIDIA A100-SXM4-80GB").environment
+    with pytest.raises(InputError, match="--allow-device-mismatch") as err:
+        check_compatible(h100, a100, allow_device_mismatch=False)
+    assert "A100" in str(err.value) and "H100" in str(err.value)
+    check_compatible(h100, a100, allow_device_mismatch=True)
+    check_compatible(h100, h100, allow_device_mismatch=False)
+
+
+def test_preset_mismatch_always_refused(make_run):
+    wan22, tiny = make_run([]).environment, make_run([], preset="tiny").environment
+    with pytest.raises(InputError, match="baseline.preset"):
+        check_compatible(wan22, tiny, allow_device_mismatch=True)
+
+
+def test_baseline_with_negative_controls_refused(make_run):
+    env = make_run([]).environment
+    faulty = dataclasses.replace(env, negative_controls=("slowdown",))
+    with pytest.raises(InputError, match="negative_controls"):
+        check_compatible(env, faulty, allow_device_mismatch=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"latency_threshold": -0.1}, "latency_threshold"),
+        ({"latency_threshold": float("nan")}, "latency_threshold"),
+        ({"memory_threshold": -1}, "memory_threshold"),
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"min_speedup": 0.5}, "min_speedup"),
+        ({"latency_overrides": {"e2e[*]": -1}}, "latency_overrides"),
+        ({"bootstrap_resamples": 0}, "bootstrap_resamples"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, field):
+    with pytest.raises(InputError, match=field):
+        GateConfig(**kwargs)

@@ -1,0 +1,89 @@
+"""summary.md and the plots, from synthetic records; with and without a baseline or memory data."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.gate import GateConfig, evaluate
+from bench.report import append_github_summary, fmt_change, fmt_ms, fmt_p, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STAGES = ("preprocess", "latent_preparation", "timestep_preparation", "denoising", "decoding")
+
+
+def full_run(make_case, make_run, *, slower: float = 1.0, memory: bool = True, seed: int = 0):
+    cases = []
+    for width, height in ((1280, 720), (832, 480)):
+        for frames in (33, 81):
+            for strategy, ms, gib in (("single_frame", 20.0, 1.1), ("expand", 20.0 * frames, 4.0)):
+                cases.append(make_case(
+                    strategy=strategy, width=width, height=height, num_frames=frames, median_ms=ms * slower,
+                    peak_mem_gib=gib if memory else None, seed=seed,
+                    extra={"equivalence": {"equivalent": True, "bitwise": True}} if strategy == "single_frame" else {},
+                ))
+    for strategy, prep in (("single_frame", 340.0), ("expand", 1180.0)):
+        stage_ms = dict(zip(STAGES, (5.0, prep, 1.0, 25_500.0, 1790.0)))
+        stages = {k: tuple(make_case(median_ms=v, rounds=5, seed=seed).samples_ms) for k, v in stage_ms.items()}
+        cases.append(make_case("e2e", strategy, median_ms=sum(stage_ms.values()), rounds=5, seed=seed,
+                               stage_samples_ms=stages))
+    return make_run(cases)
+
+
+def test_report_with_baseline(tmp_path, make_case, make_run):
+    baseline = full_run(make_case, make_run)
+    run = full_run(make_case, make_run, slower=1.2, seed=1)
+    gate = evaluate(run, baseline, GateConfig())
+    summary = write_report(run, gate, tmp_path)
+    text = summary.read_text()
+    assert summary == tmp_path / "summary.md"
+    assert text.startswith("# cosmos3-bench: FAIL")
+    for case in run.cases:
+        assert f"`{case.name}`" in text
+    assert "regression" in text and "NVIDIA H100 80GB HBM3" in text
+    assert "| denoising |" in text and "End-to-end reduction from single_frame" in text
+    for plot in ("latency_vs_frames", "speedup_vs_frames", "peak_memory_vs_frames", "baseline_ratio"):
+        path = tmp_path / f"{plot}.png"
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        assert f"({plot}.png)" in text
+
+
+def test_report_without_baseline_or_memory(tmp_path, make_case, make_run):
+    run = full_run(make_case, make_run, memory=False)
+    gate = evaluate(run, None, GateConfig())
+    text = write_report(run, gate, tmp_path).read_text()
+    assert text.startswith("# cosmos3-bench: PASS")
+    assert "no baseline: latency and memory not gated" in text
+    assert (tmp_path / "latency_vs_frames.png").exists() and (tmp_path / "speedup_vs_frames.png").exists()
+    assert not (tmp_path / "baseline_ratio.png").exists()
+    assert not (tmp_path / "peak_memory_vs_frames.png").exists()
+
+
+def test_report_of_a_single_case_has_no_speedup_plot(tmp_path, make_case, make_run):
+    run = make_run([make_case("vae_encode", None)])
+    gate = evaluate(run, run, GateConfig())
+    text = write_report(run, gate, tmp_path / "nested").read_text()
+    assert "`vae_encode[1280x720-81f]`" in text
+    assert sorted(p.name for p in (tmp_path / "nested").iterdir()) == ["baseline_ratio.png", "summary.md"]
+
+
+def test_github_step_summary(tmp_path, monkeypatch, make_case, make_run):
+    run = make_run([make_case()])
+    summary = write_report(run, evaluate(run, None, GateConfig()), tmp_path)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    assert append_github_summary(summary) is False
+    target = tmp_path / "step_summary.md"
+    target.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
+    assert append_github_summary(summary) is True
+    assert target.read_text() == "earlier step\n" + summary.read_text() + "\n"
+
+
+@pytest.mark.parametrize(("ms", "text"), [(1.234, "1.23"), (99.999, "100.0"), (1176.62, "1176.6"), (28998.6, "28999")])
+def test_fmt_ms(ms, text):
+    assert fmt_ms(ms) == text
+
+
+def test_small_formatters():
+    assert fmt_ms(None) == "—"
+    assert fmt_change(1.1) == "+10.0%" and fmt_change(0.9) == "-10.0%"
+    assert fmt_p(0.0123) == "0.012" and fmt_p(1.5e-6) == "1.5e-06"
