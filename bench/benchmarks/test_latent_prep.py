@@ -1,4 +1,4 @@
-"""Latent preparation per encode strategy, and the VAE encode alone, over the preset's grid."""
+"""Latent preparation per encode strategy over the preset's grid, with the frame-0 equivalence check."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from bench.harness import measure, record_spec, revert_single_frame, seeded_imag
 from cosmos3.equivalence import check_encode_equivalence
 from cosmos3.request import Req
 from cosmos3.stages import Cosmos3LatentPreparationStage
-from cosmos3.stages.latent_preparation import encode_input
-from cosmos3.vae import encode_latents
 
 
 def i2v_request(case, pixels: torch.Tensor) -> Req:
@@ -31,12 +29,3 @@ def test_latent_prep(benchmark, case, vae, preset, device):
         # The optimisation must keep the output: checked on the same request, outside the timed rounds.
         report = check_encode_equivalence(vae, i2v_request(case, pixels), dtype=preset.dtype)
         benchmark.extra_info["equivalence"] = report.to_dict()
-
-
-@pytest.mark.cases("vae_encode")
-def test_vae_encode(benchmark, case, vae, device):
-    """The VAE encode alone, on a video prepared outside the timed region (1 frame = single_frame)."""
-    pixels = seeded_image(case.width, case.height, device)
-    video = encode_input(pixels, case.num_frames, "single_frame" if case.num_frames == 1 else "expand")
-    record_spec(benchmark, case)
-    measure(benchmark, lambda: encode_latents(vae, video), device=device, case_name=case.name)

@@ -1,0 +1,137 @@
+"""`python -m bench` end to end on the CPU: report, baseline, and the negative controls that must fail.
+
+Thresholds here are wide (100%) because CPU timings of a shared 2-core machine are noisy; the
+injected slowdowns are far larger, so each verdict below is robust, never a coin toss.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.cli import main
+from bench.records import load_run, run_to_dict
+from cosmos3.errors import InputError
+
+pytestmark = pytest.mark.slow
+
+SUBSET = ["--preset", "tiny", "--rounds", "1,8,8,1", "-k", "test_latent_prep and 64x48"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """One measured run and a baseline recorded from it, shared by the tests below."""
+    root = tmp_path_factory.mktemp("bench")
+    dirs = ["--results-dir", str(root / "results"), "--baselines-dir", str(root / "baselines")]
+    assert main(["run", *SUBSET, *dirs, "--run-id", "first"]) == 0
+    assert main(["baseline", "--from-run", str(root / "results" / "first"), "--baselines-dir", str(root / "baselines")]) == 0
+    return root, dirs
+
+
+def test_run_writes_the_report(workspace):
+    root, _ = workspace
+    run_dir = root / "results" / "first"
+    summary = (run_dir / "summary.md").read_text()
+    assert summary.startswith("# cosmos3-bench: PASS")
+    assert "latent_prep[single_frame-64x48-17f]" in summary
+    assert (run_dir / "latency_vs_frames.png").stat().st_size > 1000
+    data = json.loads((run_dir / "pytest-benchmark.json").read_text())  # loadable by pytest-benchmark compare
+    assert all(len(b["stats"]["data"]) == 8 for b in data["benchmarks"])
+    run = load_run(run_dir / "run.json")
+    assert {c.spec.strategy for c in run.cases} == {"single_frame", "expand"}
+    assert all(c.extra["equivalence"]["bitwise"] for c in run.cases if c.spec.strategy == "single_frame")
+
+
+def test_unchanged_code_passes_against_the_baseline(workspace, capsys):
+    _, dirs = workspace
+    assert main(["run", *SUBSET, *dirs, "--run-id", "again", "--threshold", "1.0", "--require-baseline"]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_slowed_single_frame_fails_naming_the_benchmark(workspace, capsys):
+    _, dirs = workspace
+    code = main(["run", *SUBSET, *dirs, "--run-id", "slow", "--threshold", "1.0",
+                 "--inject-slowdown", "latent_prep[single_frame-64x48-9f]=3"])
+    out = capsys.readouterr().out
+    assert code == 1
+    failures = out.split("## Failures")[1] if "## Failures" in out else out
+    assert "latent_prep[single_frame-64x48-9f]" in failures
+    assert "latent_prep[expand-64x48-9f]: " not in failures
+
+
+def test_reverted_optimisation_fails_the_in_run_check(workspace, capsys):
+    _, dirs = workspace
+    code = main(["run", *SUBSET, *dirs, "--run-id", "revert", "--revert-single-frame"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "latent_prep[64x48-17f]" in out and "speedup" in out.lower()
+
+
+def test_baseline_is_never_overwritten_silently(workspace, capsys):
+    root, _ = workspace
+    args = ["baseline", "--from-run", str(root / "results" / "first"), "--baselines-dir", str(root / "baselines")]
+    assert main(args) == 2
+    assert "file exists; pass --force to replace it" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+
+
+def test_no_baseline_from_a_negative_control(workspace, capsys):
+    root, _ = workspace
+    args = ["baseline", "--from-run", str(root / "results" / "slow"), "--baselines-dir", str(root / "empty")]
+    assert main(args) == 2
+    assert "cannot be recorded with a negative control" in capsys.readouterr().err
+
+
+def test_absent_or_corrupt_baseline_exits_2(workspace, tmp_path, capsys):
+    root, _ = workspace
+    run_dir = str(root / "results" / "first")
+    assert main(["gate", run_dir, "--baseline", str(tmp_path / "absent.json")]) == 2
+    assert "baseline: file does not exist" in capsys.readouterr().err
+    (tmp_path / "corrupt.json").write_text('{"schema_version": 1, "cases": [')
+    assert main(["gate", run_dir, "--baseline", str(tmp_path / "corrupt.json")]) == 2
+    assert "baseline: must be readable JSON" in capsys.readouterr().err
+
+
+def test_foreign_device_baseline_is_refused(workspace, tmp_path, capsys):
+    root, _ = workspace
+    run_dir = root / "results" / "first"
+    data = run_to_dict(load_run(run_dir / "run.json"))
+    data["environment"].update(device_name="NVIDIA H100 80GB HBM3", device_slug="nvidia-h100-80gb-hbm3")
+    (tmp_path / "h100.json").write_text(json.dumps(data))
+    assert main(["gate", str(run_dir), "--baseline", str(tmp_path / "h100.json")]) == 2
+    assert "pass --allow-device-mismatch" in capsys.readouterr().err
+    assert main(["gate", str(run_dir), "--baseline", str(tmp_path / "h100.json"), "--allow-device-mismatch",
+                 "--threshold", "1.0"]) == 0
+
+
+def test_no_baseline_for_this_device(workspace, capsys):
+    root, _ = workspace
+    run_dir = str(root / "results" / "first")
+    assert main(["gate", run_dir, "--baselines-dir", str(root / "none")]) == 0  # in-run checks only
+    assert "no baseline for" in capsys.readouterr().out
+    assert main(["gate", run_dir, "--baselines-dir", str(root / "none"), "--require-baseline"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threshold", "-1"], "latency_threshold: must be >= 0"),
+        (["--override", "e2e"], "override: must read NAME=FRACTION"),
+        (["--inject-slowdown", "x=0"], "inject_slowdown: must read PATTERN=FRACTION"),
+        (["--rounds", "1,2"], "rounds: must read WARMUP,MIN,MAX,TARGET_MS"),
+    ],
+)
+def test_bad_options_exit_2_before_measuring(tmp_path, argv, message, capsys):
+    assert main(["run", "--preset", "tiny", "--results-dir", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_ids_are_never_reused(workspace, capsys):
+    root, dirs = workspace
+    assert main(["run", *SUBSET, *dirs, "--run-id", "first"]) == 2
+    assert "runs are never overwritten" in capsys.readouterr().err
+
+
+def test_input_error_is_a_value_error():
+    assert issubclass(InputError, ValueError)
