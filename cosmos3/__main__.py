@@ -66,26 +66,24 @@ def run(args: argparse.Namespace) -> int:
     height = args.height or (720 if real else 64)
     width = args.width or (1280 if real else 96)
     num_frames = 1 if args.task == "t2i" else (args.num_frames or (81 if real else 17))
-    image = None
-    if args.task == "i2v":
-        if args.image is None:
-            args.trace_dir.mkdir(parents=True, exist_ok=True)
-            image = seeded_image_file(args.trace_dir / "condition.png", width, height, args.seed)
-        else:
-            image = args.image
     req = Req(
         height=height,
         width=width,
         num_frames=num_frames,
         seed=args.seed,
-        image=image,
         output_kind="image" if args.task == "t2i" else "video",
         num_inference_steps=args.steps or preset.num_inference_steps,
         guidance_scale=args.guidance_scale,
         profile=args.profile,
     )
-    # Fail on bad input before minutes of model construction.
+    # Fail on bad input before writing anything or spending minutes building models.
     req.validate()
+    if args.task == "i2v":
+        if args.image is None:
+            args.trace_dir.mkdir(parents=True, exist_ok=True)
+            req.image = seeded_image_file(args.trace_dir / "condition.png", width, height, args.seed)
+        else:
+            req.image = args.image
     profile = ProfileOptions(args.trace_dir, args.profile_mode, args.num_profiled_timesteps)
     components = build_components(preset, device, weights_dir=args.weights_dir)
     pipeline = Cosmos3Pipeline(
@@ -98,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     out = pipeline(req)
     print(
         f"{args.task} {width}x{height} {num_frames}f, {req.num_inference_steps} steps, strategy {args.strategy}, "
-        f"preset {preset.name}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})"
+        f"preset {preset.name}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
     print(stage_table(out))
     if out.coverage is not None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, ModelMixin, UniPCMultistepScheduler, WanTransformer3DModel
 
 from cosmos3.errors import InputError
 from cosmos3.presets import Preset
@@ -36,6 +36,26 @@ def _check_weights_dir(weights_dir: Path, subfolder: str) -> Path:
     return folder
 
 
+def _build(
+    model_cls: type[ModelMixin],
+    config: dict,
+    subfolder: str,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    weights_dir: Path | None,
+    seed: int,
+) -> ModelMixin:
+    if weights_dir is not None:
+        folder = _check_weights_dir(weights_dir, subfolder)
+        model = model_cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    else:
+        torch.manual_seed(seed)
+        # Built directly on the device: initialising a large model on the CPU first takes minutes.
+        with torch.device(device):
+            model = cast_like_from_pretrained(model_cls(**config), dtype)
+    return model.to(device).eval().requires_grad_(False)
+
+
 def build_vae(
     preset: Preset,
     device: torch.device | str,
@@ -45,16 +65,7 @@ def build_vae(
     seed: int = 0,
 ) -> AutoencoderKLWan:
     """The Wan 2.2 VAE: seeded random weights at the preset's size, or `weights_dir/vae` when given."""
-    dtype = dtype or preset.dtype
-    if weights_dir is not None:
-        folder = _check_weights_dir(weights_dir, "vae")
-        vae = AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-    else:
-        torch.manual_seed(seed)
-        # Built directly on the device: initialising a large model on the CPU first takes minutes.
-        with torch.device(device):
-            vae = cast_like_from_pretrained(AutoencoderKLWan(**preset.vae.to_diffusers()), dtype)
-    return vae.to(device).eval().requires_grad_(False)
+    return _build(AutoencoderKLWan, preset.vae.to_diffusers(), "vae", device, dtype or preset.dtype, weights_dir, seed)
 
 
 def build_transformer(
@@ -66,15 +77,9 @@ def build_transformer(
     seed: int = 0,
 ) -> WanTransformer3DModel:
     """The DiT stand-in: seeded random weights at the preset's size, or `weights_dir/transformer`."""
-    dtype = dtype or preset.dtype
-    if weights_dir is not None:
-        folder = _check_weights_dir(weights_dir, "transformer")
-        model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-    else:
-        torch.manual_seed(seed)
-        with torch.device(device):
-            model = cast_like_from_pretrained(WanTransformer3DModel(**preset.dit.to_diffusers()), dtype)
-    return model.to(device).eval().requires_grad_(False)
+    return _build(
+        WanTransformer3DModel, preset.dit.to_diffusers(), "transformer", device, dtype or preset.dtype, weights_dir, seed
+    )
 
 
 def build_scheduler(preset: Preset, *, output_kind: str = "video") -> UniPCMultistepScheduler:

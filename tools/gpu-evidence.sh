@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU evidence issues 2-4 ask for, in steps that each fit one 10-minute device call.
+#   bash tools/gpu-evidence.sh baseline   # record baselines/<gpu>/wan22.json (full suite) + a profiled trace
+#   bash tools/gpu-evidence.sh unchanged  # full suite against that baseline: must pass
+#   bash tools/gpu-evidence.sh controls   # +10% on single_frame, then expand as single_frame: both must fail
+# Needs the wheels from ../shared/tools/gpu-wheels.sh in .whl/ (carried to the device). Everything it
+# writes lands in results/ and baselines/, and is packed into $OUT/evidence-<step>.tar.gz when $OUT is set.
+set -uo pipefail
+step=${1:?usage: gpu-evidence.sh baseline|unchanged|controls}
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 2
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+fi
+export PYTHONUNBUFFERED=1
+mkdir -p results/logs
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee results/logs/gpu.txt
+run() {  # run NAME CMD...: log the output, keep the exit status
+  local name=$1; shift
+  echo "\$ $*" | tee "results/logs/$name.log"
+  "$@" 2>&1 | tee -a "results/logs/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "exit status: $rc" | tee -a "results/logs/$name.log"
+}
+case $step in
+  baseline)
+    run baseline python3 -m nox -s baseline -- --run-id baseline
+    run profile python3 -m nox -s profile -- --num-profiled-timesteps 3 --trace-dir results/traces ;;
+  unchanged)
+    run unchanged python3 -m nox -s bench -- --run-id unchanged --require-baseline ;;
+  controls)
+    run slowed python3 -m nox -s bench -- --run-id slowed --require-baseline -k test_latent_prep \
+      --exclude 'vae_encode[*]' --exclude 'e2e[*]' --inject-slowdown 'latent_prep[single_frame-*]=0.10'
+    run reverted python3 -m nox -s bench -- --run-id reverted --require-baseline -k test_latent_prep \
+      --exclude 'vae_encode[*]' --exclude 'e2e[*]' --revert-single-frame ;;
+  *) echo "unknown step: $step" >&2; exit 2 ;;
+esac
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/evidence-$step.tar.gz" --exclude='*.json.gz' results baselines
+  cp results/traces/*.json.gz "$OUT/" 2>/dev/null || true
+fi
