@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 
+from cosmos3.components import build_components
+from cosmos3.equivalence import check_encode_equivalence
 from cosmos3.errors import InputError
 from cosmos3.request import Req
 from cosmos3.stages import (
@@ -84,3 +86,15 @@ def test_timesteps_follow_the_request():
 def test_denoising_needs_prepared_inputs():
     with pytest.raises(InputError, match="latents: must be set by the earlier stages"):
         denoiser()(Req(height=64, width=96, num_frames=5))
+
+
+def test_bf16_latents_stay_bf16_and_frame0_stays_bitwise():
+    """wan22 runs in bf16: the scheduler must not hand the bf16 DiT float32 latents."""
+    c = build_components(tiny.PRESET, "cpu", dtype=torch.bfloat16)
+    req = tiny.i2v_request(height=80, width=96, num_frames=9, num_inference_steps=2)
+    assert check_encode_equivalence(c.vae, req, dtype=torch.bfloat16).bitwise
+    req = Cosmos3LatentPreparationStage(c.vae, dtype=torch.bfloat16)(req)
+    req = Cosmos3TimestepPreparationStage(c.preset, c.device)(req)
+    out = Cosmos3DenoisingStage(c.transformer, c.text_embeds)(req)
+    assert out.latents.dtype == torch.bfloat16
+    assert torch.equal(out.latents[:, :, :1], out.image_latent)
