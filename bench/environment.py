@@ -28,7 +28,7 @@ def _run(cmd: list[str]) -> str | None:
     if shutil.which(cmd[0]) is None:
         return None
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO_ROOT)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO_ROOT, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -78,7 +78,7 @@ def collect_environment(
         allow_tf32_matmul=torch.backends.cuda.matmul.allow_tf32 if cuda else None,
         commit=commit,
         commit_dirty=bool(status) if commit else None,
-        date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        date_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         hostname=socket.gethostname(),
         negative_controls=negative_controls,
         argv=" ".join(sys.argv),

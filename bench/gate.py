@@ -211,13 +211,13 @@ def compare_latency(current: CaseResult, baseline: CaseResult, config: GateConfi
     cur, base = np.asarray(current.samples_ms), np.asarray(baseline.samples_ms)
     ratio = current.median_ms / baseline.median_ms
     threshold = config.threshold_for(current.name)
-    common = dict(
-        name=current.name,
-        baseline_median_ms=baseline.median_ms,
-        current_median_ms=current.median_ms,
-        ratio=ratio,
-        threshold=threshold,
-    )
+    common = {
+        "name": current.name,
+        "baseline_median_ms": baseline.median_ms,
+        "current_median_ms": current.median_ms,
+        "ratio": ratio,
+        "threshold": threshold,
+    }
     if not _testable(len(cur), len(base), config.alpha):
         note = (
             f"only {len(cur)} rounds in this run and {len(base)} in the baseline; too few samples for a "

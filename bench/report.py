@@ -11,10 +11,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # report writing runs on headless CI runners; never ask for a display
 import matplotlib.pyplot as plt
-from matplotlib import ticker  # noqa: E402
+from matplotlib import ticker
 
-from bench.gate import CI_LEVEL, GateReport, equivalence_errors  # noqa: E402
-from bench.records import CaseResult, Environment, RunRecord  # noqa: E402
+from bench.gate import CI_LEVEL, GateReport, equivalence_errors
+from bench.records import CaseResult, Environment, RunRecord
 
 SUMMARY_NAME = "summary.md"
 GITHUB_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"

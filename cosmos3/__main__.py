@@ -13,8 +13,8 @@ import torch
 from cosmos3.components import build_components
 from cosmos3.errors import InputError
 from cosmos3.pipeline import Cosmos3Pipeline, PipelineOutput
-from cosmos3.profiler import ProfileOptions
 from cosmos3.presets import PRESETS, get_preset
+from cosmos3.profiler import ProfileOptions
 from cosmos3.request import Req
 from cosmos3.stages import ENCODE_STRATEGIES
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 
@@ -26,7 +27,7 @@ class DeviceTimer:
     device: torch.device
     elapsed_ms: float = float("nan")
 
-    def __enter__(self) -> DeviceTimer:
+    def __enter__(self) -> Self:
         synchronize(self.device)
         self._start = time.perf_counter()
         return self

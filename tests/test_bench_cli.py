@@ -128,7 +128,7 @@ def test_bad_options_exit_2_before_measuring(tmp_path, argv, message, capsys):
 
 
 def test_run_ids_are_never_reused(workspace, capsys):
-    root, dirs = workspace
+    _, dirs = workspace
     assert main(["run", *SUBSET, *dirs, "--run-id", "first"]) == 2
     assert "runs are never overwritten" in capsys.readouterr().err
 

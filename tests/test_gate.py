@@ -7,14 +7,17 @@ import json
 
 import pytest
 
-from bench.gate import GateConfig, check_compatible, evaluate, matches
-from bench.records import load_run, run_to_dict
+from bench.gate import GateConfig, check_compatible, evaluate
+from bench.records import load_run, matches, run_to_dict
 from cosmos3.errors import InputError
 
 NAME = "latent_prep[single_frame-1280x720-81f]"
 
 
-def gate_one(make_case, make_run, current_kwargs, baseline_kwargs=None, config=GateConfig()):
+DEFAULT_CONFIG = GateConfig()
+
+
+def gate_one(make_case, make_run, current_kwargs, baseline_kwargs=None, config=DEFAULT_CONFIG):
     baseline = make_run([make_case(**(baseline_kwargs or {}))])
     current = make_run([make_case(seed=1, **current_kwargs)])
     return evaluate(current, baseline, config)
