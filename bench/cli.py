@@ -160,13 +160,16 @@ def measure(args: argparse.Namespace, preset: str, run_dir: Path) -> tuple[RunRe
     if args.keyword:
         cmd += ["-k", args.keyword]
     print("$ " + " ".join(cmd), flush=True)
+    started = time.perf_counter()
     code = subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    wall_s = time.perf_counter() - started
+    print(f"benchmark suite wall time: {wall_s:.1f} s", flush=True)
     if code not in (0, 1) or not (run_dir / PYTEST_JSON).is_file():
         raise InputError("benchmarks", f"pytest exited {code} without benchmark results (see its output above)")
     data = json.loads((run_dir / PYTEST_JSON).read_text())
     run = run_from_pytest_benchmark(data, source=str(run_dir / PYTEST_JSON))
     argv = "python -m bench " + " ".join(sys.argv[1:])
-    run = dataclasses.replace(run, environment=dataclasses.replace(run.environment, argv=argv))
+    run = dataclasses.replace(run, environment=dataclasses.replace(run.environment, argv=argv, suite_wall_s=wall_s))
     save_run(run, run_dir / RUN_RECORD)
     return run, failed_cases(run_dir / JUNIT_XML)
 

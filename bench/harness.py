@@ -57,9 +57,10 @@ class RoundPolicy:
         return policy
 
     @classmethod
-    def from_env(cls) -> RoundPolicy:
+    def from_env(cls, default: RoundPolicy | None = None) -> RoundPolicy:
+        """The --rounds override when set (it applies to every case), else `default`."""
         raw = os.environ.get(ROUNDS_ENV)
-        return cls.parse(raw) if raw else cls()
+        return cls.parse(raw) if raw else (default or cls())
 
 
 def parse_slowdowns(raw: str | None) -> dict[str, float]:
@@ -121,7 +122,7 @@ def measure(
     resident memory go to benchmark.extra_info. `on_round` sees each timed round's result
     (warm-up rounds excluded), e.g. to keep an end-to-end run's per-stage times.
     """
-    policy = policy or RoundPolicy.from_env()
+    policy = RoundPolicy.from_env(default=policy)
     slowdown = slowdown_for(case_name)
     warm_ms = []
     for _ in range(policy.warmup_rounds):

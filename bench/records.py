@@ -121,6 +121,7 @@ class Environment:
     # Negative controls switched on for this run (e.g. an injected slowdown); a baseline must have none.
     negative_controls: tuple[str, ...] = ()
     argv: str = ""
+    suite_wall_s: float | None = None  # the whole benchmark process, model builds and warm-ups included
 
 
 @dataclass(frozen=True)

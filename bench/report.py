@@ -96,6 +96,7 @@ _ENV_ROWS = (
     ("driver", "driver"),
     ("commit", "commit"),
     ("date (UTC)", "date_utc"),
+    ("suite wall time (s)", "suite_wall_s"),
 )
 
 
@@ -103,6 +104,8 @@ def _env_value(env: Environment, attr: str) -> str:
     value = getattr(env, attr)
     if attr == "commit" and value:
         value = value[:12] + (" (dirty)" if env.commit_dirty else "")
+    if attr == "suite_wall_s" and value is not None:
+        value = f"{value:.0f}"
     return str(value) if value not in (None, "") else DASH
 
 

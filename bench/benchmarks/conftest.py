@@ -32,6 +32,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cases(kind): parametrise `case` with the preset's grid of that kind")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the kinds in a fixed order (stage, component, whole pipeline), whatever -k selects.
+
+    Peak memory includes what earlier cases left resident on the device, so a subset run
+    (-k test_latent_prep) must see the same device state as the full run its baseline came from.
+    """
+    order = {kind: i for i, kind in enumerate(_CASES_BY_MARK)}
+
+    def rank(item: pytest.Item) -> int:
+        marker = item.get_closest_marker("cases")
+        return order.get(marker.args[0], len(order)) if marker else len(order)
+
+    items.sort(key=rank)  # stable: parametrisation order is kept within a kind
+
+
 def resolve_preset_name(config: pytest.Config) -> str:
     name = config.getoption("--preset")
     if name == "auto":
