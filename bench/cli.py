@@ -20,7 +20,7 @@ import torch
 from bench import gate as gate_mod
 from bench.environment import REPO_ROOT
 from bench.harness import REVERT_ENV, ROUNDS_ENV, SLOWDOWN_ENV, RoundPolicy, parse_slowdowns
-from bench.records import RunRecord, load_run, run_from_pytest_benchmark, save_run
+from bench.records import RunRecord, load_run, merge_runs, run_from_pytest_benchmark, save_run
 from bench.report import append_github_summary, write_report
 from cosmos3.errors import InputError
 
@@ -61,6 +61,9 @@ def add_gate_options(p: argparse.ArgumentParser) -> None:
                    help="baseline benchmark this run need not contain; may use * (repeatable)")
     g.add_argument("--min-speedup", type=float, default=gate_mod.DEFAULT_MIN_SPEEDUP,
                    help="single_frame must beat expand by this factor (default %(default)s)")
+    g.add_argument("--noise-k", type=float, default=gate_mod.DEFAULT_NOISE_K,
+                   help="a slowdown must also exceed this many run-to-run standard deviations of a baseline "
+                        "merged from >= 3 runs (default %(default)s)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -91,7 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     again.add_argument("run_dir", type=Path)
     add_gate_options(again)
     base = sub.add_parser("baseline", help="record baselines/<device>/<preset>.json from a run")
-    base.add_argument("--from-run", type=Path, help="use this finished run instead of measuring")
+    base.add_argument("--from-run", type=Path, action="append", default=[], metavar="RUN_DIR",
+                      help="use this finished run instead of measuring; repeat to merge several runs")
+    base.add_argument("--repeats", type=int, default=1,
+                      help="measure this many runs, each in its own process, and merge them (default 1; "
+                           ">= 3 lets the gate allow for run-to-run noise)")
     base.add_argument("--force", action="store_true", help="replace an existing baseline")
     base.add_argument("--baselines-dir", type=Path, default=REPO_ROOT / "baselines")
     add_run_options(base)
@@ -106,6 +113,7 @@ def gate_config(args: argparse.Namespace) -> gate_mod.GateConfig:
         memory_threshold=args.memory_threshold,
         exclude=frozenset(args.exclude),
         min_speedup=args.min_speedup,
+        noise_k=args.noise_k,
     )
 
 
@@ -222,24 +230,39 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return gate_and_report(args, run, args.run_dir, [])
 
 
+def baseline_runs(args: argparse.Namespace) -> list[tuple[RunRecord, list[str]]]:
+    """The runs a baseline is made of: finished ones (--from-run) or --repeats fresh ones."""
+    if args.from_run:
+        return [(load_run(path / RUN_RECORD, what="run record"), []) for path in args.from_run]
+    if args.repeats < 1:
+        raise InputError("repeats", "must be >= 1", args.repeats)
+    preset = resolve_preset(args.preset)
+    base_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}-baseline"
+    runs = []
+    for i in range(1, args.repeats + 1):
+        run_args = argparse.Namespace(**{**vars(args), "run_id": base_id if args.repeats == 1 else f"{base_id}-{i}"})
+        runs.append(measure(run_args, preset, new_run_dir(run_args, preset)))
+    return runs
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
-    if args.from_run is not None:
-        run, failed = load_run(args.from_run / RUN_RECORD, what="run record"), []
-    else:
-        preset = resolve_preset(args.preset)
-        run, failed = measure(args, preset, new_run_dir(args, preset))
-    env = run.environment
-    if env.negative_controls:
-        raise InputError("baseline", "cannot be recorded with a negative control switched on",
-                         list(env.negative_controls))
-    checks = gate_mod.evaluate(run, None, gate_mod.GateConfig())
-    problems = list(failed) + list(checks.failures)
+    runs = baseline_runs(args)
+    problems = []
+    for run, failed in runs:
+        env = run.environment
+        if env.negative_controls:
+            raise InputError("baseline", "cannot be recorded with a negative control switched on",
+                             list(env.negative_controls))
+        problems += list(failed) + list(gate_mod.evaluate(run, None, gate_mod.GateConfig()).failures)
     if problems:
         print("refusing to record a baseline from a run that fails its own checks:\n- " + "\n- ".join(problems))
         return EXIT_REGRESSION
+    run = runs[0][0] if len(runs) == 1 else merge_runs([r for r, _ in runs])
+    env = run.environment
     path = args.baselines_dir / env.device_slug / f"{env.preset}.json"
     save_run(run, path, overwrite=args.force)
-    print(f"baseline written: {path} ({len(run.cases)} benchmarks, {env.device_name}, commit {env.commit})")
+    merged = f", merged from {len(runs)} runs" if len(runs) > 1 else ""
+    print(f"baseline written: {path} ({len(run.cases)} benchmarks{merged}, {env.device_name}, commit {env.commit})")
     return EXIT_PASS
 
 

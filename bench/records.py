@@ -62,6 +62,9 @@ class CaseResult:
     stage_samples_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # Anything else worth keeping with the case (e.g. the frame-0 equivalence report).
     extra: dict[str, Any] = field(default_factory=dict)
+    # The median of each run merged into this record (a baseline measured in several processes);
+    # empty for a single run. Their spread is the run-to-run noise the gate allows for.
+    run_medians_ms: tuple[float, ...] = ()
 
     @property
     def name(self) -> str:
@@ -122,6 +125,8 @@ class Environment:
     negative_controls: tuple[str, ...] = ()
     argv: str = ""
     suite_wall_s: float | None = None  # the whole benchmark process, model builds and warm-ups included
+    # The runs a merged baseline was built from (their dates and commands); empty for a single run.
+    merged_runs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,7 @@ def _case_to_dict(case: CaseResult) -> dict[str, Any]:
         "resident_mem_gib": case.resident_mem_gib,
         "stage_samples_ms": {k: list(v) for k, v in case.stage_samples_ms.items()},
         "extra": case.extra,
+        "run_medians_ms": list(case.run_medians_ms),
         # Written for people reading the file; the loader ignores it and derives them again.
         "stats": {
             "rounds": case.rounds,
@@ -180,7 +186,8 @@ def run_from_dict(data: dict[str, Any], *, source: str = "run record") -> RunRec
         )
     try:
         env_fields = _known_fields(Environment, data["environment"])
-        env_fields["negative_controls"] = tuple(env_fields.get("negative_controls", ()))
+        for key in ("negative_controls", "merged_runs"):
+            env_fields[key] = tuple(env_fields.get(key, ()))
         env = Environment(**env_fields)
         cases = []
         for raw in data["cases"]:
@@ -196,6 +203,7 @@ def run_from_dict(data: dict[str, Any], *, source: str = "run record") -> RunRec
                     resident_mem_gib=raw.get("resident_mem_gib"),
                     stage_samples_ms={k: tuple(v) for k, v in raw.get("stage_samples_ms", {}).items()},
                     extra=raw.get("extra", {}),
+                    run_medians_ms=tuple(float(x) for x in raw.get("run_medians_ms", ())),
                 )
             )
     except (KeyError, TypeError, ValueError) as exc:
@@ -217,6 +225,55 @@ def load_run(path: Path | str, *, what: str = "run record") -> RunRecord:
     return run_from_dict(data, source=f"{what} {path}")
 
 
+def merge_runs(runs: list[RunRecord]) -> RunRecord:
+    """One record from several runs of the same suite on the same device, e.g. a baseline measured in
+    several processes: samples pooled, each run's median kept (run_medians_ms), the highest peak memory.
+
+    Runs in one process share its state (clocks, host load, allocator), so their rounds understate
+    how much a fresh process varies; the spread of per-run medians is what a new run is compared to.
+    """
+    if len(runs) < 2:
+        raise InputError("runs", "merging needs at least two runs", len(runs))
+    first = runs[0].environment
+    for run in runs:
+        env = run.environment
+        for key in ("device_slug", "preset", "dtype"):
+            if getattr(env, key) != getattr(first, key):
+                raise InputError(f"runs.{key}", f"must be the same in every merged run ({getattr(first, key)!r})",
+                                 getattr(env, key))
+        if env.negative_controls:
+            raise InputError("runs.negative_controls", "must be empty in every merged run",
+                             list(env.negative_controls))
+    grouped: dict[str, list[CaseResult]] = {}
+    for run in runs:
+        for case in run.cases:
+            grouped.setdefault(case.name, []).append(case)
+    cases = []
+    for group in grouped.values():
+        peaks = [c.peak_mem_gib for c in group if c.peak_mem_gib is not None]
+        stages: dict[str, tuple[float, ...]] = {}
+        for c in group:
+            for stage, values in c.stage_samples_ms.items():
+                stages[stage] = stages.get(stage, ()) + tuple(values)
+        cases.append(dataclasses.replace(
+            group[0],
+            samples_ms=tuple(x for c in group for x in c.samples_ms),
+            peak_mem_gib=max(peaks) if peaks else None,
+            stage_samples_ms=stages,
+            run_medians_ms=tuple(m for c in group for m in (c.run_medians_ms or (c.median_ms,))),
+        ))
+    sources = tuple(s for run in runs for s in (run.environment.merged_runs
+                                                or (f"{run.environment.date_utc} {run.environment.argv}".strip(),)))
+    env = dataclasses.replace(first, merged_runs=sources, suite_wall_s=None, argv="merged")
+    return RunRecord(environment=env, cases=tuple(cases))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: Path | str, payload: Any, *, overwrite: bool = False) -> Path:
     """Write JSON to a temporary file beside `path`, fsync it, then rename it into place.
 
@@ -228,6 +285,7 @@ def write_json_atomic(path: Path | str, payload: Any, *, overwrite: bool = False
     text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as readable as any other
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

@@ -76,6 +76,18 @@ def test_baseline_is_never_overwritten_silently(workspace, capsys):
     assert main([*args, "--force"]) == 0
 
 
+def test_baseline_merges_several_runs(workspace, capsys):
+    root, _ = workspace
+    runs = [str(root / "results" / name) for name in ("first", "again")]
+    out_dir = root / "merged"
+    args = ["baseline", "--from-run", runs[0], "--from-run", runs[1], "--baselines-dir", str(out_dir)]
+    assert main(args) == 0
+    assert "merged from 2 runs" in capsys.readouterr().out
+    (path,) = out_dir.glob("*/tiny.json")
+    baseline = load_run(path)
+    assert all(len(c.run_medians_ms) == 2 and c.rounds == 16 for c in baseline.cases)
+
+
 def test_no_baseline_from_a_negative_control(workspace, capsys):
     root, _ = workspace
     args = ["baseline", "--from-run", str(root / "results" / "slow"), "--baselines-dir", str(root / "empty")]

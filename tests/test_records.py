@@ -11,6 +11,7 @@ from bench.records import (
     SCHEMA_VERSION,
     CaseSpec,
     load_run,
+    merge_runs,
     run_from_pytest_benchmark,
     run_to_dict,
     save_run,
@@ -59,6 +60,15 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         write_json_atomic(path, {"a": float("nan")}, overwrite=True)  # not valid JSON: refused mid-way
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["b.json"]
+
+
+def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "c.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_older_files_load_with_defaults(tmp_path, make_case, make_run):
@@ -123,3 +133,35 @@ def test_from_pytest_benchmark_keeps_raw_samples_in_ms(make_case, make_run):
 def test_from_pytest_benchmark_without_our_environment():
     with pytest.raises(InputError, match="lacks what the cosmos3 benchmarks write"):
         run_from_pytest_benchmark({"machine_info": {}, "benchmarks": []})
+
+
+def test_merge_pools_samples_and_keeps_each_runs_median(tmp_path, make_case, make_run):
+    runs = [make_run([make_case(median_ms=m, seed=i, peak_mem_gib=g, rounds=10)])
+            for i, (m, g) in enumerate([(10.0, 2.0), (11.0, 2.1), (12.0, 2.0)])]
+    merged = merge_runs(runs)
+    (case,) = merged.cases
+    assert case.rounds == 30 and case.peak_mem_gib == 2.1
+    assert case.run_medians_ms == tuple(r.cases[0].median_ms for r in runs)
+    assert len(merged.environment.merged_runs) == 3
+    save_run(merged, tmp_path / "m.json")
+    assert load_run(tmp_path / "m.json") == merged  # run medians and sources survive the file
+    again = merge_runs([merged, runs[0]])  # merging a merged record extends, never collapses, its runs
+    assert len(again.cases[0].run_medians_ms) == 4 and len(again.environment.merged_runs) == 4
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        ({"preset": "tiny"}, "runs.preset: must be the same in every merged run"),
+        ({"device": "NVIDIA H200"}, "runs.device_slug: must be the same in every merged run"),
+        ({"negative_controls": ("slowdown x=0.1",)}, "runs.negative_controls: must be empty"),
+    ],
+)
+def test_merge_refuses_unlike_runs(make_case, make_run, other, message):
+    with pytest.raises(InputError, match=message):
+        merge_runs([make_run([make_case()]), make_run([make_case()], **other)])
+
+
+def test_merge_needs_two_runs(make_case, make_run):
+    with pytest.raises(InputError, match="runs: merging needs at least two runs"):
+        merge_runs([make_run([make_case()])])

@@ -3,10 +3,11 @@
 #   bash tools/gpu-evidence.sh baseline   # record baselines/<gpu>/wan22.json (full suite) + a profiled trace
 #   bash tools/gpu-evidence.sh unchanged  # full suite against that baseline: must pass
 #   bash tools/gpu-evidence.sh controls   # +10% on single_frame, then expand as single_frame: both must fail
+#   bash tools/gpu-evidence.sh repeatN    # latent prep + VAE encode again against the baseline (false-positive check)
 # Needs the wheels from ../shared/tools/gpu-wheels.sh in .whl/ (carried to the device). Everything it
 # writes lands in results/ and baselines/, and is packed into $OUT/evidence-<step>.tar.gz when $OUT is set.
 set -uo pipefail
-step=${1:?usage: gpu-evidence.sh baseline|unchanged|controls}
+step=${1:?usage: gpu-evidence.sh baseline|unchanged|controls|repeatN}
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 2
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
@@ -25,13 +26,15 @@ case $step in
   baseline)
     run baseline python3 -m nox -s baseline -- --run-id baseline
     run profile python3 -m nox -s profile -- --num-profiled-timesteps 3 --trace-dir results/traces ;;
-  unchanged)
-    run unchanged python3 -m nox -s bench -- --run-id unchanged --require-baseline ;;
+  unchanged*)
+    run "$step" python3 -m nox -s bench -- --run-id "$step" --require-baseline ;;
   controls)
     run slowed python3 -m nox -s bench -- --run-id slowed --require-baseline -k test_latent_prep \
       --exclude 'vae_encode[*]' --exclude 'e2e[*]' --inject-slowdown 'latent_prep[single_frame-*]=0.10'
     run reverted python3 -m nox -s bench -- --run-id reverted --require-baseline -k test_latent_prep \
       --exclude 'vae_encode[*]' --exclude 'e2e[*]' --revert-single-frame ;;
+  repeat*)  # another unchanged run of the fast (launch-bound) cases: how often does unchanged code pass?
+    run "$step" python3 -m nox -s bench -- --run-id "$step" --require-baseline -k 'not test_e2e' --exclude 'e2e[*]' ;;
   *) echo "unknown step: $step" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
