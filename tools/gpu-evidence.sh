@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The GPU evidence issues 2-4 ask for, in steps that each fit one 10-minute device call.
 #   bash tools/gpu-evidence.sh baseline   # record baselines/<gpu>/wan22.json (full suite) + a profiled trace
-#   bash tools/gpu-evidence.sh unchanged  # full suite against that baseline: must pass
+#   bash tools/gpu-evidence.sh unchanged[N] # full suite against that baseline: must pass
 #   bash tools/gpu-evidence.sh controls   # +10% on single_frame, then expand as single_frame: both must fail
 #   bash tools/gpu-evidence.sh repeatN    # latent prep + VAE encode again against the baseline (false-positive check)
+# Merge the baseline with later unchanged runs so that the gate sees run-to-run noise (>= 3 runs):
+#   python -m bench baseline --from-run results/baseline --from-run results/unchanged --from-run results/repeat1 --force
 # Needs the wheels from ../shared/tools/gpu-wheels.sh in .whl/ (carried to the device). Everything it
 # writes lands in results/ and baselines/, and is packed into $OUT/evidence-<step>.tar.gz when $OUT is set.
+# A step whose gate fails (as the controls must) does not stop the script: each exit status is in its log.
 set -uo pipefail
 step=${1:?usage: gpu-evidence.sh baseline|unchanged|controls|repeatN}
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 2
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 2
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 fi
 export PYTHONUNBUFFERED=1
