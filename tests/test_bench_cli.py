@@ -7,10 +7,12 @@ injected slowdowns are far larger, so each verdict below is robust, never a coin
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from bench.cli import main
+from bench.cli import BENCHMARKS_DIR, main
 from bench.records import load_run, run_to_dict
 from cosmos3.errors import InputError
 
@@ -147,3 +149,15 @@ def test_run_ids_are_never_reused(workspace, capsys):
 
 def test_input_error_is_a_value_error():
     assert issubclass(InputError, ValueError)
+
+
+def test_benchmarks_run_in_kind_order_whatever_is_selected():
+    """Peak memory depends on what earlier cases left resident, so a -k subset must keep the order."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", str(BENCHMARKS_DIR), "--collect-only", "-q", "-p", "no:cacheprovider",
+         "--preset=tiny", "-k", "test_e2e or test_vae_encode or (test_latent_prep and 9f)"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    kinds = [line.split("::")[1].split("[")[0] for line in out.splitlines() if "::" in line]
+    assert kinds == sorted(kinds, key=["test_latent_prep", "test_vae_encode", "test_e2e"].index)
+    assert set(kinds) == {"test_latent_prep", "test_vae_encode", "test_e2e"}
