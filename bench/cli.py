@@ -1,6 +1,7 @@
 """`python -m bench`: run the benchmarks, gate them against a baseline, write the report, record baselines.
 
-Exit status: 0 pass, 1 regression (or a failed benchmark / in-run check), 2 usage or data error.
+Exit status: 0 pass, 1 regression (or a failed benchmark / in-run check), 2 usage or data error,
+128 + N when stopped by signal N (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -18,30 +22,41 @@ from pathlib import Path
 import torch
 
 from bench import gate as gate_mod
-from bench.environment import REPO_ROOT
-from bench.harness import REVERT_ENV, ROUNDS_ENV, SLOWDOWN_ENV, RoundPolicy, parse_slowdowns
-from bench.records import RunRecord, load_run, merge_runs, run_from_pytest_benchmark, save_run
+from bench.environment import REPO_ROOT, device_identity, display_path, run_label
+from bench.harness import CONTROLS_ENV, RoundPolicy, RunControls
+from bench.records import (
+    RunRecord,
+    load_run,
+    merge_runs,
+    parse_pattern_values,
+    run_from_pytest_benchmark,
+    save_run,
+    write_json_atomic,
+)
 from bench.report import append_github_summary, write_report
+from cosmos3.components import check_weights_dir
 from cosmos3.errors import InputError
+from cosmos3.presets import PRESETS, resolve_preset_name
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 BENCHMARKS_DIR = Path(__file__).resolve().parent / "benchmarks"
 RUN_RECORD = "run.json"
 PYTEST_JSON = "pytest-benchmark.json"
 JUNIT_XML = "junit.xml"
+INTERRUPTED_RECORD = "interrupted.json"  # all a stopped run leaves behind
+REPORT_DIR = "report"  # the run's own report, beside its evidence
+# A run id names one folder: letters, digits and . _ - only, so it can never climb out of results/.
+RUN_ID_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# After a stop signal the benchmark child gets this long to exit before it is killed.
+CHILD_GRACE_S = 10.0
 
 
-def _fraction_items(values: list[str], field: str) -> dict[str, float]:
-    out = {}
-    for item in values:
-        name, sep, value = item.rpartition("=")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise InputError(field, "must read NAME=FRACTION, e.g. 'e2e[*]=0.10'", item)
-    return out
+class Interrupted(Exception):
+    """The run was stopped by a signal; it has left only interrupted.json."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 def add_gate_options(p: argparse.ArgumentParser) -> None:
@@ -68,7 +83,7 @@ def add_gate_options(p: argparse.ArgumentParser) -> None:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("run")
-    r.add_argument("--preset", choices=("auto", "tiny", "wan22"), default="auto",
+    r.add_argument("--preset", choices=("auto", *sorted(PRESETS)), default="auto",
                    help="auto: wan22 with CUDA, tiny on the CPU")
     r.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     r.add_argument("--run-id", help="name of results/<run-id>/ (default: UTC time and preset); never reused")
@@ -90,8 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run = sub.add_parser("run", help="measure, gate against the baseline, write results/<run-id>/")
     add_run_options(run)
     add_gate_options(run)
-    again = sub.add_parser("gate", help="gate and report a finished run again (measures nothing)")
+    again = sub.add_parser("gate", help="gate and report a finished run again (measures nothing, edits nothing)")
     again.add_argument("run_dir", type=Path)
+    again.add_argument("--report-dir", type=Path,
+                       help="a new folder for the report (default: RUN_DIR/gate-<UTC time>/); never overwritten")
     add_gate_options(again)
     base = sub.add_parser("baseline", help="record baselines/<device>/<preset>.json from a run")
     base.add_argument("--from-run", type=Path, action="append", default=[], metavar="RUN_DIR",
@@ -105,10 +122,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# ---- checks made before anything is created or measured ------------------------------------------
+
+
 def gate_config(args: argparse.Namespace) -> gate_mod.GateConfig:
     return gate_mod.GateConfig(
         latency_threshold=args.threshold,
-        latency_overrides=_fraction_items(args.override, "override"),
+        latency_overrides=parse_pattern_values(args.override, "override"),
         alpha=args.alpha,
         memory_threshold=args.memory_threshold,
         exclude=frozenset(args.exclude),
@@ -117,26 +137,98 @@ def gate_config(args: argparse.Namespace) -> gate_mod.GateConfig:
     )
 
 
-def resolve_preset(name: str) -> str:
-    return name if name != "auto" else ("wan22" if torch.cuda.is_available() else "tiny")
+def run_controls(args: argparse.Namespace) -> RunControls:
+    return RunControls(
+        rounds=RoundPolicy.parse(args.rounds) if args.rounds is not None else None,
+        slowdowns=parse_pattern_values(args.inject_slowdown, "inject_slowdown"),
+        revert_single_frame=args.revert_single_frame,
+    )
 
 
-def new_run_dir(args: argparse.Namespace, preset: str) -> Path:
-    run_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}"
-    run_dir = args.results_dir / run_id
+def check_output_dir(field: str, path: Path) -> None:
+    """`path` is, or can be created as, a folder this process may write into."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(field, "must be a folder (a file is in the way)", display_path(probe))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(field, "must be writable", display_path(probe))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """A run's every input, checked: nothing has been created or measured yet."""
+
+    preset_name: str  # the preset the benchmarks build: tiny | wan22
+    preset: str  # the configuration's label, as the run's environment will record it (wan22, wan22-dit30)
+    device_name: str
+    device_slug: str
+    controls: RunControls
+    run_id: str
+
+
+def plan_run(args: argparse.Namespace, *, suffix: str = "") -> RunPlan:
+    preset = resolve_preset_name(args.preset)
+    if args.dit_layers is not None and args.dit_layers < 1:
+        raise InputError("dit_layers", "must be >= 1", args.dit_layers)
+    if args.weights_dir is not None:
+        check_weights_dir(args.weights_dir, "vae")
+    controls = run_controls(args)
+    name, slug = device_identity(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    run_id = args.run_id if args.run_id is not None else f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}{suffix}"
+    if not RUN_ID_RULE.fullmatch(run_id):
+        raise InputError("run_id", "must be one folder name of letters, digits, '.', '_' and '-'", run_id)
+    check_output_dir("results_dir", args.results_dir)
+    if (args.results_dir / run_id).exists():
+        raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
+                         display_path(args.results_dir / run_id))
+    return RunPlan(preset, run_label(preset, args.dit_layers), name, slug, controls, run_id)
+
+
+# ---- measuring: the pytest-benchmark suite in a child process -------------------------------------
+
+
+def _run_child(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the benchmark child; a SIGTERM, SIGINT or SIGHUP to this process stops it too.
+
+    A SIGKILL runs no handler: for that the child asks the kernel for a signal at its parent's
+    death (RunControls.parent_pid, bench.harness.die_with_parent).
+    """
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT)
+    stopped: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        proc.send_signal(signal.SIGTERM)  # the child may also have had the terminal's SIGINT
+
+    handlers = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        raise InputError("run_id", "names a results folder that exists; runs are never overwritten", str(run_dir)) from None
-    return run_dir
+        code = proc.wait()
+        if stopped:
+            raise Interrupted(stopped[0])
+        return code
+    finally:
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=CHILD_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 def failed_cases(junit: Path) -> list[str]:
     """Benchmarks that errored or failed, with pytest's message (a failure is not a skip)."""
     if not junit.is_file():
         return []
+    try:
+        root = ET.parse(junit).getroot()
+    except ET.ParseError as exc:
+        raise InputError("junit_xml", f"must be well-formed XML ({exc})", display_path(junit)) from None
     out = []
-    for case in ET.parse(junit).getroot().iter("testcase"):
+    for case in root.iter("testcase"):
         for tag in ("failure", "error"):
             node = case.find(tag)
             if node is not None:
@@ -145,108 +237,161 @@ def failed_cases(junit: Path) -> list[str]:
     return out
 
 
-def measure(args: argparse.Namespace, preset: str, run_dir: Path) -> tuple[RunRecord, list[str]]:
-    """Run the pytest-benchmark suite in a child process; return the run record and failed cases."""
+def read_benchmark_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError("pytest_benchmark_json", f"must be readable JSON ({exc})", display_path(path)) from None
+
+
+def run_benchmarks(args: argparse.Namespace, plan: RunPlan, run_dir: Path) -> tuple[RunRecord | None, list[str]]:
+    """Run the suite in a child process; return its run record (None if no case finished) and failed cases."""
     env = dict(os.environ)
-    slowdowns = _fraction_items(args.inject_slowdown, "inject_slowdown")
-    env[SLOWDOWN_ENV] = ";".join(f"{k}={v}" for k, v in slowdowns.items())
-    parse_slowdowns(env[SLOWDOWN_ENV])  # same rule the child applies, checked before any work
-    env[REVERT_ENV] = "1" if args.revert_single_frame else ""
-    if args.rounds:
-        RoundPolicy.parse(args.rounds)  # checked here, before any work
-        env[ROUNDS_ENV] = args.rounds
+    env[CONTROLS_ENV] = dataclasses.replace(plan.controls, parent_pid=os.getpid()).to_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     cmd = [
-        sys.executable, "-m", "pytest", str(BENCHMARKS_DIR), "-q", "-p", "no:cacheprovider",
-        f"--preset={preset}", f"--benchmark-json={run_dir / PYTEST_JSON}", f"--junitxml={run_dir / JUNIT_XML}",
+        sys.executable, "-m", "pytest", display_path(BENCHMARKS_DIR), "-q", "-p", "no:cacheprovider",
+        f"--preset={plan.preset_name}", f"--benchmark-json={display_path(run_dir / PYTEST_JSON)}",
+        f"--junitxml={display_path(run_dir / JUNIT_XML)}",
         "--benchmark-sort=name", "--benchmark-columns=median,iqr,min,max,rounds",
     ]
-    if args.weights_dir:
+    if args.weights_dir is not None:
         cmd.append(f"--weights-dir={args.weights_dir}")
-    if args.dit_layers:
+    if args.dit_layers is not None:
         cmd.append(f"--dit-layers={args.dit_layers}")
-    if args.keyword:
+    if args.keyword is not None:
         cmd += ["-k", args.keyword]
-    print("$ " + " ".join(cmd), flush=True)
+    print("$ " + shlex.join(["python", *cmd[1:]]), flush=True)
     started = time.perf_counter()
-    code = subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    try:
+        code = _run_child(cmd, env)
+    except Interrupted as stop:
+        # Nothing half-written stays: the child's partial outputs go, one record says what happened.
+        for name in (PYTEST_JSON, JUNIT_XML):
+            (run_dir / name).unlink(missing_ok=True)
+        write_json_atomic(run_dir / INTERRUPTED_RECORD, {
+            "interrupted_by": signal.Signals(stop.signum).name,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "argv": "python -m bench " + " ".join(sys.argv[1:]),
+        })
+        raise
     wall_s = time.perf_counter() - started
     print(f"benchmark suite wall time: {wall_s:.1f} s", flush=True)
+    failed = failed_cases(run_dir / JUNIT_XML)
     if code not in (0, 1) or not (run_dir / PYTEST_JSON).is_file():
         raise InputError("benchmarks", f"pytest exited {code} without benchmark results (see its output above)")
-    data = json.loads((run_dir / PYTEST_JSON).read_text())
-    run = run_from_pytest_benchmark(data, source=str(run_dir / PYTEST_JSON))
+    data = read_benchmark_json(run_dir / PYTEST_JSON)
+    if failed and not data.get("benchmarks"):
+        return None, failed  # every selected case failed: a verdict (exit 1), not a usage error
+    run = run_from_pytest_benchmark(data, source=display_path(run_dir / PYTEST_JSON))
     argv = "python -m bench " + " ".join(sys.argv[1:])
     run = dataclasses.replace(run, environment=dataclasses.replace(run.environment, argv=argv, suite_wall_s=wall_s))
     save_run(run, run_dir / RUN_RECORD)
-    return run, failed_cases(run_dir / JUNIT_XML)
+    return run, failed
 
 
-def find_baseline(args: argparse.Namespace, run: RunRecord) -> tuple[RunRecord | None, list[str]]:
+# ---- gating and reporting ------------------------------------------------------------------------
+
+
+def baseline_path(baselines_dir: Path, device_slug: str, label: str) -> Path:
+    return baselines_dir / device_slug / f"{label}.json"
+
+
+def find_baseline(args: argparse.Namespace, device_name: str, device_slug: str, label: str
+                  ) -> tuple[RunRecord | None, list[str]]:
     """The baseline to compare with, or None with a note saying why there is none."""
-    env = run.environment
     if args.baseline is not None:
-        baseline = load_run(args.baseline, what="baseline")
-    else:
-        path = args.baselines_dir / env.device_slug / f"{env.preset}.json"
-        if not path.is_file():
-            others = sorted(p.parent.name for p in args.baselines_dir.glob(f"*/{env.preset}.json"))
-            why = (f"no baseline for {env.device_name} ({env.device_slug}), preset {env.preset}, at {path}"
-                   + (f"; baselines exist for {', '.join(others)} (other devices are never compared silently: "
-                      "pass --baseline PATH --allow-device-mismatch)" if others else ""))
-            if args.require_baseline:
-                raise InputError("baseline", why)
-            return None, [why]
-        baseline = load_run(path, what="baseline")
-    gate_mod.check_compatible(env, baseline.environment, args.allow_device_mismatch)
-    return baseline, []
+        return load_run(args.baseline, what="baseline"), []
+    path = baseline_path(args.baselines_dir, device_slug, label)
+    if not path.is_file():
+        others = sorted(p.parent.name for p in args.baselines_dir.glob(f"*/{label}.json"))
+        why = (f"no baseline for {device_name} ({device_slug}), preset {label}, at {display_path(path)}"
+               + (f"; baselines exist for {', '.join(others)} (other devices are never compared silently: "
+                  "pass --baseline PATH --allow-device-mismatch)" if others else ""))
+        if args.require_baseline:
+            raise InputError("baseline", why)
+        return None, [why]
+    return load_run(path, what="baseline"), []
 
 
-def gate_and_report(args: argparse.Namespace, run: RunRecord, run_dir: Path, extra_failures: list[str]) -> int:
+def gate_and_report(args: argparse.Namespace, run: RunRecord, baseline: RunRecord | None, notes: list[str],
+                    report_dir: Path, extra_failures: list[str]) -> int:
     config = gate_config(args)
-    baseline, notes = find_baseline(args, run)
+    if baseline is not None:
+        gate_mod.check_compatible(run.environment, baseline.environment, args.allow_device_mismatch)
     report = gate_mod.evaluate(run, baseline, config)
     report = dataclasses.replace(
         report, failures=report.failures + tuple(extra_failures), notes=tuple(notes) + report.notes
     )
-    summary = write_report(run, report, run_dir)
+    summary = write_report(run, report, report_dir)
     append_github_summary(summary)
     print(summary.read_text())
-    print(f"report: {summary}")
+    print(f"report: {display_path(summary)}")
     print("PASS" if report.passed else f"FAIL: {len(report.failures)} failure(s), see above")
     return report.exit_code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     gate_config(args)  # bad gate options fail before minutes of measuring
-    preset = resolve_preset(args.preset)
-    run_dir = new_run_dir(args, preset)
-    run, failed = measure(args, preset, run_dir)
-    return gate_and_report(args, run, run_dir, failed)
+    plan = plan_run(args)
+    baseline, notes = find_baseline(args, plan.device_name, plan.device_slug, plan.preset)
+    if baseline is not None:
+        gate_mod.check_compatible(plan, baseline.environment, args.allow_device_mismatch)
+    run_dir = args.results_dir / plan.run_id
+    run_dir.mkdir(parents=True)
+    run, failed = run_benchmarks(args, plan, run_dir)
+    if run is None:
+        print("FAIL: no benchmark finished:\n- " + "\n- ".join(failed))
+        return EXIT_REGRESSION
+    return gate_and_report(args, run, baseline, notes, run_dir / REPORT_DIR, failed)
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    gate_config(args)
+    if (args.run_dir / INTERRUPTED_RECORD).is_file():
+        raise InputError("run_dir", "holds a run that was interrupted; there is nothing to gate",
+                         display_path(args.run_dir))
     run = load_run(args.run_dir / RUN_RECORD, what="run record")
-    return gate_and_report(args, run, args.run_dir, [])
-
-
-def baseline_runs(args: argparse.Namespace) -> list[tuple[RunRecord, list[str]]]:
-    """The runs a baseline is made of: finished ones (--from-run) or --repeats fresh ones."""
-    if args.from_run:
-        return [(load_run(path / RUN_RECORD, what="run record"), []) for path in args.from_run]
-    if args.repeats < 1:
-        raise InputError("repeats", "must be >= 1", args.repeats)
-    preset = resolve_preset(args.preset)
-    base_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}-baseline"
-    runs = []
-    for i in range(1, args.repeats + 1):
-        run_args = argparse.Namespace(**{**vars(args), "run_id": base_id if args.repeats == 1 else f"{base_id}-{i}"})
-        runs.append(measure(run_args, preset, new_run_dir(run_args, preset)))
-    return runs
+    report_dir = args.report_dir or args.run_dir / f"gate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    if report_dir.exists():
+        raise InputError("report_dir", "exists; a report is never overwritten", display_path(report_dir))
+    check_output_dir("report_dir", report_dir)
+    env = run.environment
+    baseline, notes = find_baseline(args, env.device_name, env.device_slug, env.preset)
+    return gate_and_report(args, run, baseline, notes, report_dir, [])
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    runs = baseline_runs(args)
+    if args.repeats < 1:
+        raise InputError("repeats", "must be >= 1", args.repeats)
+    if args.from_run:
+        runs = [(load_run(path / RUN_RECORD, what="run record"), []) for path in args.from_run]
+        first = runs[0][0].environment
+        path = baseline_path(args.baselines_dir, first.device_slug, first.preset)
+    else:
+        plan = plan_run(args, suffix="-baseline")
+        if plan.controls.active:
+            raise InputError("baseline", "cannot be recorded with a negative control switched on",
+                             list(plan.controls.active))
+        path = baseline_path(args.baselines_dir, plan.device_slug, plan.preset)
+    # Both refusals come before minutes of measuring.
+    if path.exists() and not args.force:
+        raise InputError("baseline", "file exists; pass --force to replace it", display_path(path))
+    check_output_dir("baselines_dir", path.parent)
+    if not args.from_run:
+        runs = []
+        for i in range(1, args.repeats + 1):
+            run_id = plan.run_id if args.repeats == 1 else f"{plan.run_id}-{i}"
+            run_dir = args.results_dir / run_id
+            if run_dir.exists():
+                raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
+                                 display_path(run_dir))
+            run_dir.mkdir(parents=True)
+            run, failed = run_benchmarks(args, plan, run_dir)
+            if run is None:
+                print("refusing to record a baseline: no benchmark finished:\n- " + "\n- ".join(failed))
+                return EXIT_REGRESSION
+            runs.append((run, failed))
     problems = []
     for run, failed in runs:
         env = run.environment
@@ -259,10 +404,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         return EXIT_REGRESSION
     run = runs[0][0] if len(runs) == 1 else merge_runs([r for r, _ in runs])
     env = run.environment
-    path = args.baselines_dir / env.device_slug / f"{env.preset}.json"
     save_run(run, path, overwrite=args.force)
     merged = f", merged from {len(runs)} runs" if len(runs) > 1 else ""
-    print(f"baseline written: {path} ({len(run.cases)} benchmarks{merged}, {env.device_name}, commit {env.commit})")
+    print(f"baseline written: {display_path(path)} ({len(run.cases)} benchmarks{merged}, {env.device_name}, "
+          f"commit {env.commit})")
     return EXIT_PASS
 
 
@@ -273,3 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as stop:
+        print(f"error: {stop}; the benchmark child was stopped and the run left only {INTERRUPTED_RECORD}",
+              file=sys.stderr)
+        return 128 + stop.signum

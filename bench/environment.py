@@ -19,6 +19,20 @@ from bench.records import Environment
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def display_path(path: Path | str) -> str:
+    """A path as printed and recorded: relative to the repository when inside it, else as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def run_label(preset: str, dit_layers: int | None) -> str:
+    """The configuration's name, and so its baseline file's: another DiT depth is another baseline."""
+    return preset if dit_layers is None else f"{preset}-dit{dit_layers}"
+
+
 def slugify(text: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (the baseline folder name)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from scipy import stats
@@ -302,28 +303,24 @@ def speedup_checks(run: RunRecord, config: GateConfig) -> tuple[SpeedupCheck, ..
     return tuple(checks)
 
 
-def equivalence_errors(report: Mapping) -> dict[str, float]:
-    """max_abs_err / max_rel_err of an equivalence report: top-level, else the worst of its compared tensors."""
-    errors = {}
-    for key in ("max_abs_err", "max_rel_err"):
-        nested = [v[key] for v in report.values() if isinstance(v, Mapping) and key in v]
-        values = [report[key]] if key in report else nested
-        if values:
-            errors[key] = max(float(v) for v in values)
-    return errors
-
-
 def equivalence_failures(run: RunRecord) -> list[str]:
-    failures = []
-    for case in run.cases:
-        report = case.extra.get("equivalence")
-        if isinstance(report, Mapping) and report.get("equivalent") is False:
-            errs = ", ".join(f"{k} {v:.3g}" for k, v in equivalence_errors(report).items())
-            failures.append(f"{case.name}: outputs differ between strategies" + (f" ({errs})" if errs else ""))
-    return failures
+    return [
+        f"{case.name}: outputs differ from {case.equivalence.reference} (max abs err {case.equivalence.max_abs_err:.3g}, "
+        f"max rel err {case.equivalence.max_rel_err:.3g}; rule: {case.equivalence.rule or 'bitwise'})"
+        for case in run.cases
+        if case.equivalence is not None and not case.equivalence.equivalent
+    ]
 
 
-def check_compatible(current_env: Environment, baseline_env: Environment, allow_device_mismatch: bool) -> None:
+class RunIdentity(Protocol):
+    """What a run is compared by: an Environment, or a run's plan before it has measured anything."""
+
+    device_name: str
+    device_slug: str
+    preset: str
+
+
+def check_compatible(current_env: RunIdentity, baseline_env: Environment, allow_device_mismatch: bool) -> None:
     """Refuse a baseline that would compare unlike with unlike."""
     if current_env.preset != baseline_env.preset:
         # Different presets are different models; no flag makes their timings comparable.

@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
-import dataclasses
+import ctypes
+import json
 import math
 import os
+import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from bench.records import matches
+from bench.records import CASE_INFO_FIELDS, EquivalenceRecord, decode_record, encode_record, matches
 from cosmos3.errors import InputError
 from cosmos3.timing import DeviceTimer, synchronize
 
-# Negative controls, set by `python -m bench run --inject-slowdown / --revert-single-frame`
-# and read inside the pytest process. They exist to prove that the gate can fail.
-SLOWDOWN_ENV = "COSMOS3_BENCH_SLOWDOWN"  # "PATTERN=FRACTION[;PATTERN=FRACTION...]"
-REVERT_ENV = "COSMOS3_BENCH_REVERT_SINGLE_FRAME"  # "1": single_frame cases run the old expand path
-ROUNDS_ENV = "COSMOS3_BENCH_ROUNDS"  # "WARMUP,MIN,MAX,TARGET_MS" overrides the round policy
+# The one seam between `python -m bench` and its pytest child: a RunControls record as JSON.
+CONTROLS_ENV = "COSMOS3_BENCH_CONTROLS"
+# A one-sided Mann-Whitney test on 5 against 5 samples can reach p = 1/252 < 0.01; on 4 against 4
+# its smallest p is 1/70 > 0.01, so fewer rounds could never show a regression at the default alpha.
+MIN_ROUNDS = 5
+# An injected slowdown beyond 10x the round's own time is no longer a "slowdown" of that case.
+MAX_INJECTED_FRACTION = 10.0
 
 _GIB = 2**30
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -31,14 +36,21 @@ class RoundPolicy:
 
     Like triton's do_bench, the warm-up rounds (never recorded) also estimate the round
     time; the number of timed rounds then fills `target_ms`, clamped to [min, max].
-    MIN_ROUNDS is 5 because a one-sided Mann-Whitney test on 5 against 5 samples can
-    reach p = 1/252 < 0.01; on 3 against 3 it never gets below 0.05.
     """
 
     warmup_rounds: int = 2
-    min_rounds: int = 5
+    min_rounds: int = MIN_ROUNDS
     max_rounds: int = 60
     target_ms: float = 2000.0
+
+    def __post_init__(self) -> None:
+        if not self.warmup_rounds >= 1:
+            raise InputError("rounds", "needs WARMUP >= 1 (the first round pays for compilation and caches)", self)
+        if not MIN_ROUNDS <= self.min_rounds <= self.max_rounds:
+            raise InputError("rounds", f"needs {MIN_ROUNDS} <= MIN <= MAX (fewer rounds cannot show a regression)",
+                             self)
+        if not (math.isfinite(self.target_ms) and self.target_ms > 0):
+            raise InputError("rounds", "needs a finite TARGET_MS > 0", self)
 
     def rounds_for(self, round_ms: float) -> int:
         wanted = math.ceil(self.target_ms / max(round_ms, 1e-3))
@@ -49,50 +61,67 @@ class RoundPolicy:
         """'WARMUP,MIN,MAX,TARGET_MS', e.g. '2,5,60,2000'."""
         try:
             warmup, lo, hi, target = raw.split(",")
-            policy = cls(int(warmup), int(lo), int(hi), float(target))
+            numbers = int(warmup), int(lo), int(hi), float(target)
         except ValueError:
             raise InputError("rounds", "must read WARMUP,MIN,MAX,TARGET_MS, e.g. 2,5,60,2000", raw) from None
-        if policy.warmup_rounds < 1 or policy.min_rounds < 1 or policy.max_rounds < policy.min_rounds:
-            raise InputError("rounds", "needs WARMUP >= 1 and 1 <= MIN <= MAX", raw)
-        return policy
+        return cls(*numbers)
+
+
+@dataclass(frozen=True)
+class RunControls:
+    """What the parent process asks of the benchmark child: the round policy and negative controls.
+
+    Negative controls exist to prove that the gate can fail; a run with any is never a baseline.
+    """
+
+    rounds: RoundPolicy | None = None  # overrides every case's policy
+    # Case pattern -> fraction: sleep that fraction of each timed round's own time in matching cases.
+    slowdowns: dict[str, float] = field(default_factory=dict)
+    revert_single_frame: bool = False  # the old expand path runs under the single_frame label
+    parent_pid: int | None = None  # the `python -m bench` process the child must not outlive
+
+    def __post_init__(self) -> None:
+        for pattern, fraction in self.slowdowns.items():
+            if not 0 < fraction <= MAX_INJECTED_FRACTION:
+                raise InputError("inject_slowdown", f"needs 0 < FRACTION <= {MAX_INJECTED_FRACTION:g}",
+                                 f"{pattern}={fraction}")
+
+    def to_env(self) -> str:
+        return json.dumps(encode_record(self))
 
     @classmethod
-    def from_env(cls, default: RoundPolicy | None = None) -> RoundPolicy:
-        """The --rounds override when set (it applies to every case), else `default`."""
-        raw = os.environ.get(ROUNDS_ENV)
-        return cls.parse(raw) if raw else (default or cls())
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RunControls:
+        raw = environ.get(CONTROLS_ENV)
+        if not raw:
+            return cls()
+        return decode_record(cls, json.loads(raw), CONTROLS_ENV)
+
+    def slowdown_for(self, case_name: str) -> float:
+        """The injected slowdown fraction for a case (0 when no pattern matches)."""
+        return max((f for p, f in self.slowdowns.items() if matches(case_name, p)), default=0.0)
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """The negative controls switched on, as the run's environment records them."""
+        out = [f"slowdown {p}={f:g}" for p, f in self.slowdowns.items()]
+        if self.revert_single_frame:
+            out.append("single_frame reverted to expand")
+        return tuple(out)
 
 
-def parse_slowdowns(raw: str | None) -> dict[str, float]:
-    """'latent_prep[single_frame-*]=0.1' -> {pattern: 0.1}; fractions must be in (0, 10]."""
-    out: dict[str, float] = {}
-    for item in filter(None, (raw or "").split(";")):
-        pattern, sep, value = item.rpartition("=")
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = float("nan")
-        if not sep or not pattern or not (0 < fraction <= 10):
-            raise InputError("inject_slowdown", "must read PATTERN=FRACTION with 0 < FRACTION <= 10", item)
-        out[pattern] = fraction
-    return out
+def die_with_parent(parent_pid: int) -> None:
+    """In the benchmark child: exit on SIGTERM when `parent_pid` dies, however it dies (Linux prctl).
 
-
-def slowdown_for(case_name: str) -> float:
-    """The injected slowdown fraction for a case (0 when no pattern matches)."""
-    found = [f for p, f in parse_slowdowns(os.environ.get(SLOWDOWN_ENV)).items() if matches(case_name, p)]
-    return max(found, default=0.0)
-
-
-def revert_single_frame() -> bool:
-    return os.environ.get(REVERT_ENV) == "1"
-
-
-def active_negative_controls() -> tuple[str, ...]:
-    controls = [f"slowdown {p}={f:g}" for p, f in parse_slowdowns(os.environ.get(SLOWDOWN_ENV)).items()]
-    if revert_single_frame():
-        controls.append("single_frame reverted to expand")
-    return tuple(controls)
+    Without it a killed `python -m bench` would leave the child measuring, holding the GPU under
+    the next job, and writing results nobody reads.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent's signal handlers still stop the child
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def seeded_image(width: int, height: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
@@ -101,10 +130,31 @@ def seeded_image(width: int, height: int, device: torch.device | str = "cpu", se
     return (torch.rand(1, 3, height, width, generator=generator) * 2 - 1).to(device)
 
 
-def record_spec(benchmark: Any, case: Any) -> None:
-    """Attach the case spec; the run record is rebuilt from it, not from pytest's test id."""
-    benchmark.group = case.benchmark
-    benchmark.extra_info["spec"] = dataclasses.asdict(case)
+def equivalence_record(report: Any) -> EquivalenceRecord:
+    """The record of a cosmos3.equivalence.EquivalenceReport: its verdicts and its worst tensor."""
+    compared = (report.frame0, report.image_latent, report.latents)
+    return EquivalenceRecord(
+        equivalent=report.equivalent,
+        bitwise=report.bitwise,
+        max_abs_err=max(a.max_abs_err for a in compared),
+        max_rel_err=max(a.max_rel_err for a in compared),
+        reference="expand",
+        rule=f"bitwise, else normwise relative error <= {report.rtol:g}",
+    )
+
+
+def record_case(benchmark: Any, **fields: Any) -> None:
+    """Keep CaseResult fields of this case in pytest-benchmark's extra_info, typed and named once.
+
+    The run record is rebuilt from these by the same decoder that reads run.json, so a name
+    that CaseResult lacks fails here, in the benchmark, not silently later.
+    """
+    unknown = sorted(set(fields) - CASE_INFO_FIELDS)
+    if unknown:
+        raise TypeError(f"record_case: {unknown} are not CaseResult fields ({sorted(CASE_INFO_FIELDS)})")
+    if "spec" in fields:
+        benchmark.group = fields["spec"].benchmark
+    benchmark.extra_info.update({name: encode_record(value) for name, value in fields.items()})
 
 
 def measure(
@@ -118,12 +168,13 @@ def measure(
 ) -> None:
     """Time `fn` with pytest-benchmark; every timed round ends when the device is idle.
 
-    Samples land in pytest-benchmark's stats (raw data kept by --benchmark-json); peak and
-    resident memory go to benchmark.extra_info. `on_round` sees each timed round's result
-    (warm-up rounds excluded), e.g. to keep an end-to-end run's per-stage times.
+    Samples land in pytest-benchmark's stats (raw data kept by --benchmark-json); warm-up times,
+    peak and resident memory and any injected control are recorded with record_case. `on_round`
+    sees each timed round's result (warm-up rounds excluded), e.g. to keep per-stage times.
     """
-    policy = RoundPolicy.from_env(default=policy)
-    slowdown = slowdown_for(case_name)
+    controls = RunControls.from_env()
+    policy = controls.rounds or policy or RoundPolicy()
+    slowdown = controls.slowdown_for(case_name)
     warm_ms = []
     for _ in range(policy.warmup_rounds):
         with DeviceTimer(device) as timer:
@@ -152,9 +203,10 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device)
     benchmark.pedantic(target, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=0, iterations=1)
-    benchmark.extra_info.update(
-        warmup_ms=warm_ms,
+    record_case(
+        benchmark,
+        warmup_ms=tuple(warm_ms),
         peak_mem_gib=torch.cuda.max_memory_allocated(device) / _GIB if cuda else None,
         resident_mem_gib=resident / _GIB if cuda else None,
-        injected_slowdown=slowdown or None,
+        injected=(f"slowdown {slowdown:g}",) if slowdown else (),
     )

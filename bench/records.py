@@ -1,12 +1,16 @@
-"""Typed benchmark records (a frozen case spec plus raw samples) and their one JSON serializer."""
+"""Typed benchmark records (a frozen case spec plus raw samples), their validation and their one JSON serializer."""
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
 import json
+import math
 import os
 import tempfile
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,124 @@ import numpy as np
 from cosmos3.errors import InputError
 
 # Bump when a field changes meaning; the loader fills in fields that older files lack.
-SCHEMA_VERSION = 1
+# 1: free-form `extra` per case. 2: every per-case field typed (warm-up, equivalence, injections).
+SCHEMA_VERSION = 2
+KNOWN_SCHEMA_VERSIONS = frozenset({1, 2})
+# Written into every case for people reading the file; the loader ignores them and derives them again.
+_READER_ONLY_KEYS = frozenset({"name", "stats"})
+
+
+# ---- typed decoding: one rule for every record, every loader ---------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _decode(value: Any, hint: Any, where: str) -> Any:
+    """`value` read from JSON as `hint` (str, int, float, bool, None, X | None, tuple[X, ...],
+    dict[str, X] or a record dataclass); InputError naming `where` when it does not fit."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]  # records use X | None only
+        return _decode(value, inner, where)
+    if hint is type(None):
+        if value is not None:
+            raise InputError(where, "must be null", value)
+        return None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(where, f"must be a list ({_type_name(hint)})", value)
+        (item, _ellipsis) = typing.get_args(hint)
+        return tuple(_decode(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise InputError(where, f"must be an object ({_type_name(hint)})", value)
+        _key, item = typing.get_args(hint)
+        for k in value:
+            if not isinstance(k, str):
+                raise InputError(where, "must have string keys", k)
+        return {k: _decode(v, item, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return decode_record(hint, value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(where, "must be true or false", value)
+        return value
+    if hint is int:
+        # bool is an int in Python, never in a record.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InputError(where, "must be an integer", value)
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise InputError(where, "must be a number", value)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise InputError(where, "must be a string", value)
+        return value
+    raise TypeError(f"{where}: records cannot hold {hint!r}")  # a programming error, not bad input
+
+
+def decode_record(cls: type, data: Any, where: str, *, ignore: frozenset[str] = frozenset()) -> Any:
+    """Build the frozen record `cls` from a JSON object: every key known, every value of its type.
+
+    A key that `cls` lacks is an error (a typo or another tool's file, never silently dropped); a
+    missing field takes its default (an older file), and a missing field without one is an error.
+    """
+    if not isinstance(data, Mapping):
+        raise InputError(where, f"must be a JSON object ({cls.__name__})", type(data).__name__)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields) - ignore)
+    if unknown:
+        raise InputError(f"{where}.{unknown[0]}", f"is not a field of {cls.__name__} (known: {sorted(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _decode(data[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise InputError(f"{where}.{name}", "is required")
+    try:
+        return cls(**kwargs)
+    except InputError as exc:  # the record's own rule, named from the file's point of view
+        raise InputError(f"{where}.{exc.field}", exc.rule, exc.value) from None
+
+
+def encode_record(value: Any) -> Any:
+    """A record as JSON-ready data: dataclasses as objects, tuples as lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: encode_record(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [encode_record(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: encode_record(v) for k, v in value.items()}
+    return value
+
+
+def check_samples(where: str, values: tuple[float, ...], *, allow_zero: bool = False, allow_empty: bool = False) -> None:
+    """Timings must be finite and positive (or >= 0 where a stage may do nothing): a NaN, a negative or a
+    zero sample can only come from a broken measurement, and would make a ratio meaningless."""
+    if not values and not allow_empty:
+        raise InputError(where, "must hold at least one sample")
+    for i, v in enumerate(values):
+        ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+        if not ok:
+            rule = "must be finite and >= 0" if allow_zero else "must be finite and > 0"
+            raise InputError(f"{where}[{i}]", rule, v)
+
+
+def check_amount(where: str, value: float | None) -> None:
+    """An optional amount (memory in GiB): absent, or finite and >= 0."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise InputError(where, "must be finite and >= 0", value)
+
+
+# ---- the records -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, order=True)
@@ -31,6 +152,13 @@ class CaseSpec:
     height: int
     num_frames: int
     strategy: str | None = None  # "single_frame" | "expand"; None where no strategy applies
+
+    def __post_init__(self) -> None:
+        if not self.benchmark:
+            raise InputError("benchmark", "must be a non-empty name", self.benchmark)
+        for name in ("width", "height", "num_frames"):
+            if getattr(self, name) < 1:
+                raise InputError(name, "must be >= 1", getattr(self, name))
 
     @property
     def resolution(self) -> str:
@@ -48,23 +176,79 @@ def matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern.replace("[", "[[]"))
 
 
+def parse_pattern_values(items: list[str], field: str) -> dict[str, float]:
+    """['e2e[*]=0.10', ...] -> {'e2e[*]': 0.1}: the one parser of every PATTERN=NUMBER option.
+
+    The last '=' splits, so a pattern may hold '='; the value must be a finite number. Ranges
+    are the caller's rule (a threshold may be 0, an injected fraction may not).
+    """
+    out = {}
+    for item in items:
+        pattern, sep, raw = item.rpartition("=")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not sep or not pattern or not math.isfinite(value):
+            raise InputError(field, "must read PATTERN=NUMBER with a finite number, e.g. 'e2e[*]=0.10'", item)
+        out[pattern] = value
+    return out
+
+
+@dataclass(frozen=True)
+class EquivalenceRecord:
+    """How a strategy's output compared with a reference path on the same request (outside the timed rounds)."""
+
+    equivalent: bool  # within the rule's tolerance (the verdict the gate reads)
+    bitwise: bool
+    max_abs_err: float  # the worst over the compared tensors
+    max_rel_err: float  # normwise: max|new - ref| / max|ref|
+    reference: str = "expand"  # the path compared against
+    rule: str = ""  # the tolerance, in words
+
+    def __post_init__(self) -> None:
+        for name in ("max_abs_err", "max_rel_err"):
+            value = getattr(self, name)
+            if math.isnan(value) or value < 0:  # inf is a verdict (shapes differ), NaN never is
+                raise InputError(name, "must be >= 0 (inf where shapes differ)", value)
+        if self.bitwise and not self.equivalent:
+            raise InputError("equivalent", "must be true when bitwise is", self.equivalent)
+
+
 @dataclass(frozen=True)
 class CaseResult:
-    """Raw samples of one case. Statistics are derived, never stored twice in memory."""
+    """Raw samples of one case and what was measured beside them. Statistics are derived, never stored."""
 
     spec: CaseSpec
     samples_ms: tuple[float, ...]
     # Largest `torch.cuda.max_memory_allocated` over the timed rounds; None where not measurable (CPU).
     peak_mem_gib: float | None = None
-    # Memory already allocated when the case started (weights): peak_mem_gib minus this is the working set.
+    # Memory already allocated when the case started (weights): peak minus this is the working set.
     resident_mem_gib: float | None = None
+    # The warm-up rounds, never part of samples_ms.
+    warmup_ms: tuple[float, ...] = ()
     # Per-stage raw samples of an end-to-end case, stage name -> one value per round.
     stage_samples_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    # Anything else worth keeping with the case (e.g. the frame-0 equivalence report).
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The strategy's output against the reference path; None where the case has no such check.
+    equivalence: EquivalenceRecord | None = None
+    # Negative controls applied to this case's timed rounds, e.g. "slowdown 0.1"; empty in a baseline.
+    injected: tuple[str, ...] = ()
+    num_inference_steps: int | None = None  # e2e only
     # The median of each run merged into this record (a baseline measured in several processes);
     # empty for a single run. Their spread is the run-to-run noise the gate allows for.
     run_medians_ms: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_samples("samples_ms", self.samples_ms)
+        check_samples("warmup_ms", self.warmup_ms, allow_empty=True)
+        check_samples("run_medians_ms", self.run_medians_ms, allow_empty=True)
+        for stage, values in self.stage_samples_ms.items():
+            # A stage with nothing to do (no image to preprocess) may take no measurable time.
+            check_samples(f"stage_samples_ms.{stage}", values, allow_zero=True)
+        check_amount("peak_mem_gib", self.peak_mem_gib)
+        check_amount("resident_mem_gib", self.resident_mem_gib)
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise InputError("num_inference_steps", "must be >= 1", self.num_inference_steps)
 
     @property
     def name(self) -> str:
@@ -95,8 +279,20 @@ class CaseResult:
         return float(np.min(self.samples_ms))
 
     @property
+    def working_mem_gib(self) -> float | None:
+        """What the case itself allocated at its peak: peak minus what was resident when it started."""
+        if self.peak_mem_gib is None or self.resident_mem_gib is None:
+            return None
+        return self.peak_mem_gib - self.resident_mem_gib
+
+    @property
     def stage_median_ms(self) -> dict[str, float]:
         return {stage: float(np.median(v)) for stage, v in self.stage_samples_ms.items()}
+
+
+# What the benchmark process writes per case (pytest-benchmark's extra_info): every CaseResult field
+# but the samples, which pytest-benchmark keeps itself, and the merge-only run medians.
+CASE_INFO_FIELDS = frozenset(f.name for f in dataclasses.fields(CaseResult)) - {"samples_ms", "run_medians_ms"}
 
 
 @dataclass(frozen=True)
@@ -128,6 +324,12 @@ class Environment:
     # The runs a merged baseline was built from (their dates and commands); empty for a single run.
     merged_runs: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        for name in ("device_slug", "preset"):
+            if not getattr(self, name):
+                raise InputError(name, "must be a non-empty name", getattr(self, name))
+        check_amount("suite_wall_s", self.suite_wall_s)
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -137,84 +339,118 @@ class RunRecord:
     cases: tuple[CaseResult, ...]
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        if type(self.schema_version) is not int or self.schema_version not in KNOWN_SCHEMA_VERSIONS:
+            raise InputError("schema_version", f"must be one of {sorted(KNOWN_SCHEMA_VERSIONS)}", self.schema_version)
+        if not self.cases:
+            raise InputError("cases", "must hold at least one case (a run that measured nothing proves nothing)")
+        seen: set[str] = set()
+        for case in self.cases:
+            if case.name in seen:
+                raise InputError("cases", "must name each case once", case.name)
+            seen.add(case.name)
+
     def by_name(self) -> dict[str, CaseResult]:
         return {case.name: case for case in self.cases}
 
 
-def _case_to_dict(case: CaseResult) -> dict[str, Any]:
-    out = {
-        "name": case.name,
-        "spec": dataclasses.asdict(case.spec),
-        "samples_ms": list(case.samples_ms),
-        "peak_mem_gib": case.peak_mem_gib,
-        "resident_mem_gib": case.resident_mem_gib,
-        "stage_samples_ms": {k: list(v) for k, v in case.stage_samples_ms.items()},
-        "extra": case.extra,
-        "run_medians_ms": list(case.run_medians_ms),
-        # Written for people reading the file; the loader ignores it and derives them again.
-        "stats": {
-            "rounds": case.rounds,
-            "median_ms": case.median_ms,
-            "iqr_ms": case.iqr_ms,
-            "min_ms": case.min_ms,
-        },
-    }
+# ---- files -------------------------------------------------------------------------------------------
+
+
+def case_to_dict(case: CaseResult) -> dict[str, Any]:
+    out = {"name": case.name, **encode_record(case)}
+    # For people reading the file; the loader ignores it and derives them again.
+    out["stats"] = {"rounds": case.rounds, "median_ms": case.median_ms, "iqr_ms": case.iqr_ms, "min_ms": case.min_ms}
     return out
 
 
 def run_to_dict(run: RunRecord) -> dict[str, Any]:
     return {
         "schema_version": run.schema_version,
-        "environment": dataclasses.asdict(run.environment),
-        "cases": [_case_to_dict(c) for c in run.cases],
+        "environment": encode_record(run.environment),
+        "cases": [case_to_dict(c) for c in run.cases],
     }
 
 
-def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
+def _case_label(raw: Any, index: int) -> str:
+    """How a case is named in an error: by its name where the file gives one, else by position."""
+    name = raw.get("name") if isinstance(raw, Mapping) else None
+    return f"cases[{name}]" if isinstance(name, str) and name else f"cases[{index}]"
 
 
-def run_from_dict(data: dict[str, Any], *, source: str = "run record") -> RunRecord:
-    """Parse a run record, filling in fields older files lack; raise InputError naming what is wrong."""
-    if not isinstance(data, dict):
-        raise InputError(source, "must be a JSON object")
+def _upgrade_v1_case(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Schema 1 kept warm-up, injections, steps and the equivalence report in a free-form `extra`."""
+    out = {k: v for k, v in raw.items() if k != "extra"}
+    extra = raw.get("extra") or {}
+    if not isinstance(extra, Mapping):
+        raise InputError(f"{where}.extra", "must be a JSON object", extra)
+    for key, value in extra.items():
+        if key in ("warmup_ms", "num_inference_steps"):
+            out[key] = value
+        elif key == "injected_slowdown":
+            out["injected"] = [] if value is None else [f"slowdown {value}"]
+        elif key == "equivalence":
+            out["equivalence"] = _upgrade_v1_equivalence(value, f"{where}.extra.equivalence")
+        else:
+            raise InputError(f"{where}.extra.{key}", "is not a key schema 1 wrote")
+    return out
+
+
+def _upgrade_v1_equivalence(report: Any, where: str) -> dict[str, Any]:
+    if not isinstance(report, Mapping):
+        raise InputError(where, "must be a JSON object", report)
+    tensors = [v for v in report.values() if isinstance(v, Mapping)]
+    worst = {}
+    for key in ("max_abs_err", "max_rel_err"):
+        values = [t.get(key) for t in tensors]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise InputError(f"{where}.{key}", "must be a number in every compared tensor", values)
+        worst[key] = max(values)
+    rtol = report.get("rtol")
+    return {
+        "equivalent": report.get("equivalent"),
+        "bitwise": report.get("bitwise"),
+        **worst,
+        "reference": "expand",
+        "rule": f"bitwise, else normwise relative error <= {rtol:g}" if isinstance(rtol, (int, float)) else "",
+    }
+
+
+def run_from_dict(data: Any, *, source: str = "run record") -> RunRecord:
+    """Parse and validate a run record (a baseline is one too); InputError names the source, case and field."""
+    if not isinstance(data, Mapping):
+        raise InputError(source, "must be a JSON object", type(data).__name__)
     version = data.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if type(version) is not int or version not in KNOWN_SCHEMA_VERSIONS:
         raise InputError(
-            f"{source}.schema_version", f"must be an integer <= {SCHEMA_VERSION} (this tool's schema)", version
+            f"{source}.schema_version", f"must be one of {sorted(KNOWN_SCHEMA_VERSIONS)} (this tool's schemas)", version
         )
+    unknown = sorted(set(data) - {"schema_version", "environment", "cases"})
+    if unknown:
+        raise InputError(f"{source}.{unknown[0]}", "is not a field of a run record")
+    if "environment" not in data or "cases" not in data:
+        raise InputError(source, "is not a valid run record: needs 'environment' and 'cases'")
+    env = decode_record(Environment, data["environment"], f"{source}.environment")
+    raw_cases = data["cases"]
+    if not isinstance(raw_cases, list):
+        raise InputError(f"{source}.cases", "must be a list", type(raw_cases).__name__)
+    cases = []
+    for i, raw in enumerate(raw_cases):
+        where = f"{source}.{_case_label(raw, i)}"
+        if version == 1 and isinstance(raw, Mapping):
+            raw = _upgrade_v1_case(raw, where)
+        case = decode_record(CaseResult, raw, where, ignore=_READER_ONLY_KEYS)
+        if isinstance(raw.get("name"), str) and raw["name"] != case.name:
+            raise InputError(f"{where}.name", f"must match its spec ({case.name})", raw["name"])
+        cases.append(case)
     try:
-        env_fields = _known_fields(Environment, data["environment"])
-        for key in ("negative_controls", "merged_runs"):
-            env_fields[key] = tuple(env_fields.get(key, ()))
-        env = Environment(**env_fields)
-        cases = []
-        for raw in data["cases"]:
-            spec = CaseSpec(**_known_fields(CaseSpec, raw["spec"]))
-            samples = tuple(float(x) for x in raw["samples_ms"])
-            if not samples:
-                raise InputError(f"{source}.cases[{spec.name}].samples_ms", "must hold at least one sample")
-            cases.append(
-                CaseResult(
-                    spec=spec,
-                    samples_ms=samples,
-                    peak_mem_gib=raw.get("peak_mem_gib"),
-                    resident_mem_gib=raw.get("resident_mem_gib"),
-                    stage_samples_ms={k: tuple(v) for k, v in raw.get("stage_samples_ms", {}).items()},
-                    extra=raw.get("extra", {}),
-                    run_medians_ms=tuple(float(x) for x in raw.get("run_medians_ms", ())),
-                )
-            )
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(source, f"is not a valid run record: {type(exc).__name__}: {exc}") from exc
-    return RunRecord(environment=env, cases=tuple(cases), schema_version=version)
+        return RunRecord(environment=env, cases=tuple(cases), schema_version=SCHEMA_VERSION)
+    except InputError as exc:
+        raise InputError(f"{source}.{exc.field}", exc.rule, exc.value) from None
 
 
 def load_run(path: Path | str, *, what: str = "run record") -> RunRecord:
-    """Read a run record (a baseline is one too). Absent, unreadable or corrupt files raise InputError."""
+    """Read a run record (a baseline is one too). Absent, unreadable, corrupt or invalid files raise InputError."""
     path = Path(path)
     if not path.is_file():
         raise InputError(what, "file does not exist", str(path))
@@ -223,6 +459,37 @@ def load_run(path: Path | str, *, what: str = "run record") -> RunRecord:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(what, f"must be readable JSON ({exc})", str(path)) from exc
     return run_from_dict(data, source=f"{what} {path}")
+
+
+def run_from_pytest_benchmark(data: Any, *, source: str = "pytest-benchmark JSON") -> RunRecord:
+    """Rebuild the run record from pytest-benchmark's --benchmark-json output (raw data in seconds).
+
+    Each benchmark's extra_info holds the CaseResult fields of CASE_INFO_FIELDS, written by
+    bench.harness.record_case; the same typed decoder reads them, so a key on one side only is an error.
+    """
+    try:
+        env_data = data["machine_info"]["cosmos3_environment"]
+        benchmarks = data["benchmarks"]
+    except (KeyError, TypeError) as exc:
+        raise InputError(source, f"lacks what the cosmos3 benchmarks write ({type(exc).__name__}: {exc})") from None
+    env = decode_record(Environment, env_data, f"{source}.machine_info.cosmos3_environment")
+    if not isinstance(benchmarks, list):
+        raise InputError(f"{source}.benchmarks", "must be a list", type(benchmarks).__name__)
+    cases = []
+    for i, bench in enumerate(benchmarks):
+        where = f"{source}.benchmarks[{bench.get('name', i) if isinstance(bench, Mapping) else i}]"
+        try:
+            info, seconds = bench["extra_info"], bench["stats"]["data"]
+        except (KeyError, TypeError) as exc:
+            raise InputError(where, f"lacks extra_info or stats.data ({type(exc).__name__}: {exc})") from None
+        if not isinstance(info, Mapping) or not isinstance(seconds, list):
+            raise InputError(where, "must hold an extra_info object and a stats.data list")
+        samples = [s * 1e3 if isinstance(s, (int, float)) and not isinstance(s, bool) else s for s in seconds]
+        cases.append(decode_record(CaseResult, {**info, "samples_ms": samples}, f"{where}.extra_info"))
+    try:
+        return RunRecord(environment=env, cases=tuple(cases))
+    except InputError as exc:
+        raise InputError(f"{source}.{exc.field}", exc.rule, exc.value) from None
 
 
 def merge_runs(runs: list[RunRecord]) -> RunRecord:
@@ -268,7 +535,8 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
     return RunRecord(environment=env, cases=tuple(cases))
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -285,7 +553,7 @@ def write_json_atomic(path: Path | str, payload: Any, *, overwrite: bool = False
     text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as readable as any other
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; a result file is as readable as any other
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -306,28 +574,3 @@ def save_run(run: RunRecord, path: Path | str, *, overwrite: bool = False) -> Pa
     return write_json_atomic(path, run_to_dict(run), overwrite=overwrite)
 
 
-def run_from_pytest_benchmark(data: dict[str, Any], *, source: str = "pytest-benchmark JSON") -> RunRecord:
-    """Rebuild the run record from pytest-benchmark's --benchmark-json output (raw data in seconds)."""
-    try:
-        env_fields = _known_fields(Environment, data["machine_info"]["cosmos3_environment"])
-        env_fields["negative_controls"] = tuple(env_fields.get("negative_controls", ()))
-        cases = []
-        for bench in data["benchmarks"]:
-            info = bench["extra_info"]
-            cases.append(
-                CaseResult(
-                    spec=CaseSpec(**info["spec"]),
-                    samples_ms=tuple(s * 1e3 for s in bench["stats"]["data"]),
-                    peak_mem_gib=info.get("peak_mem_gib"),
-                    resident_mem_gib=info.get("resident_mem_gib"),
-                    stage_samples_ms={k: tuple(v) for k, v in info.get("stage_samples_ms", {}).items()},
-                    extra={k: v for k, v in info.items() if k in _EXTRA_KEYS},
-                )
-            )
-    except (KeyError, TypeError) as exc:
-        raise InputError(source, f"lacks what the cosmos3 benchmarks write ({type(exc).__name__}: {exc})") from exc
-    return RunRecord(environment=Environment(**env_fields), cases=tuple(cases))
-
-
-# extra_info keys worth carrying into the run record (the rest is already a typed field).
-_EXTRA_KEYS = ("equivalence", "warmup_ms", "injected_slowdown", "num_inference_steps")

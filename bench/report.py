@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -13,8 +15,9 @@ matplotlib.use("Agg")  # report writing runs on headless CI runners; never ask f
 import matplotlib.pyplot as plt
 from matplotlib import ticker
 
-from bench.gate import CI_LEVEL, GateReport, equivalence_errors
-from bench.records import CaseResult, Environment, RunRecord
+from bench.gate import CI_LEVEL, GateReport
+from bench.records import CaseResult, Environment, RunRecord, umask
+from cosmos3.errors import InputError
 
 SUMMARY_NAME = "summary.md"
 GITHUB_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
@@ -227,16 +230,14 @@ def _stage_cell(case: CaseResult, ms: float | None) -> str:
 def equivalence_section(run: RunRecord) -> list[str]:
     rows = []
     for case in run.cases:
-        eq = case.extra.get("equivalence")
-        if not isinstance(eq, Mapping):
+        eq = case.equivalence
+        if eq is None:
             continue
-        verdict = "bitwise" if eq.get("bitwise") else ("within tolerance" if eq.get("equivalent") else "DIFFERENT")
-        errs = equivalence_errors(eq)
-        cells = (f"{errs[k]:.3g}" if k in errs else DASH for k in ("max_abs_err", "max_rel_err"))
-        rows.append([code(case.name), verdict, *cells])
+        verdict = "bitwise" if eq.bitwise else ("within tolerance" if eq.equivalent else "DIFFERENT")
+        rows.append([code(case.name), eq.reference, verdict, f"{eq.max_abs_err:.3g}", f"{eq.max_rel_err:.3g}"])
     if not rows:
         return []
-    header = ["case", "single_frame vs expand", "max abs err", "max rel err"]
+    header = ["case", "compared with", "outputs", "max abs err", "max rel err"]
     return ["## Strategy equivalence", "", *table(header, rows), ""]
 
 
@@ -370,13 +371,29 @@ PLOTS: dict[str, Plot] = {
 
 
 def write_report(run: RunRecord, gate: GateReport, out_dir: Path) -> Path:
-    """Write out_dir/summary.md and the plots whose data exists; return the summary's path."""
+    """Write summary.md and the plots whose data exists into the new folder `out_dir`; return the summary.
+
+    All or nothing: the files are written into a hidden sibling folder that is renamed to `out_dir`
+    only when every one is complete, so a crash never leaves a summary that disagrees with its plots.
+    An existing `out_dir` is never written into: a report is evidence, and evidence is never edited.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [name for name, plot in PLOTS.items() if plot(run, gate, out_dir / name)]
-    summary = out_dir / SUMMARY_NAME
-    summary.write_text(render_summary(run, gate, written))
-    return summary
+    if out_dir.exists():
+        raise InputError("report_dir", "exists; a report is never overwritten (choose a new folder)", str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; a report is as readable as any folder
+        written = [name for name, plot in PLOTS.items() if plot(run, gate, staging / name)]
+        (staging / SUMMARY_NAME).write_text(render_summary(run, gate, written))
+        # rename() onto an existing empty folder would succeed on POSIX, so refuse it once more.
+        if out_dir.exists():
+            raise InputError("report_dir", "appeared while the report was written; never overwritten", str(out_dir))
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir / SUMMARY_NAME
 
 
 def append_github_summary(summary_path: Path) -> bool:

@@ -25,7 +25,7 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
     return model
 
 
-def _check_weights_dir(weights_dir: Path, subfolder: str) -> Path:
+def check_weights_dir(weights_dir: Path, subfolder: str) -> Path:
     folder = Path(weights_dir) / subfolder
     if not (folder / "config.json").is_file():
         raise InputError(
@@ -46,7 +46,7 @@ def _build(
     seed: int,
 ) -> ModelMixin:
     if weights_dir is not None:
-        folder = _check_weights_dir(weights_dir, subfolder)
+        folder = check_weights_dir(weights_dir, subfolder)
         model = model_cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     else:
         torch.manual_seed(seed)

@@ -116,3 +116,12 @@ def get_preset(name: str, *, dit_num_layers: int | None = None) -> Preset:
             raise InputError("dit_num_layers", "must be >= 1", dit_num_layers)
         preset = dataclasses.replace(preset, dit=dataclasses.replace(preset.dit, num_layers=dit_num_layers))
     return preset
+
+
+def resolve_preset_name(name: str | None) -> str:
+    """"auto" (or None) is wan22 where CUDA is present and tiny otherwise; any other name is itself."""
+    if name in (None, "auto"):
+        return "wan22" if torch.cuda.is_available() else "tiny"
+    if name not in PRESETS:
+        raise InputError("preset", f"must be one of {sorted(PRESETS)} or 'auto'", name)
+    return name

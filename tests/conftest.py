@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.records import CaseResult, CaseSpec, Environment, RunRecord
+from bench.records import CaseResult, CaseSpec, Environment, EquivalenceRecord, RunRecord
 
 
 def _case(
@@ -21,7 +21,8 @@ def _case(
     seed: int = 0,
     peak_mem_gib: float | None = None,
     stage_samples_ms: dict[str, tuple[float, ...]] | None = None,
-    extra: dict | None = None,
+    equivalence=None,
+    **fields,
 ) -> CaseResult:
     """Log-normal samples: `median_ms` is the distribution's median and `noise` its relative spread."""
     rng = np.random.default_rng(seed)
@@ -31,18 +32,22 @@ def _case(
         samples_ms=tuple(float(x) for x in samples),
         peak_mem_gib=peak_mem_gib,
         stage_samples_ms=stage_samples_ms or {},
-        extra=extra or {},
+        equivalence=equivalence,
+        **fields,
     )
 
 
-def _run(cases, *, device: str = "NVIDIA H100 80GB HBM3", preset: str = "wan22", **env) -> RunRecord:
+def _env(*, device: str = "NVIDIA H100 80GB HBM3", preset: str = "wan22", **env) -> Environment:
     slug = device.lower().replace(" ", "-")
-    environment = Environment(
+    return Environment(
         device_kind="cuda", device_name=device, device_slug=slug, preset=preset, dtype="bfloat16",
         torch="2.13.0", diffusers="0.42.1", python="3.12.0", cuda="12.8", driver="570.00",
         commit="0123456789abcdef", date_utc="2025-01-01T00:00:00Z", **env,
     )
-    return RunRecord(environment=environment, cases=tuple(cases))
+
+
+def _run(cases, **env) -> RunRecord:
+    return RunRecord(environment=_env(**env), cases=tuple(cases))
 
 
 @pytest.fixture
@@ -53,3 +58,12 @@ def make_case():
 @pytest.fixture
 def make_run():
     return _run
+
+
+@pytest.fixture
+def make_env():
+    return _env
+
+
+def equivalence(equivalent: bool = True, bitwise: bool = True, err: float = 0.0) -> EquivalenceRecord:
+    return EquivalenceRecord(equivalent=equivalent, bitwise=bitwise, max_abs_err=err, max_rel_err=err)

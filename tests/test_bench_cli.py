@@ -34,15 +34,15 @@ def workspace(tmp_path_factory):
 def test_run_writes_the_report(workspace):
     root, _ = workspace
     run_dir = root / "results" / "first"
-    summary = (run_dir / "summary.md").read_text()
+    summary = (run_dir / "report" / "summary.md").read_text()
     assert summary.startswith("# cosmos3-bench: PASS")
     assert "latent_prep[single_frame-64x48-17f]" in summary
-    assert (run_dir / "latency_vs_frames.png").stat().st_size > 1000
+    assert (run_dir / "report" / "latency_vs_frames.png").stat().st_size > 1000
     data = json.loads((run_dir / "pytest-benchmark.json").read_text())  # loadable by pytest-benchmark compare
     assert all(len(b["stats"]["data"]) == 8 for b in data["benchmarks"])
     run = load_run(run_dir / "run.json")
     assert {c.spec.strategy for c in run.cases} == {"single_frame", "expand"}
-    assert all(c.extra["equivalence"]["bitwise"] for c in run.cases if c.spec.strategy == "single_frame")
+    assert all(c.equivalence.bitwise for c in run.cases if c.spec.strategy == "single_frame")
 
 
 def test_unchanged_code_passes_against_the_baseline(workspace, capsys):
@@ -51,15 +51,21 @@ def test_unchanged_code_passes_against_the_baseline(workspace, capsys):
     assert "PASS" in capsys.readouterr().out
 
 
-def test_slowed_single_frame_fails_naming_the_benchmark(workspace, capsys):
-    _, dirs = workspace
+def failure_lines(summary: str) -> list[str]:
+    """The verdict's failure bullets: the lines between the FAIL heading and the next section."""
+    _, _, rest = summary.partition("# cosmos3-bench: FAIL")
+    assert rest, summary[:200]
+    return [line for line in rest.split("\n## ")[0].splitlines() if line.startswith("- ")]
+
+
+def test_slowed_single_frame_fails_naming_the_benchmark(workspace):
+    root, dirs = workspace
     code = main(["run", *SUBSET, *dirs, "--run-id", "slow", "--threshold", "1.0",
                  "--inject-slowdown", "latent_prep[single_frame-64x48-9f]=3"])
-    out = capsys.readouterr().out
     assert code == 1
-    failures = out.split("## Failures")[1] if "## Failures" in out else out
-    assert "latent_prep[single_frame-64x48-9f]" in failures
-    assert "latent_prep[expand-64x48-9f]: " not in failures
+    failures = failure_lines((root / "results" / "slow" / "report" / "summary.md").read_text())
+    # Only the slowed case may fail; a noisy neighbour's note is not a failure (the flake of issue 8).
+    assert failures and all(line.startswith("- latent_prep[single_frame-64x48-9f]:") for line in failures), failures
 
 
 def test_reverted_optimisation_fails_the_in_run_check(workspace, capsys):
@@ -125,20 +131,6 @@ def test_no_baseline_for_this_device(workspace, capsys):
     assert main(["gate", run_dir, "--baselines-dir", str(root / "none")]) == 0  # in-run checks only
     assert "no baseline for" in capsys.readouterr().out
     assert main(["gate", run_dir, "--baselines-dir", str(root / "none"), "--require-baseline"]) == 2
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--threshold", "-1"], "latency_threshold: must be >= 0"),
-        (["--override", "e2e"], "override: must read NAME=FRACTION"),
-        (["--inject-slowdown", "x=0"], "inject_slowdown: must read PATTERN=FRACTION"),
-        (["--rounds", "1,2"], "rounds: must read WARMUP,MIN,MAX,TARGET_MS"),
-    ],
-)
-def test_bad_options_exit_2_before_measuring(tmp_path, argv, message, capsys):
-    assert main(["run", "--preset", "tiny", "--results-dir", str(tmp_path), *argv]) == 2
-    assert message in capsys.readouterr().err
 
 
 def test_run_ids_are_never_reused(workspace, capsys):

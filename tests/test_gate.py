@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench.gate import GateConfig, check_compatible, evaluate
-from bench.records import load_run, matches, merge_runs, run_to_dict
+from bench.records import EquivalenceRecord, load_run, matches, merge_runs, run_to_dict
 from cosmos3.errors import InputError
 
 NAME = "latent_prep[single_frame-1280x720-81f]"
@@ -143,9 +143,11 @@ def test_e2e_speedup_is_reported_not_gated(make_case, make_run):
 
 
 def test_equivalence_false_fails(make_case, make_run):
-    eq = {"equivalent": False, "bitwise": False, "max_abs_err": 0.5, "max_rel_err": 0.1}
-    report = evaluate(make_run([make_case(extra={"equivalence": eq})]), None, GateConfig())
-    assert report.failures == (f"{NAME}: outputs differ between strategies (max_abs_err 0.5, max_rel_err 0.1)",)
+    eq = EquivalenceRecord(equivalent=False, bitwise=False, max_abs_err=0.5, max_rel_err=0.1, rule="rel <= 0.0078")
+    report = evaluate(make_run([make_case(equivalence=eq)]), None, GateConfig())
+    assert report.failures == (
+        f"{NAME}: outputs differ from expand (max abs err 0.5, max rel err 0.1; rule: rel <= 0.0078)",
+    )
 
 
 def test_failures_are_all_collected(make_case, make_run):
@@ -169,8 +171,8 @@ def test_corrupt_and_absent_baselines_raise(tmp_path, make_case, make_run):
         load_run(truncated, what="baseline")
 
 
-def test_device_mismatch_refused_unless_allowed(make_run):
-    h100, a100 = make_run([]).environment, make_run([], device="NVIDIA A100-SXM4-80GB").environment
+def test_device_mismatch_refused_unless_allowed(make_env):
+    h100, a100 = make_env(), make_env(device="NVIDIA A100-SXM4-80GB")
     with pytest.raises(InputError, match="--allow-device-mismatch") as err:
         check_compatible(h100, a100, allow_device_mismatch=False)
     assert "A100" in str(err.value) and "H100" in str(err.value)
@@ -178,14 +180,14 @@ def test_device_mismatch_refused_unless_allowed(make_run):
     check_compatible(h100, h100, allow_device_mismatch=False)
 
 
-def test_preset_mismatch_always_refused(make_run):
-    wan22, tiny = make_run([]).environment, make_run([], preset="tiny").environment
+def test_preset_mismatch_always_refused(make_env):
+    wan22, tiny = make_env(), make_env(preset="tiny")
     with pytest.raises(InputError, match="baseline.preset"):
         check_compatible(wan22, tiny, allow_device_mismatch=True)
 
 
-def test_baseline_with_negative_controls_refused(make_run):
-    env = make_run([]).environment
+def test_baseline_with_negative_controls_refused(make_env):
+    env = make_env()
     faulty = dataclasses.replace(env, negative_controls=("slowdown",))
     with pytest.raises(InputError, match="negative_controls"):
         check_compatible(env, faulty, allow_device_mismatch=False)

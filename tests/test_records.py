@@ -18,6 +18,7 @@ from bench.records import (
     write_json_atomic,
 )
 from cosmos3.errors import InputError
+from tests.conftest import equivalence
 
 
 def test_case_names_read_like_the_issue():
@@ -26,7 +27,8 @@ def test_case_names_read_like_the_issue():
 
 
 def test_round_trip(tmp_path, make_case, make_run):
-    run = make_run([make_case(peak_mem_gib=1.5, stage_samples_ms={"denoising": (1.0, 2.0)}, extra={"x": 1})])
+    run = make_run([make_case(peak_mem_gib=1.5, stage_samples_ms={"denoising": (1.0, 2.0)}, equivalence=equivalence(),
+                              warmup_ms=(3.0, 2.0), injected=("slowdown 0.1",), num_inference_steps=6)])
     save_run(run, tmp_path / "run.json")
     again = load_run(tmp_path / "run.json")
     assert again == run
@@ -73,7 +75,7 @@ def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
 
 def test_older_files_load_with_defaults(tmp_path, make_case, make_run):
     data = run_to_dict(make_run([make_case()]))
-    del data["environment"]["negative_controls"], data["cases"][0]["resident_mem_gib"], data["cases"][0]["extra"]
+    del data["environment"]["negative_controls"], data["cases"][0]["resident_mem_gib"], data["cases"][0]["warmup_ms"]
     (tmp_path / "old.json").write_text(json.dumps(data))
     run = load_run(tmp_path / "old.json")
     assert run.environment.negative_controls == () and run.cases[0].resident_mem_gib is None
@@ -83,7 +85,7 @@ def test_newer_schema_is_refused(tmp_path, make_case, make_run):
     data = run_to_dict(make_run([make_case()]))
     data["schema_version"] = SCHEMA_VERSION + 1
     (tmp_path / "new.json").write_text(json.dumps(data))
-    with pytest.raises(InputError, match=r"schema_version: must be an integer <= 1"):
+    with pytest.raises(InputError, match=r"schema_version: must be one of \[1, 2\]"):
         load_run(tmp_path / "new.json")
 
 
@@ -91,7 +93,7 @@ def test_newer_schema_is_refused(tmp_path, make_case, make_run):
     ("content", "message"),
     [
         ("{not json", r"baseline: must be readable JSON"),
-        ('{"schema_version": 1, "environment": {}, "cases": []}', r"is not a valid run record"),
+        ('{"schema_version": 1, "environment": {}, "cases": []}', r"environment.device_kind: is required"),
         ('{"schema_version": 1}', r"is not a valid run record"),
         ("[]", r"must be a JSON object"),
     ],
@@ -127,7 +129,7 @@ def test_from_pytest_benchmark_keeps_raw_samples_in_ms(make_case, make_run):
     assert case.name == "vae_encode[96x64-1f]"
     assert case.samples_ms == pytest.approx((10.0, 12.0, 11.0))
     assert case.median_ms == pytest.approx(11.0)
-    assert case.peak_mem_gib == 2.0 and case.extra == {"warmup_ms": [30.0]}
+    assert case.peak_mem_gib == 2.0 and case.warmup_ms == (30.0,)
 
 
 def test_from_pytest_benchmark_without_our_environment():

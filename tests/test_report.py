@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from bench import report
 from bench.gate import GateConfig, evaluate
 from bench.report import append_github_summary, fmt_change, fmt_ms, fmt_p, write_report
+from cosmos3.errors import InputError
+from tests.conftest import equivalence
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STAGES = ("preprocess", "latent_preparation", "timestep_preparation", "denoising", "decoding")
@@ -19,7 +22,7 @@ def full_run(make_case, make_run, *, slower: float = 1.0, memory: bool = True, s
                 cases.append(make_case(
                     strategy=strategy, width=width, height=height, num_frames=frames, median_ms=ms * slower,
                     peak_mem_gib=gib if memory else None, seed=seed,
-                    extra={"equivalence": {"equivalent": True, "bitwise": True}} if strategy == "single_frame" else {},
+                    equivalence=equivalence() if strategy == "single_frame" else None,
                 ))
     for strategy, prep in (("single_frame", 340.0), ("expand", 1180.0)):
         stage_ms = dict(zip(STAGES, (5.0, prep, 1.0, 25_500.0, 1790.0)))
@@ -30,32 +33,34 @@ def full_run(make_case, make_run, *, slower: float = 1.0, memory: bool = True, s
 
 
 def test_report_with_baseline(tmp_path, make_case, make_run):
+    out = tmp_path / "report"
     baseline = full_run(make_case, make_run)
     run = full_run(make_case, make_run, slower=1.2, seed=1)
     gate = evaluate(run, baseline, GateConfig())
-    summary = write_report(run, gate, tmp_path)
+    summary = write_report(run, gate, out)
     text = summary.read_text()
-    assert summary == tmp_path / "summary.md"
+    assert summary == out / "summary.md"
     assert text.startswith("# cosmos3-bench: FAIL")
     for case in run.cases:
         assert f"`{case.name}`" in text
     assert "regression" in text and "NVIDIA H100 80GB HBM3" in text
     assert "| denoising |" in text and "End-to-end reduction from single_frame" in text
     for plot in ("latency_vs_frames", "speedup_vs_frames", "peak_memory_vs_frames", "baseline_ratio"):
-        path = tmp_path / f"{plot}.png"
+        path = out / f"{plot}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC
         assert f"({plot}.png)" in text
 
 
 def test_report_without_baseline_or_memory(tmp_path, make_case, make_run):
+    out = tmp_path / "report"
     run = full_run(make_case, make_run, memory=False)
     gate = evaluate(run, None, GateConfig())
-    text = write_report(run, gate, tmp_path).read_text()
+    text = write_report(run, gate, out).read_text()
     assert text.startswith("# cosmos3-bench: PASS")
     assert "no baseline: latency and memory not gated" in text
-    assert (tmp_path / "latency_vs_frames.png").exists() and (tmp_path / "speedup_vs_frames.png").exists()
-    assert not (tmp_path / "baseline_ratio.png").exists()
-    assert not (tmp_path / "peak_memory_vs_frames.png").exists()
+    assert (out / "latency_vs_frames.png").exists() and (out / "speedup_vs_frames.png").exists()
+    assert not (out / "baseline_ratio.png").exists()
+    assert not (out / "peak_memory_vs_frames.png").exists()
 
 
 def test_report_of_a_single_case_has_no_speedup_plot(tmp_path, make_case, make_run):
@@ -67,8 +72,9 @@ def test_report_of_a_single_case_has_no_speedup_plot(tmp_path, make_case, make_r
 
 
 def test_github_step_summary(tmp_path, monkeypatch, make_case, make_run):
+    out = tmp_path / "report"
     run = make_run([make_case()])
-    summary = write_report(run, evaluate(run, None, GateConfig()), tmp_path)
+    summary = write_report(run, evaluate(run, None, GateConfig()), out)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     assert append_github_summary(summary) is False
     target = tmp_path / "step_summary.md"
@@ -87,3 +93,26 @@ def test_small_formatters():
     assert fmt_ms(None) == "—"
     assert fmt_change(1.1) == "+10.0%" and fmt_change(0.9) == "-10.0%"
     assert fmt_p(0.0123) == "0.012" and fmt_p(1.5e-6) == "1.5e-06"
+
+
+def test_a_report_never_writes_into_an_existing_folder(tmp_path, make_case, make_run):
+    run = make_run([make_case()])
+    gate = evaluate(run, None, GateConfig())
+    (tmp_path / "report").mkdir()
+    with pytest.raises(InputError, match="report_dir: exists; a report is never overwritten"):
+        write_report(run, gate, tmp_path / "report")
+    assert list((tmp_path / "report").iterdir()) == []
+
+
+def test_a_report_is_all_or_nothing(tmp_path, make_case, make_run, monkeypatch):
+    """A plot that crashes part way leaves no folder at all, and no staging folder either."""
+    run = make_run([make_case(), make_case(strategy="expand", median_ms=100.0)])
+    gate = evaluate(run, None, GateConfig())
+
+    def broken(*_):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(report.PLOTS, "speedup_vs_frames.png", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(run, gate, tmp_path / "report")
+    assert list(tmp_path.iterdir()) == []

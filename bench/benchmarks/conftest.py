@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench import cases
-from bench.environment import collect_environment
-from bench.harness import active_negative_controls
+from bench.environment import collect_environment, run_label
+from bench.harness import RunControls, die_with_parent
+from bench.records import encode_record
 from cosmos3.components import build_vae
-from cosmos3.presets import get_preset
+from cosmos3.presets import get_preset, resolve_preset_name
 
 _CASES_BY_MARK = {
     "latent_prep": cases.latent_prep_cases,
@@ -29,6 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    parent = RunControls.from_env().parent_pid
+    if parent is not None:
+        die_with_parent(parent)
     config.addinivalue_line("markers", "cases(kind): parametrise `case` with the preset's grid of that kind")
 
 
@@ -47,29 +50,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=rank)  # stable: parametrisation order is kept within a kind
 
 
-def resolve_preset_name(config: pytest.Config) -> str:
-    name = config.getoption("--preset")
-    if name == "auto":
-        name = "wan22" if torch.cuda.is_available() else "tiny"
-    return name
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("cases")
     if marker is None or "case" not in metafunc.fixturenames:
         return
-    specs = _CASES_BY_MARK[marker.args[0]](resolve_preset_name(metafunc.config))
+    specs = _CASES_BY_MARK[marker.args[0]](resolve_preset_name(metafunc.config.getoption('--preset')))
     # The id is the case name's bracket part, so test ids read like the gate's names.
     metafunc.parametrize("case", specs, ids=[s.name.partition("[")[2].rstrip("]") for s in specs])
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    preset = get_preset(resolve_preset_name(config))
-    layers = config.getoption("--dit-layers")
-    # Another DiT depth is another configuration: it gets its own label and so its own baseline.
-    label = preset.name if layers is None else f"{preset.name}-dit{layers}"
-    env = collect_environment(_device(), label, preset.dtype, active_negative_controls())
-    machine_info["cosmos3_environment"] = dataclasses.asdict(env)
+    preset = get_preset(resolve_preset_name(config.getoption('--preset')))
+    label = run_label(preset.name, config.getoption("--dit-layers"))
+    env = collect_environment(_device(), label, preset.dtype, RunControls.from_env().active)
+    machine_info["cosmos3_environment"] = encode_record(env)
 
 
 def _device() -> torch.device:
@@ -83,7 +77,7 @@ def device() -> torch.device:
 
 @pytest.fixture(scope="session")
 def preset(pytestconfig: pytest.Config):
-    return get_preset(resolve_preset_name(pytestconfig), dit_num_layers=pytestconfig.getoption("--dit-layers"))
+    return get_preset(resolve_preset_name(pytestconfig.getoption('--preset')), dit_num_layers=pytestconfig.getoption("--dit-layers"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
-from bench.harness import RoundPolicy, measure, record_spec, revert_single_frame
+from bench.harness import RoundPolicy, RunControls, measure, record_case
 from cosmos3.components import Components, build_transformer, text_context
 from cosmos3.pipeline import Cosmos3Pipeline
 from cosmos3.request import Req
@@ -42,7 +42,8 @@ def image_path(tmp_path_factory, grid):
 
 @pytest.mark.cases("e2e")
 def test_e2e(benchmark, case, components, grid, image_path, device):
-    strategy = "expand" if case.strategy == "single_frame" and revert_single_frame() else case.strategy
+    revert = case.strategy == "single_frame" and RunControls.from_env().revert_single_frame
+    strategy = "expand" if revert else case.strategy
     pipeline = Cosmos3Pipeline(components, encode_strategy=strategy)
 
     def request() -> Req:
@@ -60,8 +61,7 @@ def test_e2e(benchmark, case, components, grid, image_path, device):
         for stage, ms in output.stage_ms.items():
             stage_samples[stage].append(ms)
 
-    record_spec(benchmark, case)
-    benchmark.extra_info["num_inference_steps"] = grid.e2e_steps
+    record_case(benchmark, spec=case, num_inference_steps=grid.e2e_steps)
     measure(benchmark, lambda: pipeline(request()), device=device, case_name=case.name,
             policy=E2E_ROUNDS, on_round=keep_stage_times)
-    benchmark.extra_info["stage_samples_ms"] = dict(stage_samples)
+    record_case(benchmark, stage_samples_ms={k: tuple(v) for k, v in stage_samples.items()})

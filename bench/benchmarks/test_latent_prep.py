@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.harness import measure, record_spec, revert_single_frame, seeded_image
+from bench.harness import RunControls, equivalence_record, measure, record_case, seeded_image
 from cosmos3.equivalence import check_encode_equivalence
 from cosmos3.request import Req
 from cosmos3.stages import Cosmos3LatentPreparationStage
@@ -19,13 +19,13 @@ def i2v_request(case, pixels: torch.Tensor) -> Req:
 def test_latent_prep(benchmark, case, vae, preset, device):
     """The stage as upstream runs it: noise, encode by strategy, mask and mix."""
     strategy = case.strategy
-    if strategy == "single_frame" and revert_single_frame():
+    if strategy == "single_frame" and RunControls.from_env().revert_single_frame:
         strategy = "expand"  # negative control: the optimisation reverted
     stage = Cosmos3LatentPreparationStage(vae, encode_strategy=strategy, dtype=preset.dtype)
     pixels = seeded_image(case.width, case.height, device)
-    record_spec(benchmark, case)
+    record_case(benchmark, spec=case)
     measure(benchmark, lambda: stage(i2v_request(case, pixels)), device=device, case_name=case.name)
     if case.strategy == "single_frame":
         # The optimisation must keep the output: checked on the same request, outside the timed rounds.
         report = check_encode_equivalence(vae, i2v_request(case, pixels), dtype=preset.dtype)
-        benchmark.extra_info["equivalence"] = report.to_dict()
+        record_case(benchmark, equivalence=equivalence_record(report))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.harness import measure, record_spec, seeded_image
+from bench.harness import measure, record_case, seeded_image
 from cosmos3.stages.latent_preparation import encode_input
 from cosmos3.vae import encode_latents
 
@@ -13,5 +13,5 @@ from cosmos3.vae import encode_latents
 def test_vae_encode(benchmark, case, vae, device):
     pixels = seeded_image(case.width, case.height, device)
     video = encode_input(pixels, case.num_frames, "single_frame" if case.num_frames == 1 else "expand")
-    record_spec(benchmark, case)
+    record_case(benchmark, spec=case)
     measure(benchmark, lambda: encode_latents(vae, video), device=device, case_name=case.name)

@@ -1,0 +1,135 @@
+"""`python -m bench` checks every option and input before it creates a folder or measures a round."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import cli
+from bench.cli import main
+from bench.records import save_run
+from cosmos3.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def never_measure(monkeypatch):
+    """Every test here must be refused before the benchmark child would start."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("measured although an input was bad")
+
+    monkeypatch.setattr(cli, "run_benchmarks", refuse)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--threshold", "-1"], "latency_threshold: must be >= 0"),
+        (["--threshold", "nan"], "latency_threshold: must be >= 0"),
+        (["--alpha", "0"], "alpha: must lie strictly between 0 and 1"),
+        (["--override", "e2e"], "override: must read PATTERN=NUMBER"),
+        (["--override", "e2e[*]=inf"], "override: must read PATTERN=NUMBER with a finite number"),
+        (["--inject-slowdown", "x=0"], "inject_slowdown: needs 0 < FRACTION <= 10"),
+        (["--inject-slowdown", "x"], "inject_slowdown: must read PATTERN=NUMBER"),
+        (["--inject-slowdown", "x=nan"], "inject_slowdown: must read PATTERN=NUMBER with a finite number"),
+        (["--rounds", "1,2"], "rounds: must read WARMUP,MIN,MAX,TARGET_MS"),
+        (["--rounds", "2,5,60,nan"], "rounds: needs a finite TARGET_MS > 0"),
+        (["--rounds", "2,5,60,0"], "rounds: needs a finite TARGET_MS > 0"),
+        (["--rounds", "1,1,1,1"], "rounds: needs 5 <= MIN <= MAX"),
+        (["--rounds", "2,9,6,100"], "rounds: needs 5 <= MIN <= MAX"),
+        (["--rounds", "0,5,5,100"], "rounds: needs WARMUP >= 1"),
+        (["--dit-layers", "0"], "dit_layers: must be >= 1"),
+        (["--run-id", "../escape"], "run_id: must be one folder name"),
+        (["--run-id", ""], "run_id: must be one folder name"),
+        (["--weights-dir", "."], "weights_dir: must be a local diffusers folder with vae/config.json"),
+        (["--require-baseline"], "baseline: no baseline for"),
+        (["--noise-k", "-1"], "noise_k: must be >= 0"),
+        (["--min-speedup", "0.5"], "min_speedup: must be >= 1"),
+    ],
+)
+def test_bad_options_exit_2_before_anything_exists(tmp_path, argv, message, capsys):
+    results = tmp_path / "results"
+    code = main(["run", "--preset", "tiny", "--results-dir", str(results), "--baselines-dir", str(tmp_path / "b"),
+                 *argv])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not results.exists()  # no folder made, no run id used up
+
+
+def test_results_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["run", "--preset", "tiny", "--results-dir", str(tmp_path / "file" / "sub")]) == 2
+    assert "results_dir: must be a folder (a file is in the way)" in capsys.readouterr().err
+
+
+def test_results_dir_that_is_not_writable(tmp_path, capsys, monkeypatch):
+    # Root may write anywhere, so the read-only folder is simulated where the rule reads it.
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    assert main(["run", "--preset", "tiny", "--results-dir", str(tmp_path / "r")]) == 2
+    assert "results_dir: must be writable" in capsys.readouterr().err
+
+
+def test_an_existing_baseline_is_refused_before_measuring(tmp_path, make_case, make_run, capsys):
+    from bench.environment import device_identity
+
+    _, slug = device_identity(cli.torch.device("cpu"))
+    save_run(make_run([make_case()], preset="tiny"), tmp_path / slug / "tiny.json")
+    assert main(["baseline", "--preset", "tiny", "--baselines-dir", str(tmp_path),
+                 "--results-dir", str(tmp_path / "results")]) == 2
+    assert "baseline: file exists; pass --force to replace it" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_no_baseline_from_negative_controls_before_measuring(tmp_path, capsys):
+    assert main(["baseline", "--preset", "tiny", "--baselines-dir", str(tmp_path),
+                 "--results-dir", str(tmp_path / "results"), "--revert-single-frame"]) == 2
+    assert "cannot be recorded with a negative control" in capsys.readouterr().err
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_gate_never_edits_the_run_it_gates(tmp_path, make_case, make_run, capsys):
+    run_dir = tmp_path / "run"
+    save_run(make_run([make_case()], preset="tiny"), run_dir / "run.json")
+    (run_dir / "report").mkdir()
+    (run_dir / "report" / "summary.md").write_text("# the committed report\n")
+    before = _tree_digest(run_dir)
+    assert main(["gate", str(run_dir), "--baselines-dir", str(tmp_path / "none"), "--threshold", "0.5"]) == 0
+    after = _tree_digest(run_dir)
+    assert {k: v for k, v in after.items() if not k.startswith("gate-")} == before
+    (new,) = {k.split("/")[0] for k in after if k.startswith("gate-")}
+    assert f"report: {run_dir / new / 'summary.md'}" in capsys.readouterr().out
+    # An explicit report folder that exists is refused, not written into.
+    assert main(["gate", str(run_dir), "--report-dir", str(run_dir / "report")]) == 2
+    assert "report_dir: exists; a report is never overwritten" in capsys.readouterr().err
+    assert _tree_digest(run_dir / "report") == {"summary.md": before["report/summary.md"]}
+
+
+def test_corrupt_child_outputs_are_data_errors(tmp_path):
+    (tmp_path / "junit.xml").write_text("<testsuite><testcase")
+    with pytest.raises(InputError, match="junit_xml: must be well-formed XML"):
+        cli.failed_cases(tmp_path / "junit.xml")
+    (tmp_path / "pb.json").write_text("{")
+    with pytest.raises(InputError, match="pytest_benchmark_json: must be readable JSON"):
+        cli.read_benchmark_json(tmp_path / "pb.json")
+
+
+def test_gate_of_a_folder_without_a_run(tmp_path, capsys):
+    assert main(["gate", str(tmp_path)]) == 2
+    assert "run record: file does not exist" in capsys.readouterr().err
+
+
+def test_run_controls_cross_the_process_seam_typed():
+    controls = cli.RunControls(rounds=cli.RoundPolicy(1, 5, 9, 10.0), slowdowns={"e2e[*]": 0.5},
+                               revert_single_frame=True)
+    env = {cli.CONTROLS_ENV: controls.to_env()}
+    assert cli.RunControls.from_env(env) == controls
+    with pytest.raises(InputError, match="COSMOS3_BENCH_CONTROLS.slowdown: is not a field of RunControls"):
+        cli.RunControls.from_env({cli.CONTROLS_ENV: json.dumps({"slowdown": {}})})
