@@ -315,14 +315,11 @@ def find_baseline(args: argparse.Namespace, device_name: str, device_slug: str, 
 
 
 def gate_and_report(args: argparse.Namespace, run: RunRecord, baseline: RunRecord | None, notes: list[str],
-                    report_dir: Path, extra_failures: list[str]) -> int:
+                    report_dir: Path, failed: list[str]) -> int:
     config = gate_config(args)
     if baseline is not None:
         gate_mod.check_compatible(run.environment, baseline.environment, args.allow_device_mismatch)
-    report = gate_mod.evaluate(run, baseline, config)
-    report = dataclasses.replace(
-        report, failures=report.failures + tuple(extra_failures), notes=tuple(notes) + report.notes
-    )
+    report = gate_mod.evaluate(run, baseline, config, failed_benchmarks=failed, notes=notes)
     summary = write_report(run, report, report_dir)
     append_github_summary(summary)
     print(summary.read_text())
@@ -398,7 +395,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         if env.negative_controls:
             raise InputError("baseline", "cannot be recorded with a negative control switched on",
                              list(env.negative_controls))
-        problems += list(failed) + list(gate_mod.evaluate(run, None, gate_mod.GateConfig()).failures)
+        problems += list(gate_mod.evaluate(run, None, gate_mod.GateConfig(), failed_benchmarks=failed).failures)
     if problems:
         print("refusing to record a baseline from a run that fails its own checks:\n- " + "\n- ".join(problems))
         return EXIT_REGRESSION

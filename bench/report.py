@@ -15,56 +15,16 @@ matplotlib.use("Agg")  # report writing runs on headless CI runners; never ask f
 import matplotlib.pyplot as plt
 from matplotlib import ticker
 
-from bench.gate import CI_LEVEL, GateReport
+from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share
+from bench.gate import CI_LEVEL, RULES, GateReport
 from bench.records import CaseResult, Environment, RunRecord, umask
 from cosmos3.errors import InputError
 
 SUMMARY_NAME = "summary.md"
 GITHUB_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 PLOT_DPI = 120
-DASH = "—"  # a cell with no value
 
 Plot = Callable[[RunRecord, GateReport, Path], bool]
-
-
-# ---- number formatting -------------------------------------------------------------------------
-
-
-def fmt_ms(ms: float | None) -> str:
-    """Milliseconds with precision that shrinks as the number grows: 1.23, 123.4, 28999."""
-    if ms is None or not math.isfinite(ms):
-        return DASH
-    # Compare the rounded value, so 99.999 reads 100.0 rather than 100.00.
-    if abs(round(ms, 2)) < 100:
-        return f"{ms:.2f}"
-    if abs(round(ms, 1)) < 10_000:
-        return f"{ms:.1f}"
-    return f"{ms:.0f}"
-
-
-def fmt_gib(gib: float | None) -> str:
-    return DASH if gib is None else f"{gib:.2f}"
-
-
-def fmt_change(ratio: float | None) -> str:
-    """A ratio as a signed percentage change: 1.1 -> +10.0%."""
-    return DASH if ratio is None or not math.isfinite(ratio) else f"{(ratio - 1) * 100:+.1f}%"
-
-
-def fmt_ratio_ci(ratio: float, low: float | None, high: float | None) -> str:
-    if low is None or high is None:
-        return f"{ratio:.3f}"
-    return f"{ratio:.3f} [{low:.3f}, {high:.3f}]"
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return DASH
-    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
-
-
-def fmt_share(part: float, total: float) -> str:
-    return f"{part / total:.1%}" if total > 0 else DASH
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -72,11 +32,6 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
-
-
-def code(name: str) -> str:
-    # Backticks keep the brackets and underscores of case names literal in markdown.
-    return f"`{name}`"
 
 
 # ---- summary.md sections -----------------------------------------------------------------------
@@ -127,61 +82,41 @@ def environment_section(env: Environment, baseline: Environment | None) -> list[
     return lines
 
 
-def benchmark_section(run: RunRecord, gate: GateReport) -> list[str]:
-    latency = {c.name: c for c in gate.comparisons}
-    memory = {m.name: m for m in gate.memory}
-    new = set(gate.new_names)
-    rows = []
-    for case in run.cases:
-        lat, mem = latency.get(case.name), memory.get(case.name)
-        base_mem = mem.baseline_gib if mem else None
-        if lat:
-            verdict = lat.verdict + ("; memory regression" if mem and mem.failure else "")
-        else:
-            verdict = "new" if case.name in new else DASH
-        rows.append([
-            code(case.name),
-            fmt_ms(lat.baseline_median_ms) if lat else DASH,
-            fmt_ms(case.median_ms),
-            fmt_ms(case.iqr_ms),
-            str(case.rounds),
-            fmt_ratio_ci(lat.ratio, lat.ci_low, lat.ci_high) if lat else DASH,
-            f"+{lat.allowed:.1%}" if lat else DASH,
-            fmt_p(lat.p_value) if lat else DASH,
-            f"{fmt_gib(base_mem)} / {fmt_gib(case.peak_mem_gib)}",
-            verdict,
-        ])
-    header = [
-        "benchmark", "baseline median ms", "new median ms", "IQR ms", "rounds",
-        f"ratio [{CI_LEVEL:.0%} CI]", "allowed", "p (slower)", "peak GiB (baseline / new)", "verdict",
+def measurements_section(run: RunRecord) -> list[str]:
+    """What this run measured, whatever the gate made of it."""
+    rows = [
+        [code(c.name), fmt_ms(c.median_ms), fmt_ms(c.iqr_ms), fmt_ms(c.min_ms), str(c.rounds),
+         fmt_gib(c.peak_mem_gib), fmt_gib(c.working_mem_gib)]
+        for c in run.cases
     ]
-    lines = ["## Benchmarks", "", *table(header, rows), ""]
-    noisy = [c for c in gate.comparisons if c.allowed > c.threshold]
-    if noisy:
-        runs = len(gate.baseline_environment.merged_runs)
-        lines += [
-            (f"The baseline merges {runs} runs. Where their medians varied from run to run, a slowdown must "
-             f"also exceed {gate.config.noise_k:g} run-to-run standard deviations: {len(noisy)} benchmark(s) "
-             "here allow more than the threshold, so a smaller slowdown of those cannot be told from noise "
-             "on this machine."),
-            "",
-        ]
+    header = ["benchmark", "median ms", "IQR ms", "min ms", "rounds", "peak GiB", "working GiB"]
+    return ["## Measurements", "", *table(header, rows), ""]
+
+
+def rule_sections(gate: GateReport) -> list[str]:
+    """One table per gate rule that found something, in the rules' order."""
+    lines: list[str] = []
+    for rule in RULES:
+        findings = gate.of(rule.name)
+        if findings:
+            lines += [f"## {rule.title}", "", *table(rule.columns, (f.row for f in findings)), ""]
+        if rule.name == "latency":
+            lines += _noise_paragraph(gate)
     return lines
 
 
-def speedup_section(gate: GateReport) -> list[str]:
-    if not gate.speedups:
+def _noise_paragraph(gate: GateReport) -> list[str]:
+    noisy = [c for c in gate.comparisons if c.allowed > c.threshold]
+    if not noisy:
         return []
-    rows = [
-        [
-            code(s.name), fmt_ms(s.single_frame_median_ms), fmt_ms(s.expand_median_ms), f"{s.factor:.2f}x",
-            f"{s.reduction:.1%}", DASH if s.min_factor is None else f">= {s.min_factor:.2f}x",
-            "pass" if s.passed else "FAIL",
-        ]
-        for s in gate.speedups
+    runs = len(gate.baseline_environment.merged_runs)
+    return [
+        (f"The baseline merges {runs} runs. Where their medians varied from run to run, a slowdown must "
+         f"also exceed {gate.config.noise_k:g} run-to-run standard deviations: {len(noisy)} benchmark(s) "
+         "here allow more than the threshold, so a smaller slowdown of those cannot be told from noise "
+         "on this machine."),
+        "",
     ]
-    header = ["case", "single_frame ms", "expand ms", "speedup", "time saved", "required", "check"]
-    return ["## single_frame over expand", "", *table(header, rows), ""]
 
 
 def _e2e_groups(run: RunRecord) -> dict[tuple[str, int], list[CaseResult]]:
@@ -227,24 +162,6 @@ def _stage_cell(case: CaseResult, ms: float | None) -> str:
     return DASH if ms is None else f"{fmt_ms(ms)} ({fmt_share(ms, case.median_ms)})"
 
 
-def equivalence_section(run: RunRecord) -> list[str]:
-    rows = []
-    for case in run.cases:
-        eq = case.equivalence
-        if eq is None:
-            continue
-        verdict = "bitwise" if eq.bitwise else ("within tolerance" if eq.equivalent else "DIFFERENT")
-        rows.append([code(case.name), eq.reference, verdict, f"{eq.max_abs_err:.3g}", f"{eq.max_rel_err:.3g}"])
-    if not rows:
-        return []
-    header = ["case", "compared with", "outputs", "max abs err", "max rel err"]
-    return ["## Strategy equivalence", "", *table(header, rows), ""]
-
-
-def names_section(title: str, names: Sequence[str]) -> list[str]:
-    return [f"## {title}", "", *(f"- {code(n)}" for n in names), ""] if names else []
-
-
 def notes_section(gate: GateReport) -> list[str]:
     return ["## Notes", "", *(f"- {n}" for n in gate.notes), ""] if gate.notes else []
 
@@ -257,12 +174,9 @@ def render_summary(run: RunRecord, gate: GateReport, plots: Sequence[str] = ()) 
     sections = [
         verdict_section(gate),
         environment_section(run.environment, gate.baseline_environment),
-        benchmark_section(run, gate),
-        speedup_section(gate),
+        measurements_section(run),
+        rule_sections(gate),
         e2e_section(run, gate),
-        equivalence_section(run),
-        names_section("New benchmarks (not in the baseline)", gate.new_names),
-        names_section("Missing benchmarks (in the baseline, not in this run)", gate.missing_names),
         notes_section(gate),
         plots_section(plots),
     ]

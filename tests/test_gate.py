@@ -90,7 +90,9 @@ def test_too_few_samples_fails(make_case, make_run):
 
 @pytest.mark.parametrize(("growth", "passed"), [(1.02, False), (1.005, True)])
 def test_memory_threshold(make_case, make_run, growth, passed):
-    report = gate_one(make_case, make_run, {"peak_mem_gib": 4.0 * growth}, {"peak_mem_gib": 4.0})
+    resident = {"resident_mem_gib": 1.0}
+    report = gate_one(make_case, make_run, {"peak_mem_gib": 1.0 + 3.0 * growth, **resident},
+                      {"peak_mem_gib": 4.0, **resident})
     (mem,) = report.memory
     assert mem.ratio == pytest.approx(growth)
     assert report.passed is passed
@@ -98,9 +100,20 @@ def test_memory_threshold(make_case, make_run, growth, passed):
         assert mem.verdict == "regression" and NAME in report.failures[0] and "memory" in report.failures[0]
 
 
+def test_memory_limit_is_on_the_working_set_not_the_peak(make_case, make_run):
+    """1.33 GiB of weights resident must not dilute the limit: +2% of the stage's own memory fails
+    though the peak grows by under 1%; more weights resident with the same working set passes."""
+    base = {"peak_mem_gib": 2.45, "resident_mem_gib": 1.33}
+    grown = gate_one(make_case, make_run, {"peak_mem_gib": 1.33 + 1.12 * 1.02, "resident_mem_gib": 1.33}, base)
+    assert 2.45 * 1.01 > 1.33 + 1.12 * 1.02 and not grown.passed
+    assert "working memory 1.142 GiB vs baseline 1.120 GiB" in grown.failures[0]
+    more_weights = gate_one(make_case, make_run, {"peak_mem_gib": 3.45, "resident_mem_gib": 2.33}, base)
+    assert more_weights.passed and more_weights.memory[0].ratio == pytest.approx(1.0)
+
+
 def test_memory_not_measured(make_case, make_run):
-    report = gate_one(make_case, make_run, {"peak_mem_gib": None}, {"peak_mem_gib": 4.0})
-    assert report.memory[0].verdict == "not measured" and report.passed
+    report = gate_one(make_case, make_run, {"peak_mem_gib": None}, {"peak_mem_gib": 4.0, "resident_mem_gib": 1.0})
+    assert report.memory == () and report.passed  # nothing to compare, nothing reported as compared
 
 
 def test_missing_new_and_excluded(make_case, make_run):
@@ -151,8 +164,8 @@ def test_equivalence_false_fails(make_case, make_run):
 
 
 def test_failures_are_all_collected(make_case, make_run):
-    baseline = make_run([make_case(peak_mem_gib=1.0), make_case("vae_encode", None)])
-    current = make_run([make_case(median_ms=12.0, peak_mem_gib=2.0, seed=1)])
+    baseline = make_run([make_case(peak_mem_gib=1.0, resident_mem_gib=0.5), make_case("vae_encode", None)])
+    current = make_run([make_case(median_ms=12.0, peak_mem_gib=2.0, resident_mem_gib=0.5, seed=1)])
     assert len(evaluate(current, baseline, GateConfig()).failures) == 3  # latency, memory, missing
 
 
@@ -248,3 +261,31 @@ def test_two_runs_are_too_few_to_estimate_noise(make_case, make_run):
 def test_noise_k_must_not_be_negative():
     with pytest.raises(InputError, match="noise_k: must be >= 0"):
         GateConfig(noise_k=-1)
+
+
+def test_a_rule_is_one_object_judging_a_run(make_case, make_run):
+    """The interface every rule has: name, title, columns, judge() -> findings with row and failure."""
+    from bench.gate import RULES, Finding, Rule
+
+    class OddRounds(Rule):
+        name, title, columns = "odd", "Odd round counts", ("benchmark", "rounds")
+
+        def judge(self, given):
+            for case in given.current.cases:
+                failure = f"{case.name}: odd round count" if case.rounds % 2 else None
+                yield Finding(self.name, case.name, "odd" if failure else "ok", (case.name, str(case.rounds)), failure)
+
+    run = make_run([make_case(rounds=7)])
+    report = evaluate(run, None, GateConfig(), rules=(*RULES, OddRounds()))
+    assert report.failures == (f"{NAME}: odd round count",) and report.of("odd")[0].row == (NAME, "7")
+    assert {rule.name for rule in RULES} == {"errors", "latency", "memory", "speedup", "equivalence", "coverage"}
+    for rule in RULES:
+        assert rule.title and rule.columns
+
+
+def test_a_benchmark_that_raised_fails_the_gate(make_case, make_run):
+    report = evaluate(make_run([make_case()]), None, GateConfig(),
+                      failed_benchmarks=["e2e[single_frame-96x64-17f]: benchmark error: RuntimeError: out of memory"])
+    assert report.exit_code == 1
+    (finding,) = report.of("errors")
+    assert finding.subject == "e2e[single_frame-96x64-17f]" and "out of memory" in finding.row[1]

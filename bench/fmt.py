@@ -1,0 +1,49 @@
+"""Number and name formatting shared by the gate's messages and the report's tables."""
+
+from __future__ import annotations
+
+import math
+
+DASH = "—"  # a cell with no value
+
+
+def fmt_ms(ms: float | None) -> str:
+    """Milliseconds with precision that shrinks as the number grows: 1.23, 123.4, 28999."""
+    if ms is None or not math.isfinite(ms):
+        return DASH
+    # Compare the rounded value, so 99.999 reads 100.0 rather than 100.00.
+    if abs(round(ms, 2)) < 100:
+        return f"{ms:.2f}"
+    if abs(round(ms, 1)) < 10_000:
+        return f"{ms:.1f}"
+    return f"{ms:.0f}"
+
+
+def fmt_gib(gib: float | None) -> str:
+    return DASH if gib is None else f"{gib:.3f}"
+
+
+def fmt_change(ratio: float | None) -> str:
+    """A ratio as a signed percentage change: 1.1 -> +10.0%."""
+    return DASH if ratio is None or not math.isfinite(ratio) else f"{(ratio - 1) * 100:+.1f}%"
+
+
+def fmt_ratio_ci(ratio: float, low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return f"{ratio:.3f}"
+    return f"{ratio:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return DASH
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def fmt_share(part: float, total: float) -> str:
+    return f"{part / total:.1%}" if total > 0 else DASH
+
+
+def code(name: str) -> str:
+    # Backticks keep the brackets and underscores of case names literal in markdown.
+    return f"`{name}`"
