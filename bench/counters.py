@@ -15,6 +15,7 @@ that the CUDA branch is tested on synthetic CUDA-like events on a machine withou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -202,7 +203,7 @@ class WorkCounters:
                    top_kernels=tuple(top), varying_counters=tuple(varying))
 
 
-_FIELD_NAMES = ("source", "profiled_rounds", *COUNTS, "flops", "device_ms_samples", "top_kernels", "varying_counters")
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(WorkCounters))  # to_dict writes exactly these
 
 
 def _require_keys(data: Any, keys: Sequence[str], where: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -281,6 +282,7 @@ def test_round_trip_through_json():
         data = json.loads(json.dumps(work.to_dict()))
         assert WorkCounters.from_dict(data) == work
         assert WorkCounters.from_dict(data).to_dict() == work.to_dict()
+        assert list(data) == [f.name for f in dataclasses.fields(WorkCounters)]
 
 
 def broken(edit) -> dict:
