@@ -9,8 +9,9 @@ inside them: the profiler slows every launch.
 On CUDA the counts come from the device activity that torch.profiler (Kineto/CUPTI) records. On
 the CPU (the tiny preset) there are no kernels; the aten ops the profiler records stand in for them.
 
-The parsing of the profiler's events is a pure function over `TraceEvent`s (`count_round`), so
-that the CUDA branch is tested on synthetic CUDA-like events on a machine without a GPU.
+Only `record_rounds` touches the profiler; reading its events (`trace_events`, `split_rounds`,
+`count_round`, `combine_rounds`) is pure, so that the CUDA branch is tested on synthetic CUDA-like
+events on a machine without a GPU.
 """
 
 from __future__ import annotations
