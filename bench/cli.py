@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench import calibrate as calibrate_mod
 from bench import gate as gate_mod
 from bench.environment import REPO_ROOT, device_identity, display_path, run_label
 from bench.harness import CONTROLS_ENV, RoundPolicy, RunControls
@@ -69,6 +70,8 @@ def add_gate_options(p: argparse.ArgumentParser) -> None:
                    help="allowed median slowdown, a fraction (default %(default)s)")
     g.add_argument("--override", action="append", default=[], metavar="NAME=FRACTION",
                    help="per-benchmark threshold; NAME may use * (repeatable)")
+    g.add_argument("--device-threshold", type=float, default=gate_mod.DEFAULT_DEVICE_THRESHOLD,
+                   help="allowed median device-time growth, a fraction (default %(default)s)")
     g.add_argument("--alpha", type=float, default=gate_mod.DEFAULT_ALPHA, help="significance level (default %(default)s)")
     g.add_argument("--memory-threshold", type=float, default=gate_mod.DEFAULT_MEMORY_THRESHOLD,
                    help="allowed peak-memory growth, a fraction (default %(default)s)")
@@ -90,10 +93,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--weights-dir", type=Path, help="local diffusers folder with real weights (vae/, transformer/)")
     r.add_argument("--dit-layers", type=int, help="DiT stand-in depth (default: the preset's)")
     r.add_argument("-k", dest="keyword", help="pytest -k expression to run a subset")
+    r.add_argument("--case", action="append", default=[], metavar="PATTERN",
+                   help="run only cases whose name matches, e.g. 'latent_prep[single_frame-*]' (repeatable)")
     r.add_argument("--rounds", metavar="WARMUP,MIN,MAX,TARGET_MS", help="round policy (default 2,5,60,2000)")
     n = p.add_argument_group("negative controls (prove the gate can fail; never in a baseline)")
     n.add_argument("--inject-slowdown", action="append", default=[], metavar="PATTERN=FRACTION",
                    help="sleep FRACTION of each timed round's time in matching cases, e.g. 'latent_prep[single_frame-*]=0.1'")
+    n.add_argument("--inject-gpu-work", action="append", default=[], metavar="PATTERN=FRACTION",
+                   help="a busy GPU kernel inside the measured function, FRACTION of the case's device time")
+    n.add_argument("--inject-sync", action="append", default=[], metavar="PATTERN",
+                   help="one extra host-device synchronisation per round in matching cases")
+    n.add_argument("--inject-kernel", action="append", default=[], metavar="PATTERN",
+                   help="one extra small kernel per round in matching cases")
     n.add_argument("--revert-single-frame", action="store_true",
                    help="run the old expand path in the cases labelled single_frame")
 
@@ -119,6 +130,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     base.add_argument("--force", action="store_true", help="replace an existing baseline")
     base.add_argument("--baselines-dir", type=Path, default=REPO_ROOT / "baselines")
     add_run_options(base)
+    cal = sub.add_parser("calibrate", help="measure the gate's false alarms (A/A) and its power on injected GPU work")
+    cal.add_argument("--calibration-dir", type=Path,
+                     help="folder of the calibration's runs (default results/calibration-<UTC>); name an existing "
+                          "one to add runs to it: steps split over several calls add up")
+    cal.add_argument("--step", action="append", choices=("baseline", "aa", "gpu", "report"), default=[],
+                     help="measure only these steps (default: all, then the report); repeatable")
+    cal.add_argument("--baseline-runs", type=int, default=3, help="runs merged into the baseline (default %(default)s)")
+    cal.add_argument("--aa-runs", type=int, default=10, help="unchanged runs gated against it (default %(default)s)")
+    cal.add_argument("--runs-per-size", type=int, default=10, help="runs per injected size (default %(default)s)")
+    cal.add_argument("--sizes", default=",".join(f"{s:g}" for s in calibrate_mod.DEFAULT_SIZES),
+                     help="injected GPU work, fractions of device time (default %(default)s)")
+    add_run_options(cal)
+    add_gate_options(cal)
     return p.parse_args(argv)
 
 
@@ -128,6 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def gate_config(args: argparse.Namespace) -> gate_mod.GateConfig:
     return gate_mod.GateConfig(
         latency_threshold=args.threshold,
+        device_threshold=args.device_threshold,
         latency_overrides=parse_pattern_values(args.override, "override"),
         alpha=args.alpha,
         memory_threshold=args.memory_threshold,
@@ -141,6 +166,9 @@ def run_controls(args: argparse.Namespace) -> RunControls:
     return RunControls(
         rounds=RoundPolicy.parse(args.rounds) if args.rounds is not None else None,
         slowdowns=parse_pattern_values(args.inject_slowdown, "inject_slowdown"),
+        gpu_work=parse_pattern_values(args.inject_gpu_work, "inject_gpu_work"),
+        syncs=tuple(args.inject_sync),
+        kernels=tuple(args.inject_kernel),
         revert_single_frame=args.revert_single_frame,
     )
 
@@ -261,6 +289,7 @@ def run_benchmarks(args: argparse.Namespace, plan: RunPlan, run_dir: Path) -> tu
         cmd.append(f"--dit-layers={args.dit_layers}")
     if args.keyword is not None:
         cmd += ["-k", args.keyword]
+    cmd += [f"--case={pattern}" for pattern in args.case]
     print("$ " + shlex.join(["python", *cmd[1:]]), flush=True)
     started = time.perf_counter()
     try:
@@ -408,10 +437,56 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure the missing runs of each step into the calibration folder, then report on all of them."""
+    config = gate_config(args)
+    sizes = calibrate_mod.parse_sizes(args.sizes)
+    for name in ("baseline_runs", "aa_runs", "runs_per_size"):
+        if getattr(args, name) < 1:
+            raise InputError(name, "must be >= 1", getattr(args, name))
+    if args.inject_slowdown or args.inject_gpu_work or args.inject_sync or args.inject_kernel or args.revert_single_frame:
+        raise InputError("calibrate", "injects its own GPU work; other negative controls are refused")
+    folder = args.calibration_dir or args.results_dir / f"calibration-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    check_output_dir("calibration_dir", folder)
+    if args.case == [] and args.keyword is None:
+        args.case = list(calibrate_mod.DEFAULT_CASES)
+    steps = args.step or ["baseline", "aa", "gpu", "report"]
+    wanted = {"baseline": [(None, args.baseline_runs)], "aa": [(None, args.aa_runs)],
+              "gpu": [(size, args.runs_per_size) for size in sizes]}
+    runs_dir = folder / "runs"
+    for step in (s for s in ("baseline", "aa", "gpu") if s in steps):
+        for size, count in wanted[step]:
+            label = step if size is None else calibrate_mod.step_label(size)
+            for i in range(1, count + 1):
+                run_id = f"{label}-{i}"
+                if (runs_dir / run_id / RUN_RECORD).is_file():
+                    continue  # measured by an earlier call
+                run_args = argparse.Namespace(**{**vars(args), "run_id": run_id, "results_dir": runs_dir,
+                                                 "inject_gpu_work": [f"*={size:g}"] if size else []})
+                plan = plan_run(run_args)
+                run_dir = runs_dir / run_id
+                run_dir.mkdir(parents=True)
+                run, failed = run_benchmarks(run_args, plan, run_dir)
+                if run is None or failed:
+                    raise InputError("calibrate", f"run {run_id} had failing benchmarks: {failed}")
+    records = sorted((p.parent.name, load_run(p)) for p in runs_dir.glob(f"*/{RUN_RECORD}"))
+    baseline, aa, injected = calibrate_mod.group_runs(records)
+    if "report" not in steps:
+        print(f"calibration runs in {display_path(runs_dir)}: {len(baseline)} baseline, {len(aa)} A/A, "
+              + ", ".join(f"{len(r)} at +{s:.0%}" for s, r in sorted(injected.items())))
+        return EXIT_PASS
+    cal = calibrate_mod.analyse(baseline, aa, injected, config)
+    report = calibrate_mod.write(cal, folder / f"report-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    print(report.read_text())
+    print(f"report: {display_path(report)}")
+    return EXIT_PASS
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline}[args.command](args)
+        commands = {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "calibrate": cmd_calibrate}
+        return commands[args.command](args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -16,9 +16,7 @@ events on a machine without a GPU.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import re
 import tempfile
@@ -32,6 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.records import COUNTS, SOURCES, KernelStat, WorkCounters
 from cosmos3.errors import InputError
 from cosmos3.timing import synchronize
 
@@ -58,6 +57,9 @@ CAT_RUNTIME = "cuda_runtime"  # a CUDA runtime API call on the host (cudaLaunchK
 CAT_DRIVER = "cuda_driver"  # a CUDA driver API call on the host (cuLaunchKernel: Triton kernels)
 CAT_CPU_OP = "cpu_op"  # an aten (or other dispatcher) op on the host
 CAT_ANNOTATION = "user_annotation"  # record_function on the host
+# On the CPU nothing waits for a device; the op that reads a tensor's value back to the host (and
+# on a GPU waits for it: `.item()`, `float(t)`, `if t:`) stands in for a synchronisation.
+CPU_SYNC_OP = "aten::_local_scalar_dense"
 # Device work: these durations make up device time. GPU user annotations ("gpu_user_annotation",
 # record_function ranges projected onto the device timeline) and CUPTI sync records ("cuda_sync",
 # e.g. "Context Sync") are spans, not work; do_bench_using_profiling skips them too.
@@ -85,160 +87,6 @@ _API_VERSION = re.compile(r"_v\d+$")
 _MEMCPY_KIND = re.compile(r"^Memcpy (\w+)")
 _H2D_KINDS = frozenset({"HtoD", "HtoA"})
 _D2H_KINDS = frozenset({"DtoH", "AtoH"})
-
-SOURCES = ("cuda", "cpu")
-# The counters compared between rounds; WorkCounters.varying_counters names those that differed.
-COUNTS = ("kernel_launches", "h2d_copies", "h2d_bytes", "d2h_copies", "d2h_bytes", "syncs")
-_VARYING_NAMES = (*COUNTS, "top_kernels")
-
-
-@dataclass(frozen=True)
-class KernelStat:
-    """One kernel (CUDA: its demangled name) or aten op (CPU) of a case, per round."""
-
-    name: str
-    launches: int  # executions per round
-    device_ms: float | None  # summed duration per round (median over rounds); None on CPU
-
-
-@dataclass(frozen=True)
-class WorkCounters:
-    """Per-round work of one case, from profiled rounds (deterministic for fixed shapes).
-
-    Every count is per round. Where rounds disagreed (they should not for fixed shapes), a count
-    holds the largest per-round value and `varying_counters` names it: a record never hides it.
-    """
-
-    source: str  # "cuda": device activity of CUDA kernels | "cpu": aten ops stand in for kernels
-    profiled_rounds: int
-    # CUDA: kernels executed on the device (category "kernel"), one per launch; a CUDA graph's
-    # kernels count one by one. CPU: every aten op call the profiler records (category "cpu_op"),
-    # nested ones included (aten::conv2d -> aten::convolution -> ... counts each), views and
-    # allocations included: the "cpu_op" events of the round's trace.
-    kernel_launches: int
-    h2d_copies: int  # host-to-device copies the device executed (Memcpy HtoD); 0 on CPU
-    h2d_bytes: int
-    d2h_copies: int  # device-to-host copies (Memcpy DtoH); 0 on CPU. Device-to-device copies are in neither.
-    d2h_bytes: int
-    # Host calls that wait for the device: cudaDeviceSynchronize, cudaStreamSynchronize,
-    # cudaEventSynchronize and synchronous cudaMemcpy/2D/3D (runtime events, category
-    # "cuda_runtime"); the round's own closing sync is not counted. 0 on CPU.
-    syncs: int
-    # FLOPs of one round as torch.utils.flop_counter.FlopCounterMode counts them: matmuls,
-    # convolutions and attention (elementwise ops count 0). Counted in a separate, unprofiled round.
-    flops: int
-    # Per profiled round: summed duration of the device's work (kernels, copies, memsets; the sum
-    # do_bench_using_profiling takes), in ms. Concurrent streams add up. () on CPU.
-    device_ms_samples: tuple[float, ...]
-    # Union of the TOP_KERNELS kernels with most launches and (CUDA) most device time, ordered by
-    # launches (descending), then name. Launch counts are exact; on CUDA, which kernels make the
-    # time cut-off can change with noise where two kernels take about as long.
-    top_kernels: tuple[KernelStat, ...]
-    # Names from COUNTS (and "top_kernels": some kernel's launch count) whose per-round values
-    # differed between the profiled rounds; () when every round agreed.
-    varying_counters: tuple[str, ...] = ()
-
-    @property
-    def device_ms(self) -> float | None:
-        """Median device time per round; None on CPU."""
-        return float(np.median(self.device_ms_samples)) if self.device_ms_samples else None
-
-    @property
-    def consistent(self) -> bool:
-        """True when every profiled round counted the same work."""
-        return not self.varying_counters
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "profiled_rounds": self.profiled_rounds,
-            **{name: getattr(self, name) for name in COUNTS},
-            "flops": self.flops,
-            "device_ms_samples": list(self.device_ms_samples),
-            "top_kernels": [
-                {"name": k.name, "launches": k.launches, "device_ms": k.device_ms} for k in self.top_kernels
-            ],
-            "varying_counters": list(self.varying_counters),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, *, source: str = "counters") -> WorkCounters:
-        """Parse what to_dict wrote; InputError naming `source.<field>` for a missing or unknown
-        key, a wrong type, a negative count, or a non-finite or negative device time."""
-        _require_keys(data, _FIELD_NAMES, source)
-        kind = data["source"]
-        if kind not in SOURCES:
-            raise InputError(f"{source}.source", f"must be one of {SOURCES}", kind)
-        counts = {name: _count(data[name], f"{source}.{name}") for name in (*COUNTS, "flops")}
-        rounds = _count(data["profiled_rounds"], f"{source}.profiled_rounds")
-        if rounds < 1:
-            raise InputError(f"{source}.profiled_rounds", "must be at least 1", rounds)
-
-        samples_field = f"{source}.device_ms_samples"
-        samples = tuple(_ms(x, f"{samples_field}[{i}]") for i, x in enumerate(_list(data["device_ms_samples"],
-                                                                                    samples_field)))
-        if kind == "cpu" and samples:
-            raise InputError(samples_field, "must be empty for source 'cpu' (no device)", list(samples))
-        if kind == "cuda" and len(samples) != rounds:
-            raise InputError(samples_field, f"must hold one value per profiled round ({rounds})", len(samples))
-
-        top = []
-        for i, raw in enumerate(_list(data["top_kernels"], f"{source}.top_kernels")):
-            where = f"{source}.top_kernels[{i}]"
-            _require_keys(raw, ("name", "launches", "device_ms"), where)
-            if not isinstance(raw["name"], str) or not raw["name"]:
-                raise InputError(f"{where}.name", "must be a non-empty string", raw["name"])
-            device_ms = raw["device_ms"]
-            if kind == "cpu" and device_ms is not None:
-                raise InputError(f"{where}.device_ms", "must be null for source 'cpu' (no device)", device_ms)
-            if kind == "cuda":
-                device_ms = _ms(device_ms, f"{where}.device_ms")
-            top.append(KernelStat(raw["name"], _count(raw["launches"], f"{where}.launches"), device_ms))
-
-        varying = _list(data["varying_counters"], f"{source}.varying_counters")
-        for i, name in enumerate(varying):
-            if name not in _VARYING_NAMES:
-                raise InputError(f"{source}.varying_counters[{i}]", f"must be one of {_VARYING_NAMES}", name)
-
-        return cls(source=kind, profiled_rounds=rounds, **counts, device_ms_samples=samples,
-                   top_kernels=tuple(top), varying_counters=tuple(varying))
-
-
-_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(WorkCounters))  # to_dict writes exactly these
-
-
-def _require_keys(data: Any, keys: Sequence[str], where: str) -> None:
-    if not isinstance(data, dict):
-        raise InputError(where, "must be a JSON object", type(data).__name__)
-    for key in keys:
-        if key not in data:
-            raise InputError(f"{where}.{key}", "is missing")
-    for key in data:
-        if key not in keys:
-            raise InputError(f"{where}.{key}", f"is not a known field (known: {', '.join(keys)})")
-
-
-def _count(value: Any, field: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InputError(field, "must be an integer", value)
-    if value < 0:
-        raise InputError(field, "must not be negative", value)
-    return value
-
-
-def _ms(value: Any, field: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise InputError(field, "must be a number of milliseconds", value)
-    if not math.isfinite(value) or value < 0:
-        raise InputError(field, "must be finite and not negative", value)
-    return float(value)
-
-
-def _list(value: Any, field: str) -> list:
-    if not isinstance(value, list):
-        raise InputError(field, "must be a list", value)
-    return value
-
 
 # --- events -> counts (pure) ------------------------------------------------------------------
 
@@ -373,6 +221,8 @@ def count_round(events: Iterable[TraceEvent], *, source: str) -> RoundCounts:
             ours = any(lo <= e.start_us <= hi for lo, hi in fences)
             if e.category == CAT_RUNTIME and call in SYNC_CALLS and not ours:
                 syncs += 1
+        if not cuda and e.category == CAT_CPU_OP and e.name == CPU_SYNC_OP:
+            syncs += 1
     if cuda and launched - recorded:
         raise IncompleteProfile(
             f"{len(launched - recorded)} of {len(launched)} launches, copies or memsets of a round have no "

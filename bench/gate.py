@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -12,10 +12,12 @@ import numpy as np
 from scipy import stats
 
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
-from bench.records import CaseResult, Environment, RunRecord, matches
+from bench.records import CaseResult, Environment, RunRecord, WorkCounters, matches
 from cosmos3.errors import InputError
 
 DEFAULT_LATENCY_THRESHOLD = 0.05  # a median may grow by 5% before it counts as a regression
+# Device time has no launch or host noise in it, so it can be held tighter than wall time.
+DEFAULT_DEVICE_THRESHOLD = 0.03
 DEFAULT_ALPHA = 0.01  # one-sided Mann-Whitney significance level
 DEFAULT_MEMORY_THRESHOLD = 0.01  # peak memory is deterministic enough for a tight bound
 DEFAULT_MIN_SPEEDUP = 2.0  # single_frame must beat expand by this factor in latent preparation
@@ -54,6 +56,7 @@ class GateConfig:
     """What the gate tolerates. Thresholds are fractions: 0.05 = 5%."""
 
     latency_threshold: float = DEFAULT_LATENCY_THRESHOLD
+    device_threshold: float = DEFAULT_DEVICE_THRESHOLD
     # Benchmark name or pattern -> threshold; an exact name wins, else the first pattern that matches.
     latency_overrides: Mapping[str, float] = field(default_factory=dict)
     alpha: float = DEFAULT_ALPHA
@@ -68,7 +71,7 @@ class GateConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "latency_overrides", dict(self.latency_overrides))
         object.__setattr__(self, "exclude", frozenset(self.exclude))
-        for name in ("latency_threshold", "memory_threshold", "noise_k"):
+        for name in ("latency_threshold", "device_threshold", "memory_threshold", "noise_k"):
             if not getattr(self, name) >= 0:  # `not >=` also rejects NaN
                 raise InputError(name, "must be >= 0", getattr(self, name))
         for pattern, value in self.latency_overrides.items():
@@ -107,6 +110,7 @@ class LatencyComparison:
     allowed: float  # the slowdown tolerated: max(threshold, noise_k * noise_cv)
     verdict: str
     note: str = ""
+    what: str = "latency"  # "latency" (wall time of the timed rounds) | "device time" (kernels, profiled rounds)
 
     @property
     def failure(self) -> str | None:
@@ -206,51 +210,62 @@ def _testable(n_current: int, n_baseline: int, alpha: float) -> bool:
     return 1 / math.comb(n_current + n_baseline, n_current) < alpha
 
 
-def run_to_run_cv(baseline: CaseResult) -> float | None:
+def run_to_run_cv(run_medians: Sequence[float]) -> float | None:
     """Relative standard deviation of a merged baseline's per-run medians; None below MIN_RUNS_FOR_NOISE runs."""
-    medians = np.asarray(baseline.run_medians_ms)
+    medians = np.asarray(run_medians)
     if len(medians) < MIN_RUNS_FOR_NOISE:
         return None
     return float(np.std(medians, ddof=1) / np.mean(medians))
 
 
-def compare_latency(current: CaseResult, baseline: CaseResult, config: GateConfig) -> LatencyComparison:
-    """Verdict on one benchmark's median: a regression needs both size and significance (alpha).
+def compare_samples(
+    name: str,
+    current: Sequence[float],
+    baseline: Sequence[float],
+    run_medians: Sequence[float],
+    threshold: float,
+    config: GateConfig,
+    what: str = "latency",
+) -> LatencyComparison:
+    """Verdict on one benchmark's median (wall time or device time): a regression needs both size
+    and significance (alpha).
 
     Size: the ratio of medians must exceed the threshold and, where the baseline was merged from
-    several runs, noise_k run-to-run standard deviations. The rounds of one process are not
-    independent draws (they share its clocks and host load), so a within-run test alone calls
-    a shift between two quiet processes significant.
+    several runs, noise_k run-to-run standard deviations of its per-run medians. The rounds of one
+    process are not independent draws (they share its clocks and host load), so a within-run test
+    alone calls a shift between two quiet processes significant.
     """
-    cur, base = np.asarray(current.samples_ms), np.asarray(baseline.samples_ms)
-    ratio = current.median_ms / baseline.median_ms
-    threshold = config.threshold_for(current.name)
-    noise_cv = run_to_run_cv(baseline)
+    cur, base = np.asarray(current), np.asarray(baseline)
+    cur_median, base_median = float(np.median(cur)), float(np.median(base))
+    ratio = cur_median / base_median
+    noise_cv = run_to_run_cv(run_medians)
     allowed = threshold if noise_cv is None else max(threshold, config.noise_k * noise_cv)
     common = {
-        "name": current.name,
-        "baseline_median_ms": baseline.median_ms,
-        "current_median_ms": current.median_ms,
+        "name": name,
+        "baseline_median_ms": base_median,
+        "current_median_ms": cur_median,
         "ratio": ratio,
         "threshold": threshold,
         "noise_cv": noise_cv,
         "allowed": allowed,
+        "what": what,
     }
     if not _testable(len(cur), len(base), config.alpha):
         note = (
-            f"only {len(cur)} rounds in this run and {len(base)} in the baseline; too few samples for a "
-            f"one-sided test at alpha={config.alpha:g} (the harness records at least 5 per case)"
+            f"{what}: only {len(cur)} samples in this run and {len(base)} in the baseline; too few for a "
+            f"one-sided test at alpha={config.alpha:g}"
         )
         return LatencyComparison(**common, ci_low=None, ci_high=None, p_value=None, verdict=TOO_FEW, note=note)
 
     p_slower = _p_value(cur, base, "greater")
     ci_low, ci_high = _ratio_ci(cur, base, config)
-    change = f"median {current.median_ms:.2f} ms vs baseline {baseline.median_ms:.2f} ms ({fmt_change(ratio)})"
+    label = "median" if what == "latency" else f"{what} median"
+    change = f"{label} {cur_median:.2f} ms vs baseline {base_median:.2f} ms ({fmt_change(ratio)})"
     limit = f"+{allowed:.1%}" + ("" if allowed == threshold else f" ({config.noise_k:g} x run-to-run CV {noise_cv:.1%})")
     if ratio > 1 + allowed:
         if p_slower < config.alpha:
             verdict = REGRESSION
-            note = f"{change} > {limit} with p={p_slower:.2g} < {config.alpha:g}: latency regression"
+            note = f"{change} > {limit} with p={p_slower:.2g} < {config.alpha:g}: {what} regression"
         else:
             verdict, note = NOT_SIGNIFICANT, f"{change} but p={p_slower:.2g} >= {config.alpha:g}: within the noise"
         return LatencyComparison(**common, ci_low=ci_low, ci_high=ci_high, p_value=p_slower, verdict=verdict, note=note)
@@ -261,6 +276,21 @@ def compare_latency(current: CaseResult, baseline: CaseResult, config: GateConfi
     else:
         verdict, note = OK, ""
     return LatencyComparison(**common, ci_low=ci_low, ci_high=ci_high, p_value=p_slower, verdict=verdict, note=note)
+
+
+def compare_latency(current: CaseResult, baseline: CaseResult, config: GateConfig) -> LatencyComparison:
+    """Wall time of the timed rounds against the baseline's."""
+    return compare_samples(current.name, current.samples_ms, baseline.samples_ms, baseline.run_medians_ms,
+                           config.threshold_for(current.name), config)
+
+
+def compare_device_time(current: CaseResult, baseline: CaseResult, config: GateConfig) -> LatencyComparison | None:
+    """Summed kernel time of the profiled rounds against the baseline's; None where either has none."""
+    cur, base = current.counters, baseline.counters
+    if cur is None or base is None or not cur.device_ms_samples or not base.device_ms_samples:
+        return None
+    return compare_samples(current.name, cur.device_ms_samples, base.device_ms_samples,
+                           baseline.run_device_medians_ms, config.device_threshold, config, what="device time")
 
 
 def compare_memory(current: CaseResult, baseline: CaseResult, config: GateConfig) -> MemoryComparison:
@@ -388,6 +418,100 @@ class LatencyRule(Rule):
             yield Finding(self.name, c.name, c.verdict, row, c.failure, "" if c.failure else c.note, c)
 
 
+class DeviceTimeRule(Rule):
+    """Device time (summed kernel durations of the profiled rounds) against the baseline: blind to
+    CPU launch overhead, which wall time still covers, and so unmoved by host contention."""
+
+    name = "device_time"
+    title = "Device time against the baseline (sum of kernel durations per round)"
+    columns = ("benchmark", "baseline median ms", "new median ms", "rounds", f"ratio [{CI_LEVEL:.0%} CI]",
+               "allowed", "p (slower)", "verdict")
+
+    def judge(self, given: GateInput) -> Iterator[Finding]:
+        for current, baseline in given.pairs():
+            c = compare_device_time(current, baseline, given.config)
+            if c is None:
+                continue
+            row = (code(c.name), fmt_ms(c.baseline_median_ms), fmt_ms(c.current_median_ms),
+                   str(len(current.counters.device_ms_samples)), fmt_ratio_ci(c.ratio, c.ci_low, c.ci_high),
+                   f"+{c.allowed:.1%}", fmt_p(c.p_value), c.verdict)
+            yield Finding(self.name, c.name, c.verdict, row, c.failure, "" if c.failure else c.note, c)
+
+
+# What one unit of each counter is called in a failure message: "+1 synchronization per round".
+_COUNTER_UNITS = {
+    "kernel_launches": ("kernel launch", "kernel launches"),
+    "syncs": ("synchronization", "synchronizations"),
+    "h2d_copies": ("host-to-device copy", "host-to-device copies"),
+    "h2d_bytes": ("byte host-to-device", "bytes host-to-device"),
+    "d2h_copies": ("device-to-host copy", "device-to-host copies"),
+    "d2h_bytes": ("byte device-to-host", "bytes device-to-host"),
+    "flops": ("FLOP", "FLOPs"),
+}
+IMPROVED = "improved"
+VARIES = "varies"
+
+
+def counter_changes(current: WorkCounters, baseline: WorkCounters) -> dict[str, tuple[int, int]]:
+    """counter -> (baseline, current) for every deterministic counter that changed."""
+    unstable = set(current.varying_counters) | set(baseline.varying_counters)
+    return {
+        name: (getattr(baseline, name), getattr(current, name))
+        for name in _COUNTER_UNITS
+        if name not in unstable and getattr(current, name) != getattr(baseline, name)
+    }
+
+
+def kernel_changes(current: WorkCounters, baseline: WorkCounters) -> list[str]:
+    """'+12 launches of <kernel>' for each top kernel whose launches per round changed or that is new."""
+    before, after = baseline.launches_of(), current.launches_of()
+    out = []
+    for name, n in after.items():
+        if name in before and n != before[name]:
+            out.append(f"{n - before[name]:+d} launches of {name}")
+        elif name not in before:
+            out.append(f"{name} ({n} launches) is new among the top kernels")
+    return out
+
+
+def _counter_cell(base: WorkCounters, cur: WorkCounters, counter: str) -> str:
+    b, c = getattr(base, counter), getattr(cur, counter)
+    return f"{b} -> {c}" if b != c else str(c)
+
+
+class CounterRule(Rule):
+    """Work counters are deterministic for fixed shapes: any increase fails, saying what changed."""
+
+    name = "counters"
+    title = "Work counters against the baseline (per round)"
+    columns = ("benchmark", "kernel launches", "syncs", "H2D copies", "D2H copies", "FLOPs", "verdict")
+
+    def judge(self, given: GateInput) -> Iterator[Finding]:
+        for current, baseline in given.pairs():
+            cur, base = current.counters, baseline.counters
+            if cur is None or base is None or cur.source != base.source:
+                continue
+            changes = counter_changes(cur, base)
+            grown = {k: v for k, v in changes.items() if v[1] > v[0]}
+            unstable = sorted(set(cur.varying_counters) | set(base.varying_counters))
+            verdict = REGRESSION if grown else IMPROVED if changes else VARIES if unstable else OK
+            failure = None
+            if grown:
+                parts = []
+                for counter, (b, c) in grown.items():
+                    one, many = _COUNTER_UNITS[counter]
+                    parts.append(f"+{c - b} {one if c - b == 1 else many} per round ({counter} {b} -> {c})")
+                kernels = kernel_changes(cur, base)
+                failure = f"{current.name}: " + "; ".join(parts) + (f" [{'; '.join(kernels)}]" if kernels else "")
+            note = f"counters that varied between rounds, not gated: {', '.join(unstable)}" if unstable else ""
+            if changes and not grown:
+                note = "fewer: " + ", ".join(f"{k} {b} -> {c}" for k, (b, c) in changes.items())
+
+            row = (code(current.name), *(_counter_cell(base, cur, k) for k in
+                                         ("kernel_launches", "syncs", "h2d_copies", "d2h_copies", "flops")), verdict)
+            yield Finding(self.name, current.name, verdict, row, failure, note, (base, cur))
+
+
 class MemoryRule(Rule):
     """The case's working memory may not grow by more than memory_threshold."""
 
@@ -482,6 +606,8 @@ class BenchmarkErrorRule(Rule):
 RULES: tuple[Rule, ...] = (
     BenchmarkErrorRule(),
     LatencyRule(),
+    DeviceTimeRule(),
+    CounterRule(),
     MemoryRule(),
     SpeedupRule(),
     EquivalenceRule(),

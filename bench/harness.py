@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from bench.counters import profile_rounds
 from bench.records import CASE_INFO_FIELDS, EquivalenceRecord, decode_record, encode_record, matches
 from cosmos3.errors import InputError
 from cosmos3.timing import DeviceTimer, synchronize
@@ -77,14 +79,23 @@ class RunControls:
     rounds: RoundPolicy | None = None  # overrides every case's policy
     # Case pattern -> fraction: sleep that fraction of each timed round's own time in matching cases.
     slowdowns: dict[str, float] = field(default_factory=dict)
+    # Case pattern -> fraction: a busy GPU kernel inside the measured function, sized to that fraction
+    # of the case's device time (on the CPU, a host spin of that fraction of its round time).
+    gpu_work: dict[str, float] = field(default_factory=dict)
+    syncs: tuple[str, ...] = ()  # case patterns: one extra host-device synchronisation per round
+    kernels: tuple[str, ...] = ()  # case patterns: one extra small kernel per round
     revert_single_frame: bool = False  # the old expand path runs under the single_frame label
     parent_pid: int | None = None  # the `python -m bench` process the child must not outlive
 
     def __post_init__(self) -> None:
-        for pattern, fraction in self.slowdowns.items():
-            if not 0 < fraction <= MAX_INJECTED_FRACTION:
-                raise InputError("inject_slowdown", f"needs 0 < FRACTION <= {MAX_INJECTED_FRACTION:g}",
-                                 f"{pattern}={fraction}")
+        for option, fractions in (("inject_slowdown", self.slowdowns), ("inject_gpu_work", self.gpu_work)):
+            for pattern, fraction in fractions.items():
+                if not 0 < fraction <= MAX_INJECTED_FRACTION:
+                    raise InputError(option, f"needs 0 < FRACTION <= {MAX_INJECTED_FRACTION:g}", f"{pattern}={fraction}")
+        for option, patterns in (("inject_sync", self.syncs), ("inject_kernel", self.kernels)):
+            for pattern in patterns:
+                if not pattern:
+                    raise InputError(option, "must be a case name or pattern, e.g. 'latent_prep[*]'", pattern)
 
     def to_env(self) -> str:
         return json.dumps(encode_record(self))
@@ -98,15 +109,90 @@ class RunControls:
 
     def slowdown_for(self, case_name: str) -> float:
         """The injected slowdown fraction for a case (0 when no pattern matches)."""
-        return max((f for p, f in self.slowdowns.items() if matches(case_name, p)), default=0.0)
+        return _fraction_for(self.slowdowns, case_name)
+
+    def gpu_work_for(self, case_name: str) -> float:
+        return _fraction_for(self.gpu_work, case_name)
+
+    def sync_for(self, case_name: str) -> bool:
+        return any(matches(case_name, p) for p in self.syncs)
+
+    def kernel_for(self, case_name: str) -> bool:
+        return any(matches(case_name, p) for p in self.kernels)
 
     @property
     def active(self) -> tuple[str, ...]:
         """The negative controls switched on, as the run's environment records them."""
         out = [f"slowdown {p}={f:g}" for p, f in self.slowdowns.items()]
+        out += [f"gpu work {p}={f:g}" for p, f in self.gpu_work.items()]
+        out += [f"extra sync {p}" for p in self.syncs]
+        out += [f"extra kernel {p}" for p in self.kernels]
         if self.revert_single_frame:
             out.append("single_frame reverted to expand")
         return tuple(out)
+
+
+def _fraction_for(fractions: Mapping[str, float], case_name: str) -> float:
+    return max((f for p, f in fractions.items() if matches(case_name, p)), default=0.0)
+
+
+@functools.cache
+def _sleep_cycles_per_ms(device: torch.device) -> float:
+    """How many cycles of torch.cuda._sleep take a millisecond on this GPU (calibrated once per process)."""
+    cycles = 10_000_000
+    torch.cuda._sleep(1_000)  # the first launch loads the kernel
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    torch.cuda.synchronize(device)
+    return cycles / start.elapsed_time(end)
+
+
+def _busy(device: torch.device, ms: float) -> None:
+    """Occupy the device (CUDA: one spinning kernel) or, on the CPU, the host for `ms`."""
+    if device.type == "cuda":
+        torch.cuda._sleep(int(ms * _sleep_cycles_per_ms(device)))
+        return
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        pass
+
+
+def inject(fn: Callable[[], Any], case_name: str, device: torch.device, controls: RunControls,
+           round_ms: float) -> tuple[Callable[[], Any], tuple[str, ...]]:
+    """`fn` with this case's injected work inside it (timed and profiled alike), and their labels.
+
+    GPU work is sized to a fraction of the case's device time, measured here once from a profiled
+    round of `fn` (on the CPU, of `round_ms`, its round time). The extra kernel is one in-place
+    negation of a scalar; the extra sync waits for the device's stream (on the CPU, `.item()`, whose
+    aten::_local_scalar_dense the CPU counters count as a sync).
+    """
+    fraction, sync, kernel = controls.gpu_work_for(case_name), controls.sync_for(case_name), controls.kernel_for(case_name)
+    if not (fraction or sync or kernel):
+        return fn, ()
+    busy_ms = 0.0
+    if fraction:
+        base_ms = profile_rounds(fn, device, rounds=1).device_ms if device.type == "cuda" else round_ms
+        busy_ms = fraction * base_ms
+    probe = torch.zeros((), device=device)
+
+    def injected() -> Any:
+        out = fn()
+        if kernel:
+            probe.neg_()
+        if busy_ms:
+            _busy(device, busy_ms)
+        if sync:
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).synchronize()
+            else:
+                probe.item()
+        return out
+
+    labels = ((f"gpu work {fraction:g} ({busy_ms:.3f} ms)",) if fraction else ()) + (
+        ("extra sync",) if sync else ()) + (("extra kernel",) if kernel else ())
+    return injected, labels
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -157,6 +243,14 @@ def record_case(benchmark: Any, **fields: Any) -> None:
     benchmark.extra_info.update({name: encode_record(value) for name, value in fields.items()})
 
 
+# Profiled rounds per case for the work counters and device time (bench.counters), beside the timed
+# rounds. Five let a one-sided rank test on device time reach p < 0.01 against a single-run baseline;
+# a case whose round takes longer than LONG_ROUND_MS gets three, to keep the suite's time in bounds.
+PROFILED_ROUNDS = 5
+PROFILED_ROUNDS_LONG = 3
+LONG_ROUND_MS = 200.0
+
+
 def measure(
     benchmark: Any,
     fn: Callable[[], Any],
@@ -165,12 +259,14 @@ def measure(
     case_name: str,
     policy: RoundPolicy | None = None,
     on_round: Callable[[Any], None] | None = None,
+    profile: bool = True,
 ) -> None:
     """Time `fn` with pytest-benchmark; every timed round ends when the device is idle.
 
     Samples land in pytest-benchmark's stats (raw data kept by --benchmark-json); warm-up times,
-    peak and resident memory and any injected control are recorded with record_case. `on_round`
-    sees each timed round's result (warm-up rounds excluded), e.g. to keep per-stage times.
+    peak and resident memory, the work counters of profiled rounds run after the timed ones
+    (`profile`), and any injected control are recorded with record_case. `on_round` sees each
+    timed round's result (warm-up rounds excluded), e.g. to keep per-stage times.
     """
     controls = RunControls.from_env()
     policy = controls.rounds or policy or RoundPolicy()
@@ -180,6 +276,9 @@ def measure(
         with DeviceTimer(device) as timer:
             fn()
         warm_ms.append(timer.elapsed_ms)
+    work, injected = inject(fn, case_name, device, controls, min(warm_ms))
+    if injected:
+        work()  # the injected kernels are warm too
     rounds = policy.rounds_for(min(warm_ms))
 
     def setup() -> None:
@@ -189,7 +288,7 @@ def measure(
 
     def target() -> None:
         start = time.perf_counter()
-        last[:] = [fn()]
+        last[:] = [work()]
         synchronize(device)
         if slowdown:
             time.sleep((time.perf_counter() - start) * slowdown)
@@ -203,10 +302,16 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device)
     benchmark.pedantic(target, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=0, iterations=1)
+    peak = torch.cuda.max_memory_allocated(device) / _GIB if cuda else None
+    counters = None
+    if profile:
+        profiled = PROFILED_ROUNDS if min(warm_ms) <= LONG_ROUND_MS else PROFILED_ROUNDS_LONG
+        counters = profile_rounds(work, device, rounds=profiled)
     record_case(
         benchmark,
         warmup_ms=tuple(warm_ms),
-        peak_mem_gib=torch.cuda.max_memory_allocated(device) / _GIB if cuda else None,
+        peak_mem_gib=peak,
         resident_mem_gib=resident / _GIB if cuda else None,
-        injected=(f"slowdown {slowdown:g}",) if slowdown else (),
+        injected=((f"slowdown {slowdown:g}",) if slowdown else ()) + injected,
+        counters=counters,
     )

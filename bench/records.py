@@ -215,6 +215,116 @@ class EquivalenceRecord:
             raise InputError("equivalent", "must be true when bitwise is", self.equivalent)
 
 
+# Where work counters come from: "cuda", kernels the device ran; "cpu", aten ops stand in for kernels.
+SOURCES = ("cuda", "cpu")
+# The per-round counts compared between rounds; WorkCounters.varying_counters names those that differed.
+COUNTS = ("kernel_launches", "h2d_copies", "h2d_bytes", "d2h_copies", "d2h_bytes", "syncs")
+VARYING_NAMES = (*COUNTS, "flops", "top_kernels")
+
+
+def check_count(where: str, value: int) -> None:
+    if value < 0:
+        raise InputError(where, "must not be negative", value)
+
+
+@dataclass(frozen=True)
+class KernelStat:
+    """One kernel (CUDA: its demangled name) or aten op (CPU) of a case, per round."""
+
+    name: str
+    launches: int  # executions per round
+    device_ms: float | None  # summed duration per round (median over rounds); None on CPU
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise InputError("name", "must be a non-empty string", self.name)
+        check_count("launches", self.launches)
+        if self.device_ms is not None and not (math.isfinite(self.device_ms) and self.device_ms >= 0):
+            raise InputError("device_ms", "must be finite and >= 0", self.device_ms)
+
+
+@dataclass(frozen=True)
+class WorkCounters:
+    """Per-round work of one case, from profiled rounds beside the timed ones (bench.counters).
+
+    Deterministic for fixed shapes, so runner noise cannot move them. Every count is per round.
+    Where rounds disagreed (they should not), a count holds the largest per-round value and
+    `varying_counters` names it: a record never hides it.
+    """
+
+    source: str  # one of SOURCES
+    profiled_rounds: int
+    # CUDA: kernels executed on the device (category "kernel"), one per launch; a CUDA graph's
+    # kernels count one by one. CPU: every aten op call the profiler records (category "cpu_op"),
+    # nested ones, views and allocations included.
+    kernel_launches: int
+    h2d_copies: int  # host-to-device copies the device executed (Memcpy HtoD); 0 on CPU
+    h2d_bytes: int
+    d2h_copies: int  # device-to-host copies (Memcpy DtoH); 0 on CPU. Device-to-device copies are in neither.
+    d2h_bytes: int
+    # Host calls that wait for the device: cudaDeviceSynchronize, cudaStreamSynchronize,
+    # cudaEventSynchronize and synchronous cudaMemcpy/2D/3D; the round's own closing sync is not counted.
+    # CPU: calls of aten::_local_scalar_dense (`.item()` and kin), which would wait for a GPU.
+    syncs: int
+    # FLOPs of one round as torch.utils.flop_counter.FlopCounterMode counts them (matmuls,
+    # convolutions, attention; elementwise ops count 0), from a separate, unprofiled round.
+    flops: int
+    # Per profiled round: summed duration of the device's work (kernels, copies, memsets; the sum
+    # torch._inductor's do_bench_using_profiling takes), in ms. () on CPU.
+    device_ms_samples: tuple[float, ...]
+    # Union of the kernels with most launches and (CUDA) most device time, by launches then name.
+    top_kernels: tuple[KernelStat, ...]
+    # Names from VARYING_NAMES whose per-round values differed between the profiled rounds.
+    varying_counters: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise InputError("source", f"must be one of {SOURCES}", self.source)
+        if self.profiled_rounds < 1:
+            raise InputError("profiled_rounds", "must be at least 1", self.profiled_rounds)
+        for name in (*COUNTS, "flops"):
+            check_count(name, getattr(self, name))
+        if self.source == "cpu":
+            if self.device_ms_samples:
+                raise InputError("device_ms_samples", "must be empty for source 'cpu' (no device)",
+                                 list(self.device_ms_samples))
+            for i, kernel in enumerate(self.top_kernels):
+                if kernel.device_ms is not None:
+                    raise InputError(f"top_kernels[{i}].device_ms", "must be null for source 'cpu' (no device)",
+                                     kernel.device_ms)
+        else:
+            if len(self.device_ms_samples) != self.profiled_rounds:
+                raise InputError("device_ms_samples", f"must hold one value per profiled round ({self.profiled_rounds})",
+                                 len(self.device_ms_samples))
+            check_samples("device_ms_samples", self.device_ms_samples, allow_zero=True)
+            for i, kernel in enumerate(self.top_kernels):
+                if kernel.device_ms is None:
+                    raise InputError(f"top_kernels[{i}].device_ms", "must be a number for source 'cuda'")
+        for i, name in enumerate(self.varying_counters):
+            if name not in VARYING_NAMES:
+                raise InputError(f"varying_counters[{i}]", f"must be one of {VARYING_NAMES}", name)
+
+    @property
+    def device_ms(self) -> float | None:
+        """Median device time per round; None on CPU."""
+        return float(np.median(self.device_ms_samples)) if self.device_ms_samples else None
+
+    @property
+    def consistent(self) -> bool:
+        """True when every profiled round counted the same work."""
+        return not self.varying_counters
+
+    def launches_of(self) -> dict[str, int]:
+        return {k.name: k.launches for k in self.top_kernels}
+
+    def to_dict(self) -> dict[str, Any]:
+        return encode_record(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "counters") -> WorkCounters:
+        return decode_record(cls, data, source)
+
+
 @dataclass(frozen=True)
 class CaseResult:
     """Raw samples of one case and what was measured beside them. Statistics are derived, never stored."""
@@ -234,12 +344,17 @@ class CaseResult:
     # Negative controls applied to this case's timed rounds, e.g. "slowdown 0.1"; empty in a baseline.
     injected: tuple[str, ...] = ()
     num_inference_steps: int | None = None  # e2e only
+    # Work counters and device time from profiled rounds beside the timed ones; None where not profiled.
+    counters: WorkCounters | None = None
     # The median of each run merged into this record (a baseline measured in several processes);
     # empty for a single run. Their spread is the run-to-run noise the gate allows for.
     run_medians_ms: tuple[float, ...] = ()
+    # Likewise for the device time of each merged run's profiled rounds.
+    run_device_medians_ms: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_samples("samples_ms", self.samples_ms)
+        check_samples("run_device_medians_ms", self.run_device_medians_ms, allow_empty=True)
         check_samples("warmup_ms", self.warmup_ms, allow_empty=True)
         check_samples("run_medians_ms", self.run_medians_ms, allow_empty=True)
         for stage, values in self.stage_samples_ms.items():
@@ -292,7 +407,8 @@ class CaseResult:
 
 # What the benchmark process writes per case (pytest-benchmark's extra_info): every CaseResult field
 # but the samples, which pytest-benchmark keeps itself, and the merge-only run medians.
-CASE_INFO_FIELDS = frozenset(f.name for f in dataclasses.fields(CaseResult)) - {"samples_ms", "run_medians_ms"}
+CASE_INFO_FIELDS = frozenset(f.name for f in dataclasses.fields(CaseResult)) - {
+    "samples_ms", "run_medians_ms", "run_device_medians_ms"}
 
 
 @dataclass(frozen=True)
@@ -522,8 +638,13 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
         for c in group:
             for stage, values in c.stage_samples_ms.items():
                 stages[stage] = stages.get(stage, ()) + tuple(values)
+        counters = [c.counters for c in group if c.counters is not None]
+        device_medians = tuple(m for c in group if c.counters is not None and c.counters.device_ms_samples
+                               for m in (c.run_device_medians_ms or (c.counters.device_ms,)))
         cases.append(dataclasses.replace(
             group[0],
+            counters=merge_counters(counters) if counters else None,
+            run_device_medians_ms=device_medians,
             samples_ms=tuple(x for c in group for x in c.samples_ms),
             peak_mem_gib=max(peaks) if peaks else None,
             stage_samples_ms=stages,
@@ -533,6 +654,27 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
                                                 or (f"{run.environment.date_utc} {run.environment.argv}".strip(),)))
     env = dataclasses.replace(first, merged_runs=sources, suite_wall_s=None, argv="merged")
     return RunRecord(environment=env, cases=tuple(cases))
+
+
+def merge_counters(group: list[WorkCounters]) -> WorkCounters:
+    """One record of several runs' counters: device samples pooled; a count that differs between
+    runs keeps the largest value and is named in varying_counters, so the gate will not trust it."""
+    first = group[0]
+    varying = {name for c in group for name in c.varying_counters}
+    counts = {}
+    for name in (*COUNTS, "flops"):
+        values = {getattr(c, name) for c in group}
+        counts[name] = max(values)
+        if len(values) > 1:
+            varying.add(name)
+    if len({tuple(sorted(c.launches_of().items())) for c in group}) > 1:
+        varying.add("top_kernels")
+    return dataclasses.replace(
+        first, **counts,
+        profiled_rounds=sum(c.profiled_rounds for c in group),
+        device_ms_samples=tuple(x for c in group for x in c.device_ms_samples),
+        varying_counters=tuple(n for n in VARYING_NAMES if n in varying),
+    )
 
 
 def umask() -> int:

@@ -153,3 +153,38 @@ def test_benchmarks_run_in_kind_order_whatever_is_selected():
     kinds = [line.split("::")[1].split("[")[0] for line in out.splitlines() if "::" in line]
     assert kinds == sorted(kinds, key=["test_latent_prep", "test_vae_encode", "test_e2e"].index)
     assert set(kinds) == {"test_latent_prep", "test_vae_encode", "test_e2e"}
+
+
+# One resolution and frame count of the workspace's baseline; the rest excluded on purpose.
+NINE_FRAMES = ["--preset", "tiny", "--rounds", "1,8,8,1", "-k", "test_latent_prep and 64x48 and 9f",
+               "--exclude", "latent_prep[*-17f]", "--exclude", "latent_prep[*-33f]"]
+TARGET = "latent_prep[single_frame-64x48-9f]"
+
+
+@pytest.mark.parametrize(
+    ("control", "message"),
+    [
+        (["--inject-sync", TARGET], "+1 synchronization per round (syncs 0 -> 1)"),
+        (["--inject-kernel", TARGET], "+1 kernel launch per round"),
+        (["--inject-gpu-work", f"{TARGET}=3"], "latency regression"),
+    ],
+)
+def test_each_negative_control_fails_the_gate_with_its_message(workspace, control, message):
+    root, dirs = workspace
+    run_id = "control-" + control[0].removeprefix("--inject-")
+    assert main(["run", *NINE_FRAMES, *dirs, "--run-id", run_id, "--threshold", "1.0", *control]) == 1
+    failures = failure_lines((root / "results" / run_id / "report" / "summary.md").read_text())
+    ours = [line for line in failures if line.startswith(f"- {TARGET}:")]
+    assert any(message in line for line in ours), failures
+    # The control is recorded in the run, and the untouched expand case is not blamed for it.
+    run = load_run(root / "results" / run_id / "run.json")
+    assert run.environment.negative_controls and run.by_name()[TARGET].injected
+    assert not any(line.startswith("- latent_prep[expand-64x48-9f]:") and message in line for line in failures)
+
+
+def test_the_run_records_counters_for_every_stage_case(workspace):
+    root, _ = workspace
+    run = load_run(root / "results" / "first" / "run.json")
+    for case in run.cases:
+        assert case.counters is not None and case.counters.source == "cpu"
+        assert case.counters.kernel_launches > 0 and case.counters.flops > 0 and case.counters.consistent

@@ -10,7 +10,7 @@ import torch
 from bench import cases
 from bench.environment import collect_environment, run_label
 from bench.harness import RunControls, die_with_parent
-from bench.records import encode_record
+from bench.records import encode_record, matches
 from cosmos3.components import build_vae
 from cosmos3.presets import get_preset, resolve_preset_name
 
@@ -26,6 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--preset", default="auto", help="tiny | wan22 | auto (wan22 with CUDA, else tiny)")
     group.addoption("--weights-dir", default=None, help="local diffusers folder with vae/ and transformer/")
     group.addoption("--dit-layers", type=int, default=None, help="DiT stand-in depth (default: the preset's)")
+    group.addoption("--case", action="append", default=[], metavar="PATTERN",
+                    help="run only cases whose name matches PATTERN (* and ? wild, brackets literal); repeatable")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,6 +50,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return order.get(marker.args[0], len(order)) if marker else len(order)
 
     items.sort(key=rank)  # stable: parametrisation order is kept within a kind
+    patterns = config.getoption("--case")
+    if patterns:
+        keep = [i for i in items if _case_name(i) is not None and any(matches(_case_name(i), p) for p in patterns)]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
+def _case_name(item: pytest.Item) -> str | None:
+    spec = getattr(item, "callspec", None)
+    case = spec.params.get("case") if spec else None
+    return case.name if case is not None else None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

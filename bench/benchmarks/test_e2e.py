@@ -14,6 +14,7 @@ from cosmos3.components import Components, build_transformer, text_context
 from cosmos3.pipeline import Cosmos3Pipeline
 from cosmos3.request import Req
 
+# No profiled rounds: a whole request under the profiler costs a minute of GPU time per case.
 # One warm-up request is a whole denoise loop plus a decode: every kernel has run by its end
 # (the VAE was already warm from the latent-prep cases). Min 5 timed rounds keep the gate's power.
 E2E_ROUNDS = RoundPolicy(warmup_rounds=1, min_rounds=5, max_rounds=10)
@@ -63,5 +64,5 @@ def test_e2e(benchmark, case, components, grid, image_path, device):
 
     record_case(benchmark, spec=case, num_inference_steps=grid.e2e_steps)
     measure(benchmark, lambda: pipeline(request()), device=device, case_name=case.name,
-            policy=E2E_ROUNDS, on_round=keep_stage_times)
+            policy=E2E_ROUNDS, on_round=keep_stage_times, profile=False)
     record_case(benchmark, stage_samples_ms={k: tuple(v) for k, v in stage_samples.items()})

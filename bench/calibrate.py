@@ -1,0 +1,199 @@
+"""Calibration of the gate: how often unchanged code fails it (A/A), and how often injected GPU work
+of a given size is caught, per case and metric. It reads run records; it never times anything."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.fmt import DASH, code
+from bench.gate import CounterRule, DeviceTimeRule, GateConfig, LatencyRule, evaluate
+from bench.harness import MAX_INJECTED_FRACTION
+from bench.records import RunRecord, encode_record, merge_runs, umask, write_json_atomic
+from cosmos3.errors import InputError
+
+# The metrics calibrated: the gate rules that judge one case against the baseline.
+METRICS = (LatencyRule.name, DeviceTimeRule.name, CounterRule.name)
+# "Reliably detected": caught in at least this share of the injected runs.
+DETECTION_GOAL = 0.95
+DEFAULT_SIZES = (0.02, 0.03, 0.05, 0.10)
+DEFAULT_CASES = ("latent_prep[single_frame-*]", "vae_encode[*-1f]")
+CALIBRATION_MD, CALIBRATION_JSON, CALIBRATION_PNG = "calibration.md", "calibration.json", "detection_rate.png"
+
+
+@dataclass(frozen=True)
+class Detection:
+    size: float  # injected GPU work, a fraction of the case's device time
+    detected: int
+    runs: int
+
+    @property
+    def rate(self) -> float:
+        return self.detected / self.runs
+
+
+@dataclass(frozen=True)
+class CalibrationRow:
+    """One case and metric: false alarms over the A/A runs, detections per injected size."""
+
+    case: str
+    metric: str
+    false_alarms: int
+    aa_runs: int
+    detections: tuple[Detection, ...]
+
+    @property
+    def smallest_reliable(self) -> float | None:
+        """The smallest injected size caught in at least DETECTION_GOAL of its runs."""
+        return min((d.size for d in self.detections if d.rate >= DETECTION_GOAL), default=None)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    rows: tuple[CalibrationRow, ...]
+    baseline_runs: int
+    aa_runs: int
+    device_name: str
+    config: GateConfig
+
+
+def flagged(run: RunRecord, baseline: RunRecord, config: GateConfig) -> set[tuple[str, str]]:
+    """(case, metric) pairs whose rule failed in this run."""
+    report = evaluate(run, baseline, config)
+    return {(f.subject, f.rule) for f in report.findings if f.rule in METRICS and f.failure}
+
+
+def analyse(
+    baseline_runs: Sequence[RunRecord],
+    aa_runs: Sequence[RunRecord],
+    injected: Mapping[float, Sequence[RunRecord]],
+    config: GateConfig | None = None,
+) -> Calibration:
+    """Gate every A/A and injected run against the baseline merged from `baseline_runs`; count."""
+    if not baseline_runs:
+        raise InputError("baseline_runs", "needs at least one run to merge into the baseline")
+    if not aa_runs:
+        raise InputError("aa_runs", "needs at least one unchanged run to count false alarms")
+    config = config or GateConfig()
+    baseline = merge_runs(list(baseline_runs)) if len(baseline_runs) > 1 else baseline_runs[0]
+    aa = [flagged(run, baseline, config) for run in aa_runs]
+    by_size = {size: [flagged(run, baseline, config) for run in runs] for size, runs in sorted(injected.items())}
+    rows = []
+    for case in baseline.cases:
+        for metric in METRICS:
+            if metric != LatencyRule.name and case.counters is None:
+                continue
+            if metric == DeviceTimeRule.name and not case.counters.device_ms_samples:
+                continue  # no device (CPU): device time is not measured
+            key = (case.name, metric)
+            rows.append(CalibrationRow(
+                case=case.name, metric=metric, false_alarms=sum(key in f for f in aa), aa_runs=len(aa),
+                detections=tuple(Detection(size, sum(key in f for f in flags), len(flags))
+                                 for size, flags in by_size.items()),
+            ))
+    return Calibration(tuple(rows), len(baseline_runs), len(aa_runs), baseline.environment.device_name, config)
+
+
+def render(cal: Calibration) -> str:
+    sizes = sorted({d.size for row in cal.rows for d in row.detections})
+    header = ["case", "metric", f"false alarms / {cal.aa_runs}", *(f"caught at +{s:.0%}" for s in sizes),
+              f"smallest caught in >= {DETECTION_GOAL:.0%}"]
+    lines = [
+        "# cosmos3-bench: gate calibration",
+        "",
+        (f"Device: {cal.device_name}. Baseline merged from {cal.baseline_runs} runs; {cal.aa_runs} unchanged (A/A) "
+        f"runs gated against it; injected GPU work sized to a fraction of each case's device time "
+        f"(on a CPU, a host spin of that fraction of the round). Gate: threshold +{cal.config.latency_threshold:.0%} "
+        f"wall, +{cal.config.device_threshold:.0%} device, noise k {cal.config.noise_k:g}, alpha {cal.config.alpha:g}."),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in cal.rows:
+        caught = [f"{d.detected}/{d.runs}" for d in sorted(row.detections, key=lambda d: d.size)]
+        smallest = DASH if row.smallest_reliable is None else f"+{row.smallest_reliable:.0%}"
+        lines.append(f"| {code(row.case)} | {row.metric} | {row.false_alarms} | " + " | ".join(caught)
+                     + f" | {smallest} |")
+    lines += [
+        "",
+        ("The counters rule sees the injected work's own kernel (one `torch.cuda._sleep` launch), so it catches "
+        "every injected run whatever its size; its A/A column is the one that matters."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(cal: Calibration, path: Path) -> bool:
+    rows = [r for r in cal.rows if r.metric != CounterRule.name and r.detections]
+    if not rows:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, metric in zip(axes, (LatencyRule.name, DeviceTimeRule.name), strict=True):
+        for row in (r for r in rows if r.metric == metric):
+            points = sorted((d.size * 100, d.rate * 100) for d in row.detections)
+            ax.plot(*zip(*points, strict=True), marker="o", label=row.case)
+        ax.axhline(DETECTION_GOAL * 100, color="red", linestyle="--", linewidth=1)
+        ax.set(title=metric, xlabel="injected GPU work, % of device time", ylabel="runs caught, %")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write(cal: Calibration, out_dir: Path) -> Path:
+    """calibration.md, calibration.json and the plot into the new folder `out_dir`, all or nothing."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise InputError("report_dir", "exists; a report is never overwritten", str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        os.chmod(staging, 0o777 & ~umask())
+        (staging / CALIBRATION_MD).write_text(render(cal))
+        write_json_atomic(staging / CALIBRATION_JSON, encode_record(cal))
+        plot(cal, staging / CALIBRATION_PNG)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir / CALIBRATION_MD
+
+
+def parse_sizes(raw: str) -> tuple[float, ...]:
+    try:
+        sizes = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        raise InputError("sizes", "must read FRACTION[,FRACTION...], e.g. 0.02,0.03,0.05,0.10", raw) from None
+    if not sizes or not all(math.isfinite(s) and 0 < s <= MAX_INJECTED_FRACTION for s in sizes):
+        raise InputError("sizes", f"must be fractions in (0, {MAX_INJECTED_FRACTION:g}]", raw)
+    return sizes
+
+
+def step_label(size: float | None) -> str:
+    """The folder prefix of a calibration step's runs: 'baseline', 'aa' or 'gpu0.03'."""
+    return f"gpu{size:g}"
+
+
+def group_runs(runs: Iterable[tuple[str, RunRecord]]) -> tuple[list[RunRecord], list[RunRecord], dict[float, list[RunRecord]]]:
+    """Sort a calibration folder's runs by their step, from their folder names."""
+    baseline, aa, injected = [], [], {}
+    for name, run in runs:
+        step = name.rsplit("-", 1)[0]
+        if step == "baseline":
+            baseline.append(run)
+        elif step == "aa":
+            aa.append(run)
+        elif step.startswith("gpu"):
+            injected.setdefault(float(step.removeprefix("gpu")), []).append(run)
+    return baseline, aa, injected
