@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from bench.fmt import DASH, code
 from bench.gate import CounterRule, DeviceTimeRule, GateConfig, LatencyRule, evaluate
 from bench.harness import MAX_INJECTED_FRACTION
-from bench.records import RunRecord, encode_record, merge_runs, umask, write_json_atomic
+from bench.records import RunRecord, encode_record, merge_counters, merge_runs, umask, write_json_atomic
 from cosmos3.errors import InputError
 
 # The metrics calibrated: the gate rules that judge one case against the baseline.
@@ -59,8 +59,18 @@ class CalibrationRow:
 
 
 @dataclass(frozen=True)
+class Determinism:
+    """Were a case's work counters identical in every unchanged run (baseline and A/A)?"""
+
+    case: str
+    runs: int
+    varying_counters: tuple[str, ...]  # () when every run counted the same work
+
+
+@dataclass(frozen=True)
 class Calibration:
     rows: tuple[CalibrationRow, ...]
+    determinism: tuple[Determinism, ...]
     baseline_runs: int
     aa_runs: int
     device_name: str
@@ -101,7 +111,14 @@ def analyse(
                 detections=tuple(Detection(size, sum(key in f for f in flags), len(flags))
                                  for size, flags in by_size.items()),
             ))
-    return Calibration(tuple(rows), len(baseline_runs), len(aa_runs), baseline.environment.device_name, config)
+    unchanged = [*baseline_runs, *aa_runs]
+    determinism = []
+    for case in baseline.cases:
+        found = [r.by_name()[case.name].counters for r in unchanged if case.name in r.by_name()]
+        if found and all(c is not None for c in found):
+            determinism.append(Determinism(case.name, len(found), merge_counters(found).varying_counters))
+    return Calibration(tuple(rows), tuple(determinism), len(baseline_runs), len(aa_runs),
+                       baseline.environment.device_name, config)
 
 
 def render(cal: Calibration) -> str:
@@ -124,6 +141,11 @@ def render(cal: Calibration) -> str:
         smallest = DASH if row.smallest_reliable is None else f"+{row.smallest_reliable:.0%}"
         lines.append(f"| {code(row.case)} | {row.metric} | {row.false_alarms} | " + " | ".join(caught)
                      + f" | {smallest} |")
+    if cal.determinism:
+        lines += ["", "## Work counters across the unchanged runs", "",
+                  "| case | runs | identical in every run |", "|---|---|---|"]
+        lines += [f"| {code(d.case)} | {d.runs} | " + ("yes" if not d.varying_counters else
+                  f"no: {', '.join(d.varying_counters)} varied") + " |" for d in cal.determinism]
     lines += [
         "",
         ("The counters rule sees the injected work's own kernel (one `torch.cuda._sleep` launch), so it catches "

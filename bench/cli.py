@@ -23,6 +23,7 @@ import torch
 
 from bench import calibrate as calibrate_mod
 from bench import gate as gate_mod
+from bench.cases import GRID_NAMES
 from bench.environment import REPO_ROOT, device_identity, display_path, run_label
 from bench.harness import CONTROLS_ENV, RoundPolicy, RunControls
 from bench.records import (
@@ -93,6 +94,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--weights-dir", type=Path, help="local diffusers folder with real weights (vae/, transformer/)")
     r.add_argument("--dit-layers", type=int, help="DiT stand-in depth (default: the preset's)")
     r.add_argument("-k", dest="keyword", help="pytest -k expression to run a subset")
+    r.add_argument("--grid", choices=GRID_NAMES, default="default",
+                   help="upstream: add the upstream table's e2e case (832x480 on wan22)")
     r.add_argument("--case", action="append", default=[], metavar="PATTERN",
                    help="run only cases whose name matches, e.g. 'latent_prep[single_frame-*]' (repeatable)")
     r.add_argument("--rounds", metavar="WARMUP,MIN,MAX,TARGET_MS", help="round policy (default 2,5,60,2000)")
@@ -290,6 +293,8 @@ def run_benchmarks(args: argparse.Namespace, plan: RunPlan, run_dir: Path) -> tu
     if args.keyword is not None:
         cmd += ["-k", args.keyword]
     cmd += [f"--case={pattern}" for pattern in args.case]
+    if args.grid != "default":
+        cmd.append(f"--grid={args.grid}")
     print("$ " + shlex.join(["python", *cmd[1:]]), flush=True)
     started = time.perf_counter()
     try:

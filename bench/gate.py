@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -565,6 +566,45 @@ class EquivalenceRule(Rule):
             yield Finding(self.name, case.name, verdict, row, failure, detail=eq)
 
 
+# An e2e stage whose median differs from its own stage benchmark (same size, frames, strategy) by more
+# than this share, or this many ms, whichever is larger, is flagged: the pipeline charges it for
+# something the stage benchmark does not see (or the other way round).
+STAGE_MISMATCH_SHARE = 0.15
+STAGE_MISMATCH_MS = 5.0
+# e2e stage name -> the benchmark that measures that stage alone.
+STAGE_BENCHMARKS = {"latent_preparation": "latent_prep"}
+INCONSISTENT = "inconsistent"
+
+
+class StageConsistencyRule(Rule):
+    """Each e2e stage should cost in the pipeline what its stage benchmark says (flagged, not failed)."""
+
+    name = "stage_consistency"
+    title = "e2e stages against their stage benchmarks (same size, frames, strategy)"
+    columns = ("e2e case", "stage", "in e2e ms", "stage benchmark ms", "difference", "allowed", "verdict")
+
+    def judge(self, given: GateInput) -> Iterator[Finding]:
+        cases = given.current.by_name()
+        for case in given.current.cases:
+            if case.spec.benchmark != "e2e":
+                continue
+            for stage, bench in STAGE_BENCHMARKS.items():
+                alone = cases.get(dataclasses.replace(case.spec, benchmark=bench).name)
+                in_e2e = case.stage_median_ms.get(stage)
+                if alone is None or in_e2e is None:
+                    continue
+                allowed = max(STAGE_MISMATCH_SHARE * alone.median_ms, STAGE_MISMATCH_MS)
+                diff = in_e2e - alone.median_ms
+                verdict = INCONSISTENT if abs(diff) > allowed else OK
+                note = "" if verdict == OK else (
+                    f"{stage} takes {in_e2e:.2f} ms in the pipeline but {alone.median_ms:.2f} ms in {alone.name} "
+                    f"({diff:+.2f} ms, allowed +-{allowed:.2f} ms): the pipeline pays for something the stage "
+                    "benchmark does not see")
+                row = (code(case.name), stage, fmt_ms(in_e2e), fmt_ms(alone.median_ms), f"{diff:+.2f} ms",
+                       f"+-{allowed:.2f} ms", verdict)
+                yield Finding(self.name, case.name, verdict, row, None, note)
+
+
 class CoverageRule(Rule):
     """Every baseline case must be measured again (or excluded by name); new cases are listed."""
 
@@ -611,6 +651,7 @@ RULES: tuple[Rule, ...] = (
     MemoryRule(),
     SpeedupRule(),
     EquivalenceRule(),
+    StageConsistencyRule(),
     CoverageRule(),
 )
 

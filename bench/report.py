@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # report writing runs on headless CI runners; never ask f
 import matplotlib.pyplot as plt
 from matplotlib import ticker
 
+from bench import upstream
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share
 from bench.gate import CI_LEVEL, RULES, GateReport
 from bench.records import CaseResult, Environment, RunRecord, umask
@@ -158,6 +159,28 @@ def e2e_section(run: RunRecord, gate: GateReport) -> list[str]:
     return lines
 
 
+def upstream_section(run: RunRecord) -> list[str]:
+    """The upstream change's table beside this run's e2e figures at the same size, where it has them."""
+    spec = {"width": upstream.WIDTH, "height": upstream.HEIGHT, "num_frames": upstream.NUM_FRAMES}
+    ours = {c.spec.strategy: c for c in run.cases if c.spec.benchmark == "e2e"
+            and (c.spec.width, c.spec.height, c.spec.num_frames) == tuple(spec.values())}
+    if not {"expand", "single_frame"} <= ours.keys():
+        return []
+    medians = {k: {**c.stage_median_ms, "total": c.median_ms} for k, c in ours.items()}
+    rows = []
+    for row in upstream.TABLE:
+        old, new = medians["expand"].get(row.stage), medians["single_frame"].get(row.stage)
+        rows.append([
+            row.stage, fmt_ms(row.expand_ms), fmt_ms(row.single_frame_ms), fmt_change(row.single_frame_ms / row.expand_ms),
+            fmt_ms(old), fmt_ms(new), fmt_change(new / old) if old and new is not None else DASH,
+        ])
+    header = ["stage", "upstream expand ms", "upstream single_frame ms", "upstream change",
+              "this run expand ms", "this run single_frame ms", "this run change"]
+    return [f"## The upstream table ({upstream.WIDTH}x{upstream.HEIGHT}, {upstream.NUM_FRAMES} frames)", "",
+            f"Upstream: {upstream.SOURCE}. What differs:", "", *(f"- {d}" for d in upstream.DIFFERENCES), "",
+            *table(header, rows), ""]
+
+
 def _stage_cell(case: CaseResult, ms: float | None) -> str:
     return DASH if ms is None else f"{fmt_ms(ms)} ({fmt_share(ms, case.median_ms)})"
 
@@ -177,6 +200,7 @@ def render_summary(run: RunRecord, gate: GateReport, plots: Sequence[str] = ()) 
         measurements_section(run),
         rule_sections(gate),
         e2e_section(run, gate),
+        upstream_section(run),
         notes_section(gate),
         plots_section(plots),
     ]

@@ -37,6 +37,7 @@ def test_counts_false_alarms_and_detections(make_case, make_run):
     assert [(d.size, d.detected, d.runs) for d in device.detections] == [(0.01, 0, 4), (0.10, 4, 4)]
     assert device.smallest_reliable == 0.10
     assert rows["counters"].smallest_reliable == 0.10  # 501 launches: the injected kernel itself
+    assert [(d.case, d.runs, d.varying_counters) for d in cal.determinism] == [(NAME, 7, ())]
     text = calibrate.render(cal)
     assert f"| `{NAME}` | device_time | 0 | 0/4 | 4/4 | +10% |" in text
 

@@ -26,6 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--preset", default="auto", help="tiny | wan22 | auto (wan22 with CUDA, else tiny)")
     group.addoption("--weights-dir", default=None, help="local diffusers folder with vae/ and transformer/")
     group.addoption("--dit-layers", type=int, default=None, help="DiT stand-in depth (default: the preset's)")
+    group.addoption("--grid", default="default", help="default | upstream (adds the upstream table's e2e case)")
     group.addoption("--case", action="append", default=[], metavar="PATTERN",
                     help="run only cases whose name matches PATTERN (* and ? wild, brackets literal); repeatable")
 
@@ -67,7 +68,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("cases")
     if marker is None or "case" not in metafunc.fixturenames:
         return
-    specs = _CASES_BY_MARK[marker.args[0]](resolve_preset_name(metafunc.config.getoption('--preset')))
+    preset = resolve_preset_name(metafunc.config.getoption("--preset"))
+    specs = _CASES_BY_MARK[marker.args[0]](preset, metafunc.config.getoption("--grid"))
     # The id is the case name's bracket part, so test ids read like the gate's names.
     metafunc.parametrize("case", specs, ids=[s.name.partition("[")[2].rstrip("]") for s in specs])
 
@@ -94,8 +96,8 @@ def preset(pytestconfig: pytest.Config):
 
 
 @pytest.fixture(scope="session")
-def grid(preset) -> cases.Grid:
-    return cases.grid_for(preset.name)
+def grid(preset, pytestconfig: pytest.Config) -> cases.Grid:
+    return cases.grid_for(preset.name, pytestconfig.getoption("--grid"))
 
 
 @pytest.fixture(scope="session")

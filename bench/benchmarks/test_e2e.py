@@ -9,10 +9,12 @@ import PIL.Image
 import pytest
 import torch
 
-from bench.harness import RoundPolicy, RunControls, measure, record_case
+from bench.harness import RoundPolicy, RunControls, equivalence_record, measure, record_case
 from cosmos3.components import Components, build_transformer, text_context
+from cosmos3.equivalence import check_encode_equivalence
 from cosmos3.pipeline import Cosmos3Pipeline
 from cosmos3.request import Req
+from cosmos3.stages import Cosmos3ImagePreprocessStage
 
 # No profiled rounds: a whole request under the profiler costs a minute of GPU time per case.
 # One warm-up request is a whole denoise loop plus a decode: every kernel has run by its end
@@ -30,12 +32,11 @@ def components(preset, device, vae, weights_dir):
         torch.cuda.empty_cache()
 
 
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory, grid):
+@pytest.fixture
+def image_path(tmp_path_factory, case):
     """A seeded random RGB image larger than the output, so preprocessing really resizes and crops."""
-    w, h = grid.e2e_resolution
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(h * 5 // 4, w * 5 // 4, 3), dtype=np.uint8)
+    pixels = rng.integers(0, 256, size=(case.height * 5 // 4, case.width * 5 // 4, 3), dtype=np.uint8)
     path = tmp_path_factory.mktemp("e2e") / "condition.png"
     PIL.Image.fromarray(pixels).save(path)
     return path
@@ -66,3 +67,9 @@ def test_e2e(benchmark, case, components, grid, image_path, device):
     measure(benchmark, lambda: pipeline(request()), device=device, case_name=case.name,
             policy=E2E_ROUNDS, on_round=keep_stage_times, profile=False)
     record_case(benchmark, stage_samples_ms={k: tuple(v) for k, v in stage_samples.items()})
+    if case.strategy == "single_frame":
+        # As in latent_prep: the optimisation must keep the output, checked on the same request
+        # (its preprocessed image) outside the timed rounds.
+        req = Cosmos3ImagePreprocessStage()(request())
+        report = check_encode_equivalence(components.vae, req, dtype=components.dtype)
+        record_case(benchmark, equivalence=equivalence_record(report))
