@@ -121,8 +121,8 @@ def trace_events(trace: dict[str, Any]) -> list[TraceEvent]:
     return out
 
 
-def split_rounds(events: Iterable[TraceEvent]) -> list[list[TraceEvent]]:
-    """The events of each ROUND_EVENT annotation, in order.
+def split_rounds(events: Iterable[TraceEvent], annotation: str = ROUND_EVENT) -> list[list[TraceEvent]]:
+    """The events of each `annotation` (by default each ROUND_EVENT), in order.
 
     Host events belong to the round whose annotation contains their start (one host clock).
     Device events belong to the round of the host call with the same correlation id, not to a
@@ -133,7 +133,7 @@ def split_rounds(events: Iterable[TraceEvent]) -> list[list[TraceEvent]]:
     """
     events = list(events)
     windows = sorted((e.start_us, e.start_us + e.duration_us) for e in events
-                     if e.category == CAT_ANNOTATION and e.name == ROUND_EVENT)
+                     if e.category == CAT_ANNOTATION and e.name == annotation)
 
     def round_at(t_us: float) -> int | None:
         return next((i for i, (lo, hi) in enumerate(windows) if lo <= t_us <= hi), None)

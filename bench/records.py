@@ -114,6 +114,8 @@ def encode_record(value: Any) -> Any:
         return {f.name: encode_record(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
         return [encode_record(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(encode_record(v) for v in value)
     if isinstance(value, Mapping):
         return {k: encode_record(v) for k, v in value.items()}
     return value

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch.profiler import record_function
+
 from cosmos3.components import Components
 from cosmos3.errors import InputError
 from cosmos3.profiler import Coverage, ProfileOptions, RequestProfiler, check_coverage
@@ -20,6 +22,9 @@ from cosmos3.stages import (
     PipelineStage,
 )
 from cosmos3.timing import DeviceTimer
+
+# Each stage runs inside record_function(STAGE_EVENT + name), so that a trace splits by stage.
+STAGE_EVENT = "cosmos3.stage."
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Cosmos3Pipeline:
                     steps_profiled = profiler is not None and profiler.mode == "steps" and stage is self.denoising
                     if steps_profiled:
                         profiler.start()
-                    with DeviceTimer(self.components.device) as timer:
+                    with DeviceTimer(self.components.device) as timer, record_function(STAGE_EVENT + stage.name):
                         req = stage(req)
                     if steps_profiled:
                         trace_path = profiler.stop()

@@ -1,0 +1,132 @@
+"""Where does an e2e request's time go, stage by stage? One request profiled, then each stage's counters.
+
+Issue 11 asks why latent preparation costs 25-60 ms more inside the pipeline than in its stage
+benchmark. This profiles one e2e request (after a warm-up request) and, for comparison, the
+latent-preparation stage run alone as its benchmark runs it, and prints per stage: wall and device
+time, kernels, host-to-device copies (pageable or pinned), syncs and caching-allocator calls
+(cudaMalloc / cudaFree: the allocator growing or returning memory).
+
+    python tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.counters import CAT_MEMCPY, CAT_RUNTIME, count_round, split_rounds, trace_events
+from bench.harness import seeded_image
+from cosmos3.__main__ import seeded_image_file
+from cosmos3.components import build_components
+from cosmos3.pipeline import STAGE_EVENT, Cosmos3Pipeline
+from cosmos3.presets import get_preset, resolve_preset_name
+from cosmos3.request import Req
+from cosmos3.stages import Cosmos3LatentPreparationStage
+from cosmos3.timing import DeviceTimer, synchronize
+
+ALLOCATOR_CALLS = ("cudaMalloc", "cudaFree", "cudaHostAlloc", "cudaFreeHost")
+ALONE_EVENT = "cosmos3.alone.latent_preparation"
+
+
+def profiled(fn, device: torch.device) -> list:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with tempfile.TemporaryDirectory() as tmp, profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path, encoding="utf-8") as handle:
+            return trace_events(json.load(handle))
+
+
+def describe(events: list, source: str) -> dict:
+    counts = count_round(events, source=source)
+    runtime = Counter(e.name.split("_v")[0] for e in events if e.category == CAT_RUNTIME)
+    pageable = sum(1 for e in events if e.category == CAT_MEMCPY and "Pageable" in e.name)
+    return {
+        "device_ms": counts.device_ms,
+        "kernels": counts.kernel_launches,
+        "h2d_copies": counts.h2d_copies,
+        "h2d_bytes": counts.h2d_bytes,
+        "pageable_copies": pageable,
+        "syncs": counts.syncs,
+        **{call: runtime.get(call, 0) for call in ALLOCATOR_CALLS},
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="auto")
+    p.add_argument("--strategy", default="single_frame")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--num-frames", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--json", type=Path, help="also write the table as JSON here")
+    args = p.parse_args()
+    preset = get_preset(resolve_preset_name(args.preset))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    real = preset.name == "wan22"
+    height = args.height if args.height is not None else (720 if real else 64)
+    width = args.width if args.width is not None else (1280 if real else 96)
+    frames = args.num_frames if args.num_frames is not None else (81 if real else 17)
+    steps = args.steps if args.steps is not None else preset.num_inference_steps
+    components = build_components(preset, device)
+    pipeline = Cosmos3Pipeline(components, encode_strategy=args.strategy)
+    # A PNG file larger than the output, as the e2e benchmark conditions on (so preprocessing really runs).
+    image = Path(tempfile.mkdtemp()) / "condition.png"
+    seeded_image_file(image, width * 5 // 4, height * 5 // 4, seed=0)
+
+    def request() -> Req:
+        return Req(height=height, width=width, num_frames=frames, image=image, num_inference_steps=steps)
+
+    pipeline.warmup(request())
+    out = {}
+    events = profiled(lambda: out.setdefault("e2e", pipeline(request())), device)
+    table = {}
+    for stage, ms in out["e2e"].stage_ms.items():
+        (stage_events,) = split_rounds(events, annotation=STAGE_EVENT + stage)
+        table[f"e2e {stage}"] = {"wall_ms": ms, **describe(stage_events, device.type)}
+    # The stage alone, as bench/benchmarks/test_latent_prep.py runs it (its input already on the device).
+    stage = Cosmos3LatentPreparationStage(components.vae, encode_strategy=args.strategy, dtype=preset.dtype)
+    pixels = seeded_image(width, height, device)
+
+    def alone() -> None:
+        req = Req(height=height, width=width, num_frames=frames, image=pixels, image_pixels=pixels)
+        with DeviceTimer(device) as timer, record_function(ALONE_EVENT):
+            stage(req)
+        out["alone_ms"] = timer.elapsed_ms
+
+    alone()
+    (alone_events,) = split_rounds(profiled(alone, device), annotation=ALONE_EVENT)
+    table["latent_preparation alone"] = {"wall_ms": out["alone_ms"], **describe(alone_events, device.type)}
+    columns = ["wall_ms", "device_ms", "kernels", "h2d_copies", "h2d_bytes", "pageable_copies", "syncs",
+               *ALLOCATOR_CALLS]
+    print(f"{device} {torch.cuda.get_device_name(device) if device.type == 'cuda' else ''} preset {preset.name} "
+          f"{width}x{height} {frames}f {steps} steps, {args.strategy}, torch {torch.__version__} (profiled: "
+          "wall times include the profiler's overhead)")
+    print("| what | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name, row in table.items():
+        cells = [f"{row[c]:.2f}" if isinstance(row[c], float) else "—" if row[c] is None else str(row[c])
+                 for c in columns]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
