@@ -1,7 +1,8 @@
 """`python -m bench` end to end on the CPU: report, baseline, and the negative controls that must fail.
 
-Thresholds here are wide (100%) because CPU timings of a shared 2-core machine are noisy; the
-injected slowdowns are far larger, so each verdict below is robust, never a coin toss.
+Thresholds here are wide (+300%) because CPU timings of a shared 2-core machine move by 2-3x when a
+heavy process runs beside the tests; the injected faults are far larger (+800% to +1000%), so each
+verdict below is robust, never a coin toss.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from cosmos3.errors import InputError
 pytestmark = pytest.mark.slow
 
 SUBSET = ["--preset", "tiny", "--rounds", "1,8,8,1", "-k", "test_latent_prep and 64x48"]
+# Wide enough for a loaded CI machine (see the module docstring), far below the injected faults.
+WIDE = ["--threshold", "3.0"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def test_run_writes_the_report(workspace):
 
 def test_unchanged_code_passes_against_the_baseline(workspace, capsys):
     _, dirs = workspace
-    assert main(["run", *SUBSET, *dirs, "--run-id", "again", "--threshold", "1.0", "--require-baseline"]) == 0
+    assert main(["run", *SUBSET, *dirs, "--run-id", "again", *WIDE, "--require-baseline"]) == 0
     assert "PASS" in capsys.readouterr().out
 
 
@@ -60,8 +63,8 @@ def failure_lines(summary: str) -> list[str]:
 
 def test_slowed_single_frame_fails_naming_the_benchmark(workspace):
     root, dirs = workspace
-    code = main(["run", *SUBSET, *dirs, "--run-id", "slow", "--threshold", "1.0",
-                 "--inject-slowdown", "latent_prep[single_frame-64x48-9f]=3"])
+    code = main(["run", *SUBSET, *dirs, "--run-id", "slow", *WIDE,
+                 "--inject-slowdown", "latent_prep[single_frame-64x48-9f]=10"])
     assert code == 1
     failures = failure_lines((root / "results" / "slow" / "report" / "summary.md").read_text())
     # Only the slowed case may fail; a noisy neighbour's note is not a failure (the flake of issue 8).
@@ -166,13 +169,13 @@ TARGET = "latent_prep[single_frame-64x48-9f]"
     [
         (["--inject-sync", TARGET], "+1 synchronization per round (syncs 0 -> 1)"),
         (["--inject-kernel", TARGET], "+1 kernel launch per round"),
-        (["--inject-gpu-work", f"{TARGET}=3"], "latency regression"),
+        (["--inject-gpu-work", f"{TARGET}=8"], "latency regression"),
     ],
 )
 def test_each_negative_control_fails_the_gate_with_its_message(workspace, control, message):
     root, dirs = workspace
     run_id = "control-" + control[0].removeprefix("--inject-")
-    assert main(["run", *NINE_FRAMES, *dirs, "--run-id", run_id, "--threshold", "1.0", *control]) == 1
+    assert main(["run", *NINE_FRAMES, *dirs, "--run-id", run_id, *WIDE, *control]) == 1
     failures = failure_lines((root / "results" / run_id / "report" / "summary.md").read_text())
     ours = [line for line in failures if line.startswith(f"- {TARGET}:")]
     assert any(message in line for line in ours), failures
