@@ -228,7 +228,8 @@ def _structure_mismatches(vae: nn.Module) -> list[str]:
         if cached != n_conv:
             walk.fail(vae, f"encoder causal conv count {n_conv} differs from diffusers' cached count {cached}")
     if len(cfg.latents_mean) != cfg.z_dim or len(cfg.latents_std) != cfg.z_dim:
-        walk.fail(vae, f"latents_mean/std have {len(cfg.latents_mean)}/{len(cfg.latents_std)} values, z_dim {cfg.z_dim}")
+        counts = f"{len(cfg.latents_mean)}/{len(cfg.latents_std)}"
+        walk.fail(vae, f"latents_mean/std have {counts} values, expected z_dim = {cfg.z_dim}")
     return walk.mismatches
 
 
