@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass
 
@@ -233,15 +234,14 @@ def check_against_oracle(
     if vae_fp32.dtype != torch.float32:
         raise InputError("vae_fp32", "must be float32 (the oracle)", str(vae_fp32.dtype))
     dtype = dtype or vae_under_test.dtype
-    oracle = Cosmos3LatentPreparationStage(vae_fp32, encode_strategy=ORACLE_STRATEGY, dtype=torch.float32)(
+    with full_fp32():
+        oracle = Cosmos3LatentPreparationStage(vae_fp32, encode_strategy=ORACLE_STRATEGY, dtype=torch.float32)(
+            copy.copy(req)
+        )
+    ref = Cosmos3LatentPreparationStage(vae_under_test, encode_strategy=reference_strategy, dtype=dtype)(copy.copy(req))
+    new = Cosmos3LatentPreparationStage(vae_under_test, encode_strategy=strategy, dtype=dtype, **(stage_kwargs or {}))(
         copy.copy(req)
     )
-    ref = Cosmos3LatentPreparationStage(vae_under_test, encode_strategy=reference_strategy, dtype=dtype)(
-        copy.copy(req)
-    )
-    new = Cosmos3LatentPreparationStage(
-        vae_under_test, encode_strategy=strategy, dtype=dtype, **(stage_kwargs or {})
-    )(copy.copy(req))
     want = oracle.image_latent.to(vae_under_test.device)
     got = compare_tensors("image latent", new.image_latent, want, atol=0.0, rtol=0.0)
     ref_got = compare_tensors("image latent", ref.image_latent, want, atol=0.0, rtol=0.0)
@@ -266,3 +266,15 @@ def check_against_oracle(
         bitwise=noise_identical and new.image_latent.dtype == want.dtype and torch.equal(new.image_latent, want),
         noise_identical=noise_identical,
     )
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """TF32 off for convolutions and matmuls (PyTorch lets cuDNN convolutions use TF32 by default: an fp32 oracle
+    on a GPU would carry ~1e-3 relative error, the size of what it must judge). A no-op on the CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import functools
-import time
+import importlib.util
+import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,14 +39,16 @@ from cosmos3.stages import Cosmos3LatentPreparationStage
 from cosmos3.vae import encode_latents
 from tests import tiny
 
+REPO = Path(__file__).resolve().parents[1]
+
 # A mid-size Wan 2.2-shaped encoder (residual, patch 2, 16x spatial), wider and deeper than tiny.
-MID_CONFIG = dict(
-    base_dim=32, decoder_base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, is_residual=True,
-    in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
-    latents_mean=[0.1 * (i % 5 - 2) for i in range(16)], latents_std=[0.5 + 0.1 * (i % 3) for i in range(16)],
-)  # fmt: skip
+MID_CONFIG = {
+    "base_dim": 32, "decoder_base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+    "is_residual": True, "in_channels": 12, "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16,
+    "latents_mean": [0.1 * (i % 5 - 2) for i in range(16)], "latents_std": [0.5 + 0.1 * (i % 3) for i in range(16)],
+}  # fmt: skip
 # The Wan 2.1 layout (no residual down blocks, no patchify, 8x spatial): the same mapping covers it.
-WAN21_CONFIG = dict(base_dim=16, decoder_base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
+WAN21_CONFIG = {"base_dim": 16, "decoder_base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1}
 
 
 @functools.cache
@@ -310,7 +315,10 @@ def test_supported_vaes_pass_the_guard():
 @pytest.mark.parametrize("num_frames", [1, 5, 9])
 def test_stage_first_frame_2d_matches_single_frame(num_frames):
     kind = "image" if num_frames == 1 else "video"
-    req = tiny.i2v_request(64, 96, num_frames) if kind == "video" else Req(height=64, width=96, num_frames=1, output_kind="image")
+    if kind == "video":
+        req = tiny.i2v_request(64, 96, num_frames)
+    else:
+        req = Req(height=64, width=96, num_frames=1, output_kind="image")
     out = {}
     for strategy in ("single_frame", "first_frame_2d"):
         stage = Cosmos3LatentPreparationStage(tiny.vae(), encode_strategy=strategy, dtype=tiny.PRESET.dtype)
@@ -362,3 +370,34 @@ def test_modes_and_inputs():
     both = encoder(batch)
     for i in range(2):
         assert rel_err(both[i : i + 1], encode_latents(vae, batch[i : i + 1].unsqueeze(2))) <= ORACLE_FP32_RTOL
+
+
+def test_the_2d_network_traces_as_one_graph():
+    """torch.compile's front end captures the 2D encode whole (fullgraph: no graph break). Inductor itself is
+    left to the GPU tool: compiling the tiny encoder on this 2-core CPU took 137 s."""
+    encoder = FirstFrameEncoder(tiny.vae(), self_check=False)
+    pixels = tiny.image(32, 48)
+    traced = torch.compile(encoder._latents, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        assert torch.equal(traced(pixels), encoder(pixels))
+    assert FirstFrameEncoder(tiny.vae(), mode="compile", self_check=False).mode == "compile"  # built lazily
+
+
+@pytest.mark.slow
+def test_speed_tool_smoke_on_the_cpu(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("first_frame_speed", REPO / "tools" / "first_frame_speed.py")
+    tool = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, tool)  # dataclasses look their module up there
+    spec.loader.exec_module(tool)
+    out = tmp_path / "speed.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--resolutions", "48x32", "--rounds", "2",
+            "--warmup", "0", "--compile-modes", "none", "--matmul-n", "64", "--json", str(out)]  # fmt: skip
+    assert tool.main(argv) == 0
+    result = json.loads(out.read_text())["results"][0]
+    names = [v["name"] for v in result["variants"]]
+    assert names == ["single_frame (3D)", "first_frame_2d eager", "first_frame_2d eager, packed weights (a copy)"]
+    assert all(len(v["samples_ms"]) == 2 for v in result["variants"])
+    flops_3d, flops_2d = (result["variants"][i]["flops"] for i in (0, 1))
+    assert 2.5 < flops_3d / flops_2d < 3.0  # the zero taps are gone; 1x1 convs and the rest remain
+    assert {e["path"] for e in result["errors"]} >= {"expand", "single_frame", "first_frame_2d eager"}
+    assert all(e["equivalent"] for e in result["errors"])
