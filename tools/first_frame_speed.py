@@ -43,8 +43,11 @@ from cosmos3.vae import encode_latents
 # is printed beside it: the fraction of the datasheet peak is the roofline figure, the matmul one is reachable.
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
 MIN_ROUNDS = 30
-ORACLE_NUM_FRAMES = 5
-SETUP_FAILED = "setup failed"  # expand encodes this many frames for its error; frame 0 does not depend on it
+ORACLE_NUM_FRAMES = 5  # expand encodes this many frames for its error; frame 0 does not depend on it
+SETUP_FAILED = "setup failed"
+TABLE_HEADER = (
+    "| path | median ms | IQR ms | speedup vs 3D | setup ms | setup GiB | peak GiB | GFLOP | % datasheet | % matmul |"
+)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Variant:
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     setup_ms: float | None = None  # capture or compile cost of the first call at this shape
+    setup_mem_gib: float | None = None  # memory the first call left allocated (a CUDA graph's pool, caches)
     samples_ms: list[float] = field(default_factory=list)
     warmup_ms: list[float] = field(default_factory=list)
     peak_mem_gib: float | None = None  # peak allocated during one call, above what was allocated before it
@@ -200,7 +204,10 @@ def measure_resolution(vae, width: int, height: int, args, started: float) -> di
             v.skipped = f"budget: setup would start at {elapsed:.0f} s > --budget-s {args.budget_s:.0f}"
             continue
         try:
+            before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
             v.setup_ms = time_once_ms(lambda v=v: v.fn(pixels), device)
+            if before is not None:
+                v.setup_mem_gib = (torch.cuda.memory_allocated(device) - before) / 2**30
         except Exception as exc:  # noqa: BLE001 -- recorded, printed and fails the exit status; the rest still run
             v.skipped = f"{SETUP_FAILED}: {type(exc).__name__}: {exc}"[:500]
             print(f"[{width}x{height}] {v.name}: {v.skipped}", file=sys.stderr)
@@ -284,12 +291,12 @@ def markdown(results: list[dict], matmul_tflops: float, args) -> str:
         lines += [
             f"### {res['width']}x{res['height']}",
             "",
-            "| path | median ms | IQR ms | speedup vs 3D | setup ms | peak GiB | GFLOP | % datasheet | % matmul |",
-            "|---|---|---|---|---|---|---|---|---|",
+            TABLE_HEADER,
+            "|---" * TABLE_HEADER.count(" | ") + "|---|",
         ]
         for v in variants:
             if v.skipped:
-                lines.append(f"| {v.name} | skipped: {v.skipped} | | | | | | | |")
+                lines.append(f"| {v.name} | skipped: {v.skipped} | | | | | | | | |")
                 continue
             q = statistics.quantiles(v.samples_ms, n=4) if len(v.samples_ms) >= 2 else [v.median_ms] * 3
             flops = v.flops
@@ -298,6 +305,7 @@ def markdown(results: list[dict], matmul_tflops: float, args) -> str:
             lines.append(
                 f"| {v.name} | {v.median_ms:.3f} | {q[2] - q[0]:.3f} | {base / v.median_ms:.2f}x | "
                 f"{'' if v.setup_ms is None else f'{v.setup_ms:.0f}'} | "
+                f"{'' if v.setup_mem_gib is None else f'{v.setup_mem_gib:.2f}'} | "
                 f"{'' if v.peak_mem_gib is None else f'{v.peak_mem_gib:.2f}'} | {gflop} | "
                 f"{'' if rate is None else f'{100 * rate / H100_SXM_BF16_DENSE_TFLOPS:.3g}'} | "
                 f"{'' if rate is None else f'{100 * rate / matmul_tflops:.3g}'} |"
@@ -318,6 +326,9 @@ def markdown(results: list[dict], matmul_tflops: float, args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Every compile mode x resolution is a new compiled entry for the same code: lift dynamo's limit above that.
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
     started = time.perf_counter()
     preset = get_preset(args.preset)
     vae = build_vae(preset, args.device, dtype=args.dtype)
