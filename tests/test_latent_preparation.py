@@ -76,7 +76,8 @@ def test_same_seed_same_latents(strategy):
 
 
 def test_unknown_strategy():
-    with pytest.raises(InputError, match=r"encode_strategy: must be one of \['single_frame', 'expand'\]"):
+    rule = r"encode_strategy: must be one of \['single_frame', 'expand', 'first_frame_2d'\]"
+    with pytest.raises(InputError, match=rule):
         Cosmos3LatentPreparationStage(tiny.vae(), encode_strategy="repeat")
 
 

@@ -8,12 +8,13 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from cosmos3.errors import InputError
+from cosmos3.first_frame import FirstFrameEncoder
 from cosmos3.request import Req
 from cosmos3.stages.base import PipelineStage
 from cosmos3.stages.preprocess import check_image_tensor
 from cosmos3.vae import encode_latents
 
-EncodeStrategy = Literal["single_frame", "expand"]
+EncodeStrategy = Literal["single_frame", "expand", "first_frame_2d"]
 ENCODE_STRATEGIES: tuple[str, ...] = get_args(EncodeStrategy)
 
 
@@ -27,7 +28,8 @@ def encode_input(pixels: torch.Tensor, num_frames: int, strategy: EncodeStrategy
 
     "expand" is the old upstream path: the image repeated to num_frames frames and materialised,
     though only latent frame 0 is used. "single_frame" encodes the image as a one-frame video;
-    the encoder is temporally causal, so latent frame 0 is the same.
+    the encoder is temporally causal, so latent frame 0 is the same. "first_frame_2d" takes the same
+    one frame and encodes it with 2D convs (cosmos3.first_frame).
     """
     video = pixels.unsqueeze(2)
     if strategy == "expand":
@@ -53,11 +55,21 @@ class Cosmos3LatentPreparationStage(PipelineStage):
         *,
         encode_strategy: EncodeStrategy = "single_frame",
         dtype: torch.dtype = torch.bfloat16,
+        first_frame: FirstFrameEncoder | None = None,
     ) -> None:
+        """`first_frame`: the first_frame_2d encoder with its options (mode, compile mode); an eager one
+        on `vae` when not given. Building it checks that the VAE's encoder is the structure it maps."""
         check_strategy(encode_strategy)
         self.vae = vae
         self.encode_strategy = encode_strategy
         self.dtype = dtype
+        if first_frame is not None and encode_strategy != "first_frame_2d":
+            raise InputError("first_frame", "is only used by encode_strategy 'first_frame_2d'", encode_strategy)
+        if first_frame is not None and first_frame.vae is not vae:
+            raise InputError("first_frame", "must encode with the stage's VAE")
+        if encode_strategy == "first_frame_2d" and first_frame is None:
+            first_frame = FirstFrameEncoder(vae)
+        self.first_frame = first_frame
 
     @property
     def device(self) -> torch.device:
@@ -82,6 +94,8 @@ class Cosmos3LatentPreparationStage(PipelineStage):
     def encode_condition(self, req: Req) -> torch.Tensor:
         """Normalised latents of the conditioning input; frame 0 is the image latent."""
         video = encode_input(req.image_pixels.to(self.device), req.num_frames, self.encode_strategy)
+        if self.encode_strategy == "first_frame_2d":
+            return self.first_frame(video[:, :, 0]).to(self.dtype)
         return encode_latents(self.vae, video).to(self.dtype)
 
     def forward(self, req: Req) -> Req:
