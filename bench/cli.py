@@ -80,6 +80,8 @@ def add_gate_options(p: argparse.ArgumentParser) -> None:
                    help="baseline benchmark this run need not contain; may use * (repeatable)")
     g.add_argument("--min-speedup", type=float, default=gate_mod.DEFAULT_MIN_SPEEDUP,
                    help="single_frame must beat expand by this factor (default %(default)s)")
+    g.add_argument("--min-speedup-2d", type=float, default=gate_mod.DEFAULT_MIN_SPEEDUP_2D,
+                   help="first_frame_2d must beat single_frame by this factor on a GPU (default %(default)s)")
     g.add_argument("--noise-k", type=float, default=gate_mod.DEFAULT_NOISE_K,
                    help="a slowdown must also exceed this many run-to-run standard deviations of a baseline "
                         "merged from >= 3 runs (default %(default)s)")
@@ -95,7 +97,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--dit-layers", type=int, help="DiT stand-in depth (default: the preset's)")
     r.add_argument("-k", dest="keyword", help="pytest -k expression to run a subset")
     r.add_argument("--grid", choices=GRID_NAMES, default="default",
-                   help="upstream: add the upstream table's e2e case (832x480 on wan22)")
+                   help="extended: add the upstream table's e2e case (832x480 on wan22) and e2e first_frame_2d")
     r.add_argument("--case", action="append", default=[], metavar="PATTERN",
                    help="run only cases whose name matches, e.g. 'latent_prep[single_frame-*]' (repeatable)")
     r.add_argument("--rounds", metavar="WARMUP,MIN,MAX,TARGET_MS", help="round policy (default 2,5,60,2000)")
@@ -110,6 +112,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="one extra small kernel per round in matching cases")
     n.add_argument("--revert-single-frame", action="store_true",
                    help="run the old expand path in the cases labelled single_frame")
+    n.add_argument("--revert-first-frame", action="store_true",
+                   help="run the 3D single_frame encode in the cases labelled first_frame_2d")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -161,6 +165,7 @@ def gate_config(args: argparse.Namespace) -> gate_mod.GateConfig:
         memory_threshold=args.memory_threshold,
         exclude=frozenset(args.exclude),
         min_speedup=args.min_speedup,
+        min_speedup_2d=args.min_speedup_2d,
         noise_k=args.noise_k,
     )
 
@@ -173,6 +178,7 @@ def run_controls(args: argparse.Namespace) -> RunControls:
         syncs=tuple(args.inject_sync),
         kernels=tuple(args.inject_kernel),
         revert_single_frame=args.revert_single_frame,
+        revert_first_frame=args.revert_first_frame,
     )
 
 
@@ -449,7 +455,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for name in ("baseline_runs", "aa_runs", "runs_per_size"):
         if getattr(args, name) < 1:
             raise InputError(name, "must be >= 1", getattr(args, name))
-    if args.inject_slowdown or args.inject_gpu_work or args.inject_sync or args.inject_kernel or args.revert_single_frame:
+    if args.inject_slowdown or args.inject_gpu_work or args.inject_sync or args.inject_kernel or args.revert_single_frame \
+            or args.revert_first_frame:
         raise InputError("calibrate", "injects its own GPU work; other negative controls are refused")
     folder = args.calibration_dir or args.results_dir / f"calibration-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     check_output_dir("calibration_dir", folder)

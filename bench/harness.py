@@ -17,6 +17,7 @@ import torch
 
 from bench.counters import profile_rounds
 from bench.records import CASE_INFO_FIELDS, EquivalenceRecord, decode_record, encode_record, matches
+from cosmos3.equivalence import check_against_oracle, check_encode_equivalence, fp32_oracle
 from cosmos3.errors import InputError
 from cosmos3.timing import DeviceTimer, synchronize
 
@@ -85,6 +86,7 @@ class RunControls:
     syncs: tuple[str, ...] = ()  # case patterns: one extra host-device synchronisation per round
     kernels: tuple[str, ...] = ()  # case patterns: one extra small kernel per round
     revert_single_frame: bool = False  # the old expand path runs under the single_frame label
+    revert_first_frame: bool = False  # the 3D single_frame encode runs under the first_frame_2d label
     parent_pid: int | None = None  # the `python -m bench` process the child must not outlive
 
     def __post_init__(self) -> None:
@@ -129,7 +131,17 @@ class RunControls:
         out += [f"extra kernel {p}" for p in self.kernels]
         if self.revert_single_frame:
             out.append("single_frame reverted to expand")
+        if self.revert_first_frame:
+            out.append("first_frame_2d reverted to single_frame")
         return tuple(out)
+
+    def strategy_for(self, label: str | None) -> str | None:
+        """The encode strategy a case labelled `label` really runs (the label itself unless reverted)."""
+        if label == "single_frame" and self.revert_single_frame:
+            return "expand"
+        if label == "first_frame_2d" and self.revert_first_frame:
+            return "single_frame"
+        return label
 
 
 def _fraction_for(fractions: Mapping[str, float], case_name: str) -> float:
@@ -227,6 +239,28 @@ def equivalence_record(report: Any) -> EquivalenceRecord:
         reference="expand",
         rule=f"bitwise, else normwise relative error <= {report.rtol:g}",
     )
+
+
+def equivalence_for(vae: Any, req: Any, label: str | None, strategy: str | None, dtype: torch.dtype
+                    ) -> EquivalenceRecord | None:
+    """The equivalence check of a case labelled `label` that ran `strategy`, outside the timed rounds.
+
+    single_frame against expand on the same request: bitwise, else within one bf16 ulp.
+    first_frame_2d (another order of rounding) against an fp32 oracle of the same weights, judged by
+    the error of the 3D single_frame path against that oracle. Other strategies have no check.
+    """
+    if label == "single_frame":
+        return equivalence_record(check_encode_equivalence(vae, req, dtype=dtype))
+    if label == "first_frame_2d":
+        oracle = fp32_oracle(vae)
+        try:
+            report = check_against_oracle(oracle, vae, req, strategy, dtype=dtype)
+        finally:
+            del oracle
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the fp32 copy must not stay resident under later cases
+        return EquivalenceRecord(**report.record_fields())
+    return None
 
 
 def record_case(benchmark: Any, **fields: Any) -> None:

@@ -37,10 +37,11 @@ def _case(
     )
 
 
-def _env(*, device: str = "NVIDIA H100 80GB HBM3", preset: str = "wan22", **env) -> Environment:
+def _env(*, device: str = "NVIDIA H100 80GB HBM3", preset: str = "wan22", device_kind: str = "cuda",
+         **env) -> Environment:
     slug = device.lower().replace(" ", "-")
     return Environment(
-        device_kind="cuda", device_name=device, device_slug=slug, preset=preset, dtype="bfloat16",
+        device_kind=device_kind, device_name=device, device_slug=slug, preset=preset, dtype="bfloat16",
         torch="2.13.0", diffusers="0.42.1", python="3.12.0", cuda="12.8", driver="570.00",
         commit="0123456789abcdef", date_utc="2025-01-01T00:00:00Z", **env,
     )

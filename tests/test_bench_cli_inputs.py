@@ -133,3 +133,12 @@ def test_run_controls_cross_the_process_seam_typed():
     assert cli.RunControls.from_env(env) == controls
     with pytest.raises(InputError, match="COSMOS3_BENCH_CONTROLS.slowdown: is not a field of RunControls"):
         cli.RunControls.from_env({cli.CONTROLS_ENV: json.dumps({"slowdown": {}})})
+
+
+def test_reverting_a_strategy_is_a_recorded_negative_control():
+    controls = cli.RunControls(revert_single_frame=True, revert_first_frame=True)
+    assert controls.strategy_for("single_frame") == "expand"
+    assert controls.strategy_for("first_frame_2d") == "single_frame"
+    assert controls.strategy_for("expand") == "expand"
+    assert controls.active == ("single_frame reverted to expand", "first_frame_2d reverted to single_frame")
+    assert cli.RunControls().strategy_for("first_frame_2d") == "first_frame_2d"

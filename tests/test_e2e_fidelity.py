@@ -52,9 +52,10 @@ def test_the_upstream_table_is_shown_beside_our_figures(make_case, make_run):
 
 def test_the_upstream_grid_adds_the_upstream_size():
     assert [c.name for c in e2e_cases("wan22")] == ["e2e[single_frame-1280x720-81f]", "e2e[expand-1280x720-81f]"]
-    names = [c.name for c in e2e_cases("wan22", "upstream")]
-    assert "e2e[single_frame-832x480-81f]" in names and "e2e[expand-832x480-81f]" in names and len(names) == 4
-    assert grid_for("wan22", "upstream").e2e_steps == 35
+    names = [c.name for c in e2e_cases("wan22", "extended")]
+    assert "e2e[single_frame-832x480-81f]" in names and "e2e[expand-832x480-81f]" in names
+    assert "e2e[first_frame_2d-1280x720-81f]" in names and len(names) == 6
+    assert grid_for("wan22", "extended").e2e_steps == 35
     with pytest.raises(InputError, match="grid: must be one of"):
         grid_for("wan22", "huge")
 

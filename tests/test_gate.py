@@ -144,7 +144,8 @@ def test_speedup_check(make_case, make_run, expand_ms, passed):
     assert check.factor == pytest.approx(expand_ms / 10.0, rel=0.02)
     assert check.passed is passed and report.passed is passed
     if not passed:
-        assert "latent_prep[1280x720-81f]" in report.failures[0] and "reverted" in report.failures[0]
+        assert "latent_prep[single_frame-vs-expand-1280x720-81f]" in report.failures[0]
+        assert "has the single_frame encode been reverted?" in report.failures[0]
 
 
 def test_e2e_speedup_is_reported_not_gated(make_case, make_run):
@@ -279,7 +280,7 @@ def test_a_rule_is_one_object_judging_a_run(make_case, make_run):
     report = evaluate(run, None, GateConfig(), rules=(*RULES, OddRounds()))
     assert report.failures == (f"{NAME}: odd round count",) and report.of("odd")[0].row == (NAME, "7")
     assert {rule.name for rule in RULES} == {"errors", "latency", "device_time", "counters", "memory", "speedup",
-                                           "equivalence", "coverage"}
+                                           "equivalence", "stage_consistency", "coverage"}
     for rule in RULES:
         assert rule.title and rule.columns
 
@@ -290,3 +291,16 @@ def test_a_benchmark_that_raised_fails_the_gate(make_case, make_run):
     assert report.exit_code == 1
     (finding,) = report.of("errors")
     assert finding.subject == "e2e[single_frame-96x64-17f]" and "out of memory" in finding.row[1]
+
+
+@pytest.mark.parametrize(("device_kind", "single_ms", "gated", "passed"),
+                         [("cuda", 12.0, True, False), ("cuda", 20.0, True, True), ("cpu", 12.0, False, True)])
+def test_first_frame_2d_must_beat_single_frame_on_a_gpu(make_case, make_run, device_kind, single_ms, gated, passed):
+    run = make_run([make_case("latent_prep", "first_frame_2d", median_ms=10.0),
+                    make_case(median_ms=single_ms, seed=2)], device_kind=device_kind)
+    (check,) = evaluate(run, None, GateConfig()).speedups
+    assert (check.new, check.old) == ("first_frame_2d", "single_frame")
+    assert (check.min_factor is not None) is gated and check.passed is passed
+    if not passed:
+        assert check.failure.startswith("latent_prep[first_frame_2d-vs-single_frame-1280x720-81f]: first_frame_2d "
+                                        "is only 1.20x faster than single_frame")

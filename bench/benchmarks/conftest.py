@@ -26,7 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--preset", default="auto", help="tiny | wan22 | auto (wan22 with CUDA, else tiny)")
     group.addoption("--weights-dir", default=None, help="local diffusers folder with vae/ and transformer/")
     group.addoption("--dit-layers", type=int, default=None, help="DiT stand-in depth (default: the preset's)")
-    group.addoption("--grid", default="default", help="default | upstream (adds the upstream table's e2e case)")
+    group.addoption("--grid", default="default", help="default | extended (adds the upstream table's e2e case and e2e first_frame_2d)")
     group.addoption("--case", action="append", default=[], metavar="PATTERN",
                     help="run only cases whose name matches PATTERN (* and ? wild, brackets literal); repeatable")
 

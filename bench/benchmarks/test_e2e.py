@@ -9,9 +9,8 @@ import PIL.Image
 import pytest
 import torch
 
-from bench.harness import RoundPolicy, RunControls, equivalence_record, measure, record_case
+from bench.harness import RoundPolicy, RunControls, equivalence_for, measure, record_case
 from cosmos3.components import Components, build_transformer, text_context
-from cosmos3.equivalence import check_encode_equivalence
 from cosmos3.pipeline import Cosmos3Pipeline
 from cosmos3.request import Req
 from cosmos3.stages import Cosmos3ImagePreprocessStage
@@ -44,8 +43,7 @@ def image_path(tmp_path_factory, case):
 
 @pytest.mark.cases("e2e")
 def test_e2e(benchmark, case, components, grid, image_path, device):
-    revert = case.strategy == "single_frame" and RunControls.from_env().revert_single_frame
-    strategy = "expand" if revert else case.strategy
+    strategy = RunControls.from_env().strategy_for(case.strategy)  # a negative control may revert it
     pipeline = Cosmos3Pipeline(components, encode_strategy=strategy)
 
     def request() -> Req:
@@ -67,9 +65,9 @@ def test_e2e(benchmark, case, components, grid, image_path, device):
     measure(benchmark, lambda: pipeline(request()), device=device, case_name=case.name,
             policy=E2E_ROUNDS, on_round=keep_stage_times, profile=False)
     record_case(benchmark, stage_samples_ms={k: tuple(v) for k, v in stage_samples.items()})
-    if case.strategy == "single_frame":
-        # As in latent_prep: the optimisation must keep the output, checked on the same request
-        # (its preprocessed image) outside the timed rounds.
-        req = Cosmos3ImagePreprocessStage()(request())
-        report = check_encode_equivalence(components.vae, req, dtype=components.dtype)
-        record_case(benchmark, equivalence=equivalence_record(report))
+    # As in latent_prep: an optimisation must keep the output, checked on the same request (its
+    # preprocessed image) outside the timed rounds.
+    req = Cosmos3ImagePreprocessStage()(request())
+    equivalence = equivalence_for(components.vae, req, case.strategy, strategy, components.dtype)
+    if equivalence is not None:
+        record_case(benchmark, equivalence=equivalence)
