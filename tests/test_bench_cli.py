@@ -44,8 +44,10 @@ def test_run_writes_the_report(workspace):
     data = json.loads((run_dir / "pytest-benchmark.json").read_text())  # loadable by pytest-benchmark compare
     assert all(len(b["stats"]["data"]) == 8 for b in data["benchmarks"])
     run = load_run(run_dir / "run.json")
-    assert {c.spec.strategy for c in run.cases} == {"single_frame", "expand"}
+    assert {c.spec.strategy for c in run.cases} == {"single_frame", "expand", "first_frame_2d"}
     assert all(c.equivalence.bitwise for c in run.cases if c.spec.strategy == "single_frame")
+    assert all(c.equivalence.equivalent and c.equivalence.reference.startswith("fp32 oracle")
+               for c in run.cases if c.spec.strategy == "first_frame_2d")
 
 
 def test_unchanged_code_passes_against_the_baseline(workspace, capsys):
