@@ -212,6 +212,8 @@ def profile(session: nox.Session) -> None:
 
 @nox.session(venv_backend="venv")
 def lint(session: nox.Session) -> None:
-    """ruff check and format check."""
-    session.install("ruff")
+    """ruff check, and the GitHub workflows against GitHub's schema."""
+    session.install("ruff", "check-jsonschema")
     session.run("ruff", "check", "cosmos3", "bench", "tests", "noxfile.py")
+    workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
