@@ -103,7 +103,9 @@ def plan_install(python: str, requirements: Sequence[str], env: Mapping[str, str
     specifier; an unmet one is not walked further (pip resolves what it needs). Torch, where
     present, is the runner's: never planned, and its own dependencies are left alone.
     """
-    probe = subprocess.run([python, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    probe = subprocess.run([python, "-c", _PROBE], env=env, capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        raise RuntimeError(f"{python} could not list its distributions:\n{probe.stderr}")
     found = json.loads(probe.stdout)
     installed: dict[str, dict] = {}
     for dist in found["dists"]:  # the first on sys.path is the one that imports
