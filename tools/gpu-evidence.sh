@@ -6,8 +6,9 @@
 #   bash tools/gpu-evidence.sh repeatN    # latent prep + VAE encode again against the baseline (false-positive check)
 # Merge the baseline with later unchanged runs so that the gate sees run-to-run noise (>= 3 runs):
 #   python -m bench baseline --from-run results/baseline --from-run results/unchanged --from-run results/repeat1 --force
-# Needs the wheels from ../shared/tools/gpu-wheels.sh in .whl/ (carried to the device). Everything it
-# writes lands in results/ and baselines/, and is packed into $OUT/evidence-<step>.tar.gz when $OUT is set.
+# Needs the wheels from tools/gpu-wheels.sh in .whl/ (carried to the device, which is offline); with them
+# on PYTHONPATH the sessions find every dependency present and install nothing. Everything it writes
+# lands in results/ and baselines/, and is packed into $OUT/evidence-<step>.tar.gz when $OUT is set.
 # A step whose gate fails (as the controls must) does not stop the script: each exit status is in its log.
 set -uo pipefail
 step=${1:?usage: gpu-evidence.sh baseline|unchanged|controls|repeatN}
