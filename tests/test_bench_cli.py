@@ -19,7 +19,10 @@ from cosmos3.errors import InputError
 
 pytestmark = pytest.mark.slow
 
-SUBSET = ["--preset", "tiny", "--rounds", "1,8,8,1", "-k", "test_latent_prep and 64x48"]
+# 33 frames: expand then does 33 times single_frame's encode work, so the in-run 2x check holds even
+# when a loaded machine squeezes the ratio (at 9 frames it fell to 1.3x at load 10 on 2 cores).
+SUBSET = ["--preset", "tiny", "--rounds", "1,8,8,1", "--case", "latent_prep[*-64x48-33f]"]
+TARGET = "latent_prep[single_frame-64x48-33f]"
 # Wide enough for a loaded CI machine (see the module docstring), far below the injected faults.
 WIDE = ["--threshold", "3.0"]
 
@@ -39,7 +42,7 @@ def test_run_writes_the_report(workspace):
     run_dir = root / "results" / "first"
     summary = (run_dir / "report" / "summary.md").read_text()
     assert summary.startswith("# cosmos3-bench: PASS")
-    assert "latent_prep[single_frame-64x48-17f]" in summary
+    assert TARGET in summary
     assert (run_dir / "report" / "latency_vs_frames.png").stat().st_size > 1000
     data = json.loads((run_dir / "pytest-benchmark.json").read_text())  # loadable by pytest-benchmark compare
     assert all(len(b["stats"]["data"]) == 8 for b in data["benchmarks"])
@@ -66,11 +69,11 @@ def failure_lines(summary: str) -> list[str]:
 def test_slowed_single_frame_fails_naming_the_benchmark(workspace):
     root, dirs = workspace
     code = main(["run", *SUBSET, *dirs, "--run-id", "slow", *WIDE,
-                 "--inject-slowdown", "latent_prep[single_frame-64x48-9f]=10"])
+                 "--inject-slowdown", f"{TARGET}=10"])
     assert code == 1
     failures = failure_lines((root / "results" / "slow" / "report" / "summary.md").read_text())
     # Only the slowed case may fail; a noisy neighbour's note is not a failure (the flake of issue 8).
-    assert failures and all(line.startswith("- latent_prep[single_frame-64x48-9f]:") for line in failures), failures
+    assert failures and all(line.startswith(f"- {TARGET}:") for line in failures), failures
 
 
 def test_reverted_optimisation_fails_the_in_run_check(workspace, capsys):
@@ -78,7 +81,7 @@ def test_reverted_optimisation_fails_the_in_run_check(workspace, capsys):
     code = main(["run", *SUBSET, *dirs, "--run-id", "revert", "--revert-single-frame"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "latent_prep[single_frame-vs-expand-64x48-17f]: single_frame is only" in out
+    assert "latent_prep[single_frame-vs-expand-64x48-33f]: single_frame is only" in out
 
 
 def test_baseline_is_never_overwritten_silently(workspace, capsys):
@@ -160,10 +163,6 @@ def test_benchmarks_run_in_kind_order_whatever_is_selected():
     assert set(kinds) == {"test_latent_prep", "test_vae_encode", "test_e2e"}
 
 
-# One resolution and frame count of the workspace's baseline; the rest excluded on purpose.
-NINE_FRAMES = ["--preset", "tiny", "--rounds", "1,8,8,1", "-k", "test_latent_prep and 64x48 and 9f",
-               "--exclude", "latent_prep[*-17f]", "--exclude", "latent_prep[*-33f]"]
-TARGET = "latent_prep[single_frame-64x48-9f]"
 
 
 @pytest.mark.parametrize(
@@ -177,14 +176,14 @@ TARGET = "latent_prep[single_frame-64x48-9f]"
 def test_each_negative_control_fails_the_gate_with_its_message(workspace, control, message):
     root, dirs = workspace
     run_id = "control-" + control[0].removeprefix("--inject-")
-    assert main(["run", *NINE_FRAMES, *dirs, "--run-id", run_id, *WIDE, *control]) == 1
+    assert main(["run", *SUBSET, *dirs, "--run-id", run_id, *WIDE, *control]) == 1
     failures = failure_lines((root / "results" / run_id / "report" / "summary.md").read_text())
     ours = [line for line in failures if line.startswith(f"- {TARGET}:")]
     assert any(message in line for line in ours), failures
     # The control is recorded in the run, and the untouched expand case is not blamed for it.
     run = load_run(root / "results" / run_id / "run.json")
     assert run.environment.negative_controls and run.by_name()[TARGET].injected
-    assert not any(line.startswith("- latent_prep[expand-64x48-9f]:") and message in line for line in failures)
+    assert not any(line.startswith("- latent_prep[expand-64x48-33f]:") and message in line for line in failures)
 
 
 def test_the_run_records_counters_for_every_stage_case(workspace):
