@@ -203,6 +203,13 @@ def baseline(session: nox.Session) -> None:
 
 
 @nox.session
+def calibrate(session: nox.Session) -> None:
+    """Measure the gate's false alarms (A/A runs) and its power on injected GPU work; write calibration.md."""
+    python = prepare(session)
+    session.run(python, "-m", "bench", "calibrate", *session.posargs)
+
+
+@nox.session
 def profile(session: nox.Session) -> None:
     """Profile one request's denoising steps and check the trace holds exactly those steps."""
     python = prepare(session)
@@ -216,6 +223,6 @@ def profile(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check, and the GitHub workflows against GitHub's schema."""
     session.install("ruff", "check-jsonschema")
-    session.run("ruff", "check", "cosmos3", "bench", "tests", "noxfile.py")
+    session.run("ruff", "check", "cosmos3", "bench", "tests", "tools", "noxfile.py")
     workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
     session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
