@@ -1,4 +1,4 @@
-"""nox sessions: tests, bench, baseline, profile, lint."""
+"""nox sessions: tests, bench, baseline, calibrate, profile, lint."""
 
 from __future__ import annotations
 
