@@ -210,7 +210,7 @@ def plan_run(args: argparse.Namespace, *, suffix: str = "") -> RunPlan:
     if args.dit_layers is not None and args.dit_layers < 1:
         raise InputError("dit_layers", "must be >= 1", args.dit_layers)
     if args.weights_dir is not None:
-        check_weights_dir(args.weights_dir, "vae")
+        check_weights_dir(args.weights_dir)
     controls = run_controls(args)
     name, slug = device_identity(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_id = args.run_id if args.run_id is not None else f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}{suffix}"

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 
-from cosmos3.components import build_components
+from cosmos3.components import build_components, build_scheduler, check_weights_dir
 from cosmos3.errors import InputError
 from cosmos3.pipeline import Cosmos3Pipeline, PipelineOutput
-from cosmos3.presets import PRESETS, get_preset
+from cosmos3.presets import PRESETS, Preset, get_preset, resolve_preset_name
 from cosmos3.profiler import ProfileOptions
-from cosmos3.request import Req
+from cosmos3.request import OutputKind, Req
 from cosmos3.stages import ENCODE_STRATEGIES
+from cosmos3.stages.preprocess import CropWarning, load_and_fit
 
 EXIT_OK, EXIT_COVERAGE, EXIT_USAGE = 0, 1, 2
+DEFAULT_TRACE_DIR = Path("results/traces")
+DEVICE_TYPES = ("cpu", "cuda")  # what the stages and DeviceTimer synchronise
+# Twice the full TI2V-5B depth (30). A wan22 layer is about 0.33 GB in bf16, so a mistyped depth
+# would otherwise fail minutes later as an out-of-memory error.
+MAX_DIT_LAYERS = 60
+# Errors name the request field; where the option that sets it has another name, say so too.
+OPTION_OF_FIELD = {"num_inference_steps": "--steps", "dit_num_layers": "--dit-layers", "output_kind": "--task"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,20 +37,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="default: wan22 with CUDA, else tiny")
     p.add_argument("--task", choices=("i2v", "t2v", "t2i"), default="i2v")
     p.add_argument("--strategy", choices=ENCODE_STRATEGIES, default="single_frame", help="I2V encode strategy")
-    p.add_argument("--height", type=int, default=None, help="default: 720 (wan22) or 64 (tiny)")
-    p.add_argument("--width", type=int, default=None, help="default: 1280 (wan22) or 96 (tiny)")
-    p.add_argument("--num-frames", type=int, default=None, help="4k+1; default 81 (wan22) or 17 (tiny)")
+    p.add_argument(
+        "--height", type=int, default=None, help="multiple of 16, at most 4096; default: 720 (wan22) or 64 (tiny)"
+    )
+    p.add_argument(
+        "--width", type=int, default=None, help="multiple of 16, at most 4096; default: 1280 (wan22) or 96 (tiny)"
+    )
+    p.add_argument(
+        "--num-frames", type=int, default=None, help="4k+1, at most 1201; default 81 (wan22), 17 (tiny), 1 (t2i)"
+    )
     p.add_argument("--steps", type=int, default=None, help="denoising steps; default: the preset's")
     p.add_argument("--guidance-scale", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image", type=Path, default=None, help="conditioning image (default: a seeded random one)")
+    p.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        help="i2v conditioning image; transparency is composited on black (default: a seeded random one)",
+    )
     p.add_argument("--weights-dir", type=Path, default=None, help="local diffusers folder (vae/, transformer/)")
-    p.add_argument("--dit-layers", type=int, default=None, help="DiT stand-in depth (30 = full TI2V-5B)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dit-layers", type=int, default=None, help="DiT stand-in depth, 1 to 60 (30 = full TI2V-5B)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; default: cuda if available, else cpu")
     p.add_argument("--profile", action="store_true", help="profile the request with torch.profiler")
     p.add_argument("--num-profiled-timesteps", type=int, default=-1, help="denoising steps to record; -1 = all")
     p.add_argument("--profile-mode", choices=("steps", "all_stages"), default="steps")
-    p.add_argument("--trace-dir", type=Path, default=Path("results/traces"))
+    p.add_argument(
+        "--trace-dir", type=Path, default=None, help=f"traces and the seeded image; default {DEFAULT_TRACE_DIR}"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the denoising progress bar")
     return p.parse_args(argv)
 
@@ -59,44 +83,189 @@ def seeded_image_file(path: Path, width: int, height: int, seed: int) -> Path:
     return path
 
 
-def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    preset = get_preset(args.preset or ("wan22" if device.type == "cuda" else "tiny"), dit_num_layers=args.dit_layers)
+@dataclass(frozen=True)
+class Plan:
+    """A checked command line: every option and input file has passed its rule; nothing is built yet."""
+
+    task: str
+    device: torch.device
+    preset: Preset
+    req: Req
+    strategy: str
+    profile: ProfileOptions
+    trace_dir: Path
+    needs_trace_dir: bool  # the seeded conditioning image or a trace will be written there
+    weights_dir: Path | None
+    show_progress: bool
+
+
+def parse_device(value: str | None) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N` naming a device this machine has; None picks cuda when available."""
+    if value is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rule = "must be 'cpu', 'cuda' or 'cuda:N'"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InputError("device", rule, value) from exc
+    if device.type not in DEVICE_TYPES or (device.type == "cpu" and device.index not in (None, 0)):
+        raise InputError("device", rule, value)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("device", "needs CUDA, which this machine does not have; use --device cpu", value)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(
+                "device", f"must name one of this machine's {count} CUDA devices (cuda:0 to cuda:{count - 1})", value
+            )
+    return device
+
+
+def check_steps(preset: Preset, output_kind: OutputKind, steps: int) -> None:
+    """UniPC needs a distinct integer timestep per step; too many steps make the top ones collide.
+
+    The limit comes from the scheduler itself (1000 / flow shift, about 100 for video and 333
+    for images), so it is asked, not hard-coded; without this check UniPC fails an assertion
+    after running most of the steps.
+    """
+
+    def distinct(n: int) -> bool:
+        scheduler = build_scheduler(preset, output_kind=output_kind)
+        scheduler.set_timesteps(n)
+        return len(set(scheduler.timesteps.tolist())) == n
+
+    if steps <= preset.num_train_timesteps and distinct(steps):
+        return
+    lo, hi = 1, preset.num_train_timesteps  # distinct(lo) holds; find the largest n that does
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if distinct(mid) else (lo, mid - 1)
+    shift = preset.flow_shift_video if output_kind == "video" else preset.flow_shift_image
+    raise InputError(
+        "num_inference_steps",
+        f"must be at most {lo} for {output_kind} output: more steps repeat an integer timestep "
+        f"(flow shift {shift:g}, {preset.num_train_timesteps} training timesteps) and UniPC cannot step them",
+        steps,
+    )
+
+
+def check_output_dir(field: str, path: Path) -> None:
+    """A folder to write into: an existing writable folder, or one that can be created."""
+    if os.path.lexists(path) and not path.is_dir():
+        raise InputError(field, "must be a folder, and this is a file", str(path))
+    existing = path
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(field, f"must be a folder that can be created, but {existing} is a file", str(path))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(field, f"must be a folder we can write to, and {existing} is not writable", str(path))
+
+
+def make_output_dir(field: str, path: Path) -> None:
+    """Create the folder; a place the checks could not see is read-only (/proc, a read-only mount) fails here."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(field, f"must be a folder that can be created ({exc.strerror or exc})", str(path)) from exc
+
+
+def validate(args: argparse.Namespace) -> Plan:
+    """Check every option and input file, cheapest first; nothing is created and no model is built."""
+    device = parse_device(args.device)
+    if args.dit_layers is not None and not 1 <= args.dit_layers <= MAX_DIT_LAYERS:
+        raise InputError(
+            "dit_num_layers",
+            f"must be an integer in [1, {MAX_DIT_LAYERS}] (the full TI2V-5B depth is 30)",
+            args.dit_layers,
+        )
+    preset_name = resolve_preset_name(args.preset, device.type)
+    preset = get_preset(preset_name, dit_num_layers=args.dit_layers)
     real = preset.name == "wan22"
-    height = args.height or (720 if real else 64)
-    width = args.width or (1280 if real else 96)
-    num_frames = 1 if args.task == "t2i" else (args.num_frames or (81 if real else 17))
+    output_kind: OutputKind = "image" if args.task == "t2i" else "video"
+    # `is None`, never `or`: 0 is a value and must meet the rules like any other.
+    height = args.height if args.height is not None else (720 if real else 64)
+    width = args.width if args.width is not None else (1280 if real else 96)
+    if args.num_frames is not None:
+        num_frames = args.num_frames
+    else:
+        num_frames = 1 if args.task == "t2i" else (81 if real else 17)
+    steps = args.steps if args.steps is not None else preset.num_inference_steps
+    if args.image is not None and args.task != "i2v":
+        raise InputError(
+            "image", f"only --task i2v takes a conditioning image (the task is {args.task})", str(args.image)
+        )
     req = Req(
         height=height,
         width=width,
         num_frames=num_frames,
         seed=args.seed,
-        output_kind="image" if args.task == "t2i" else "video",
-        num_inference_steps=args.steps or preset.num_inference_steps,
+        output_kind=output_kind,
+        num_inference_steps=steps,
         guidance_scale=args.guidance_scale,
         profile=args.profile,
     )
-    # Fail on bad input before writing anything or spending minutes building models.
     req.validate()
-    if args.task == "i2v":
-        if args.image is None:
-            args.trace_dir.mkdir(parents=True, exist_ok=True)
-            req.image = seeded_image_file(args.trace_dir / "condition.png", width, height, args.seed)
-        else:
-            req.image = args.image
-    profile = ProfileOptions(args.trace_dir, args.profile_mode, args.num_profiled_timesteps)
-    components = build_components(preset, device, weights_dir=args.weights_dir)
-    pipeline = Cosmos3Pipeline(
-        components,
-        encode_strategy=args.strategy,
+    check_steps(preset, output_kind, steps)
+    trace_dir = args.trace_dir if args.trace_dir is not None else DEFAULT_TRACE_DIR
+    profile = ProfileOptions(trace_dir, args.profile_mode, args.num_profiled_timesteps)
+    needs_trace_dir = args.profile or (args.task == "i2v" and args.image is None)
+    if needs_trace_dir or args.trace_dir is not None:
+        check_output_dir("trace_dir", trace_dir)
+    if args.weights_dir is not None:
+        check_weights_dir(args.weights_dir)
+    if args.image is not None:
+        # Exactly what the preprocess stage will do (decode, convert, resize, crop), once, now.
+        load_and_fit(args.image, width, height)
+        req.image = args.image
+    return Plan(
+        task=args.task,
+        device=device,
+        preset=preset,
+        req=req,
+        strategy=args.strategy,
         profile=profile,
+        trace_dir=trace_dir,
+        needs_trace_dir=needs_trace_dir,
+        weights_dir=args.weights_dir,
         show_progress=not args.no_progress,
     )
-    pipeline.warmup(req)
-    out = pipeline(req)
+
+
+def validate_reporting_warnings(args: argparse.Namespace) -> Plan:
+    """`validate`, with its warnings (a heavy crop of the image) printed as `warning: ...` lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CropWarning)
+        try:
+            return validate(args)
+        finally:
+            for warning in caught:
+                print(f"warning: {warning.message}", file=sys.stderr)
+
+
+def run(plan: Plan) -> int:
+    req = plan.req
+    if plan.needs_trace_dir:
+        make_output_dir("trace_dir", plan.trace_dir)
+    if plan.task == "i2v" and req.image is None:
+        req.image = seeded_image_file(plan.trace_dir / "condition.png", req.width, req.height, req.seed)
+    with warnings.catch_warnings():
+        # Reported once by validate_reporting_warnings; the warm-up and the request would repeat it.
+        warnings.simplefilter("ignore", CropWarning)
+        components = build_components(plan.preset, plan.device, weights_dir=plan.weights_dir)
+        pipeline = Cosmos3Pipeline(
+            components,
+            encode_strategy=plan.strategy,
+            profile=plan.profile,
+            show_progress=plan.show_progress,
+        )
+        pipeline.warmup(req)
+        out = pipeline(req)
+    device = plan.device
     print(
-        f"{args.task} {width}x{height} {num_frames}f, {req.num_inference_steps} steps, strategy {args.strategy}, "
-        f"preset {preset.name}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+        f"{plan.task} {req.width}x{req.height} {req.num_frames}f, {req.num_inference_steps} steps, "
+        f"strategy {plan.strategy}, preset {plan.preset.name}, "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
     print(stage_table(out))
     if out.coverage is not None:
@@ -106,11 +275,18 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def error_line(exc: InputError) -> str:
+    """`error: field: rule (got value)`, and the option that sets the field where its name differs."""
+    option = OPTION_OF_FIELD.get(exc.field)
+    return f"error: {exc}" + (f"; set by {option}" if option else "")
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        return run(parse_args(argv))
+        return run(validate_reporting_warnings(args))
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return EXIT_USAGE
 
 

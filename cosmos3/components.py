@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, ModelMixin, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+from safetensors import SafetensorError, safe_open
 
 from cosmos3.errors import InputError
 from cosmos3.presets import Preset
@@ -25,14 +29,69 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
     return model
 
 
-def check_weights_dir(weights_dir: Path, subfolder: str) -> Path:
-    folder = Path(weights_dir) / subfolder
-    if not (folder / "config.json").is_file():
-        raise InputError(
-            "weights_dir",
-            f"must be a local diffusers folder with {subfolder}/config.json (nothing is downloaded)",
-            str(weights_dir),
+# The files diffusers' from_pretrained looks for, in its order: a sharded index first, then one file.
+_WEIGHTS_NAMES = (SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
+
+
+def check_weights_dir(weights_dir: Path, subfolders: Iterable[str] = ("vae", "transformer")) -> None:
+    """Fail fast, before any model is built, on a weights folder that cannot load.
+
+    Each subfolder needs a JSON config.json and every weights file diffusers would read;
+    safetensors headers are read (a truncated or foreign file fails here), tensors are not.
+    A config whose shapes disagree with its weights is only found by loading (see `_build`).
+    """
+    if not Path(weights_dir).is_dir():
+        raise _weights_error(
+            Path(weights_dir), "must be an existing folder (a local diffusers folder: vae/, transformer/)"
         )
+    for subfolder in subfolders:
+        _check_weights_subfolder(Path(weights_dir), subfolder)
+
+
+def _weights_error(weights_dir: Path, rule: str) -> InputError:
+    return InputError("weights_dir", rule, str(weights_dir))
+
+
+def _read_json(path: Path, weights_dir: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _weights_error(weights_dir, f"{what} must be a readable JSON file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise _weights_error(weights_dir, f"{what} must hold a JSON object")
+    return data
+
+
+def _check_weights_subfolder(weights_dir: Path, subfolder: str) -> Path:
+    folder = weights_dir / subfolder
+    if not (folder / "config.json").is_file():
+        raise _weights_error(
+            weights_dir, f"must be a local diffusers folder with {subfolder}/config.json (nothing is downloaded)"
+        )
+    _read_json(folder / "config.json", weights_dir, f"{subfolder}/config.json")
+    name = next((n for n in _WEIGHTS_NAMES if (folder / n).is_file()), None)
+    if name is None:
+        raise _weights_error(
+            weights_dir,
+            f"{subfolder}/ must hold the weights: {SAFETENSORS_WEIGHTS_NAME}, {WEIGHTS_NAME} or a sharded index",
+        )
+    files = [folder / name]
+    if name.endswith(".index.json"):
+        weight_map = _read_json(folder / name, weights_dir, f"{subfolder}/{name}").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise _weights_error(weights_dir, f"{subfolder}/{name} must map parameters to shard files (weight_map)")
+        files = [folder / shard for shard in sorted(set(weight_map.values()))]
+    for path in files:
+        if not path.is_file():
+            raise _weights_error(weights_dir, f"{subfolder}/{path.name} is listed in the index but missing")
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise _weights_error(
+                    weights_dir, f"{subfolder}/{path.name} must be a complete safetensors file ({exc})"
+                ) from exc
     return folder
 
 
@@ -46,8 +105,17 @@ def _build(
     seed: int,
 ) -> ModelMixin:
     if weights_dir is not None:
-        folder = check_weights_dir(weights_dir, subfolder)
-        model = model_cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        folder = _check_weights_subfolder(Path(weights_dir), subfolder)
+        try:
+            model = model_cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, SafetensorError) as exc:
+            # What the checks above cannot see: a config whose shapes disagree with its weights,
+            # or corrupt tensor data. Out-of-memory (a RuntimeError) is not the user's input.
+            # diffusers' first sentence says what is wrong; the rest is advice for its own arguments.
+            reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise _weights_error(
+                weights_dir, f"{subfolder}/ must load with diffusers' from_pretrained ({reason})"
+            ) from exc
     else:
         torch.manual_seed(seed)
         # Built directly on the device: initialising a large model on the CPU first takes minutes.

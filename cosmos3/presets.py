@@ -118,10 +118,14 @@ def get_preset(name: str, *, dit_num_layers: int | None = None) -> Preset:
     return preset
 
 
-def resolve_preset_name(name: str | None) -> str:
-    """"auto" (or None) is wan22 where CUDA is present and tiny otherwise; any other name is itself."""
+def resolve_preset_name(name: str | None, device_type: str | None = None) -> str:
+    """"auto" (or None) is wan22 on CUDA and tiny otherwise; any other name is itself.
+
+    "On CUDA" is `device_type` where the caller has chosen a device, else whether CUDA is present.
+    """
     if name in (None, "auto"):
-        return "wan22" if torch.cuda.is_available() else "tiny"
+        cuda = device_type == "cuda" if device_type is not None else torch.cuda.is_available()
+        return "wan22" if cuda else "tiny"
     if name not in PRESETS:
         raise InputError("preset", f"must be one of {sorted(PRESETS)} or 'auto'", name)
     return name

@@ -19,6 +19,17 @@ OutputKind = Literal["video", "image"]
 SPATIAL_MULTIPLE = 16  # the VAE's 16x spatial compression
 TEMPORAL_STRIDE = 4  # the VAE's 4x temporal compression: valid num_frames are 4k + 1
 
+# Upper bounds, far above any Cosmos3 / Wan 2.2 setting (1280x720, 121 frames) and far below what
+# breaks: a mistyped size (an extra digit) fails here in microseconds, not after minutes of model
+# building as an out-of-memory error or as a shape error in the DiT's rotary embedding, which has
+# 1024 positions per axis (latent frames, and height or width / 32).
+MAX_SIDE_PX = 4096  # DCI 4K; a latent side of at most 256
+MAX_NUM_FRAMES = 1201  # 50 s at 24 fps: 301 latent frames
+# The whole video, height * width * num_frames: twice a 10 s 720p clip (2 x 1280 x 720 x 121 px).
+# Memory and time grow with it (the decoded uint8 video alone is 3 bytes a pixel).
+MAX_VIDEO_PIXELS = 2 * 1280 * 720 * 121
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
+
 
 def latent_frames(num_frames: int) -> int:
     """Latent frames for `num_frames` pixel frames: frame 0 alone, then one per 4 frames."""
@@ -29,6 +40,8 @@ def check_num_frames(num_frames: int) -> None:
     """Reject frame counts the causal VAE cannot encode exactly (we do not round down silently)."""
     if not isinstance(num_frames, int) or num_frames < 1:
         raise InputError("num_frames", "must be an integer >= 1 (1 means a single image)", num_frames)
+    if num_frames > MAX_NUM_FRAMES:
+        raise InputError("num_frames", f"must be at most {MAX_NUM_FRAMES}", num_frames)
     if (num_frames - 1) % TEMPORAL_STRIDE:
         lower = num_frames - (num_frames - 1) % TEMPORAL_STRIDE
         raise InputError(
@@ -40,9 +53,23 @@ def check_num_frames(num_frames: int) -> None:
 
 
 def check_spatial(name: str, value: int) -> None:
-    """Height and width must be positive multiples of the VAE's spatial compression."""
+    """Height and width must be positive multiples of the VAE's spatial compression, at most MAX_SIDE_PX."""
     if not isinstance(value, int) or value <= 0 or value % SPATIAL_MULTIPLE:
         raise InputError(name, f"must be a positive multiple of {SPATIAL_MULTIPLE}", value)
+    if value > MAX_SIDE_PX:
+        raise InputError(name, f"must be at most {MAX_SIDE_PX} pixels", value)
+
+
+def check_video_size(height: int, width: int, num_frames: int) -> None:
+    """The whole video, height * width * num_frames, must stay within MAX_VIDEO_PIXELS."""
+    if height * width * num_frames > MAX_VIDEO_PIXELS:
+        most = (MAX_VIDEO_PIXELS // (height * width) - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
+        raise InputError(
+            "num_frames",
+            f"height * width * num_frames must be at most {MAX_VIDEO_PIXELS:,} pixels (2 x 1280x720 x 121 frames), "
+            f"so at most {most} frames at {width}x{height}",
+            num_frames,
+        )
 
 
 @dataclass
@@ -98,6 +125,7 @@ class Req:
         check_spatial("height", self.height)
         check_spatial("width", self.width)
         check_num_frames(self.num_frames)
+        check_video_size(self.height, self.width, self.num_frames)
         if self.output_kind not in ("video", "image"):
             raise InputError("output_kind", "must be 'video' or 'image'", self.output_kind)
         if self.output_kind == "image" and self.num_frames != 1:
@@ -110,5 +138,5 @@ class Req:
             raise InputError("num_inference_steps", "must be an integer >= 1", self.num_inference_steps)
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             raise InputError("guidance_scale", "must be a finite number >= 0", self.guidance_scale)
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise InputError("seed", "must be an integer >= 0", self.seed)
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise InputError("seed", "must be an integer >= 0 and <= 2**64 - 1 (a 64-bit generator seed)", self.seed)

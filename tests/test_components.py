@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
-from cosmos3.components import build_scheduler, build_transformer, build_vae
+from cosmos3.components import build_scheduler, build_transformer, build_vae, check_weights_dir
 from cosmos3.errors import InputError
 from cosmos3.presets import get_preset
 from tests import tiny
@@ -82,3 +86,65 @@ def test_scheduler_is_flow_unipc_with_cosmos3_shift(kind, shift):
     sched = build_scheduler(get_preset("wan22"), output_kind=kind)
     assert sched.config.prediction_type == "flow_prediction" and sched.config.use_flow_sigmas
     assert sched.config.flow_shift == shift and sched.config.num_train_timesteps == 1000
+
+
+@pytest.fixture(scope="module")
+def saved_weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    build_vae(tiny.PRESET, "cpu", seed=5).save_pretrained(folder / "vae")
+    build_transformer(tiny.PRESET, "cpu", seed=5).save_pretrained(folder / "transformer")
+    return folder
+
+
+def copy_tree(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_good_weights_dir_passes_the_check(saved_weights):
+    check_weights_dir(saved_weights)
+
+
+def test_weights_dir_that_does_not_exist(tmp_path):
+    with pytest.raises(InputError, match=r"weights_dir: must be an existing folder .*\(got '.*absent'\)"):
+        check_weights_dir(tmp_path / "absent")
+
+
+def test_config_without_weights_is_found_before_loading(saved_weights, tmp_path):
+    weights = copy_tree(saved_weights, tmp_path / "w")
+    (weights / "vae" / SAFETENSORS_WEIGHTS_NAME).unlink()
+    with pytest.raises(InputError, match=r"weights_dir: vae/ must hold the weights: diffusion_pytorch_model"):
+        check_weights_dir(weights)
+    with pytest.raises(InputError, match=r"weights_dir: vae/ must hold the weights"):
+        build_vae(tiny.PRESET, "cpu", weights_dir=weights)
+
+
+def test_truncated_safetensors_is_found_from_its_header(saved_weights, tmp_path):
+    weights = copy_tree(saved_weights, tmp_path / "w")
+    path = weights / "transformer" / SAFETENSORS_WEIGHTS_NAME
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(
+        InputError, match=r"weights_dir: transformer/diffusion_pytorch_model.safetensors must be a compl"
+    ):
+        check_weights_dir(weights)
+
+
+def test_sharded_index_naming_a_missing_shard(saved_weights, tmp_path):
+    weights = copy_tree(saved_weights, tmp_path / "w")
+    index = {
+        "metadata": {},
+        "weight_map": {"encoder.conv_in.weight": "diffusion_pytorch_model-00001-of-00002.safetensors"},
+    }
+    (weights / "vae" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match=r"vae/diffusion_pytorch_model-00001-of-00002.safetensors is listed in the"):
+        check_weights_dir(weights)
+
+
+def test_weights_that_disagree_with_their_config_fail_as_input_error(saved_weights, tmp_path):
+    """Only loading can find this; from_pretrained's ValueError becomes an InputError naming weights_dir."""
+    weights = copy_tree(saved_weights, tmp_path / "w")
+    config = json.loads((weights / "vae" / "config.json").read_text())
+    (weights / "vae" / "config.json").write_text(json.dumps({**config, "base_dim": 32}))
+    check_weights_dir(weights)  # the files are all there and complete
+    with pytest.raises(InputError, match=r"weights_dir: vae/ must load with diffusers' from_pretrained \(Cannot load"):
+        build_vae(tiny.PRESET, "cpu", weights_dir=weights)

@@ -40,6 +40,13 @@ def test_latent_frames(n, t):
         ({"guidance_scale": math.nan}, r"guidance_scale: must be a finite number >= 0"),
         ({"fps": 0}, r"fps: must be an integer >= 1"),
         ({"seed": -1}, r"seed: must be an integer >= 0"),
+        ({"seed": 2**64}, r"seed: must be an integer >= 0 and <= 2\*\*64 - 1"),
+        ({"height": 4112}, r"height: must be at most 4096 pixels \(got 4112\)"),
+        ({"num_frames": 1205}, r"num_frames: must be at most 1201 \(got 1205\)"),
+        (
+            {"height": 4096, "width": 4096, "num_frames": 17},
+            r"num_frames: height \* width \* num_frames must be at most 223,027,200 pixels .* so at most 13 frames",
+        ),
     ],
 )
 def test_bad_fields(fields, message):
@@ -59,3 +66,9 @@ def test_i2v_and_t2i_kinds():
     assert Req(image="a.png").is_i2v
     assert not Req().is_i2v
     Req(num_frames=1, output_kind="image").validate()
+
+
+def test_the_largest_allowed_sizes_pass():
+    Req(height=720, width=1280, num_frames=241).validate()  # exactly MAX_VIDEO_PIXELS
+    Req(height=4096, width=4096, num_frames=13).validate()
+    Req(height=16, width=16, num_frames=1201, seed=2**64 - 1).validate()
