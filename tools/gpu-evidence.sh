@@ -4,6 +4,19 @@
 #   bash tools/gpu-evidence.sh unchanged[N] # full suite against that baseline: must pass
 #   bash tools/gpu-evidence.sh controls   # +10% on single_frame, then expand as single_frame: both must fail
 #   bash tools/gpu-evidence.sh repeatN    # latent prep + VAE encode again against the baseline (false-positive check)
+# Issue 9 (counters, device time, calibration); CAL names one calibration folder across calls:
+#   bash tools/gpu-evidence.sh calib-baseline  # 3 runs of the calibration subset merged into its baseline
+#   bash tools/gpu-evidence.sh calib-aaN       # 5 more unchanged runs (call twice: 10 A/A runs)
+#   bash tools/gpu-evidence.sh calib-gpu       # 10 runs per injected size 2, 3, 5, 10% (split by SIZES=0.02 ...)
+#   bash tools/gpu-evidence.sh calib-report    # calibration.md: false alarms, detection, counters identical across runs
+#   bash tools/gpu-evidence.sh counter-controls  # --inject-sync and --inject-kernel, 3 runs each: must fail naming the counter
+# Issue 11 (e2e fidelity):
+#   bash tools/gpu-evidence.sh e2e-stages      # one e2e request profiled per stage, beside the latent-prep stage alone
+#   bash tools/gpu-evidence.sh extended        # e2e with --grid extended (the upstream 832x480 case, first_frame_2d)
+#   bash tools/gpu-evidence.sh dit30           # e2e at full TI2V-5B depth, both sizes, its own baseline label
+# Issue 12 (first_frame_2d):
+#   bash tools/gpu-evidence.sh first-frame     # speed options, FLOPs, roofline, bf16 errors against the fp32 oracle
+#   bash tools/gpu-evidence.sh revert-2d       # single_frame under the first_frame_2d label: the 1.5x check must fail
 # Merge the baseline with later unchanged runs so that the gate sees run-to-run noise (>= 3 runs):
 #   python -m bench baseline --from-run results/baseline --from-run results/unchanged --from-run results/repeat1 --force
 # Needs the wheels from tools/gpu-wheels.sh in .whl/ (carried to the device, which is offline); with them
@@ -11,7 +24,7 @@
 # lands in results/ and baselines/, and is packed into $OUT/evidence-<step>.tar.gz when $OUT is set.
 # A step whose gate fails (as the controls must) does not stop the script: each exit status is in its log.
 set -uo pipefail
-step=${1:?usage: gpu-evidence.sh baseline|unchanged|controls|repeatN}
+step=${1:?usage: gpu-evidence.sh STEP (the steps are listed at the top of this file)}
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 2
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
@@ -39,6 +52,35 @@ case $step in
       --exclude 'vae_encode[*]' --exclude 'e2e[*]' --revert-single-frame ;;
   repeat*)  # another unchanged run of the fast (launch-bound) cases: how often does unchanged code pass?
     run "$step" python3 -m nox -s bench -- --run-id "$step" --require-baseline -k 'not test_e2e' --exclude 'e2e[*]' ;;
+  calib-baseline)
+    run "$step" python3 -m nox -s calibrate -- --calibration-dir "results/${CAL:-calibration}" --step baseline ;;
+  calib-aa*)
+    run "$step" python3 -m nox -s calibrate -- --calibration-dir "results/${CAL:-calibration}" --step aa \
+      --aa-runs "${AA_RUNS:-10}" ;;
+  calib-gpu)
+    run "$step" python3 -m nox -s calibrate -- --calibration-dir "results/${CAL:-calibration}" --step gpu \
+      --sizes "${SIZES:-0.02,0.03,0.05,0.1}" --runs-per-size "${RUNS_PER_SIZE:-10}" ;;
+  calib-report)
+    run "$step" python3 -m nox -s calibrate -- --calibration-dir "results/${CAL:-calibration}" --step report ;;
+  counter-controls)
+    for i in 1 2 3; do
+      run "sync$i" python3 -m nox -s bench -- --run-id "sync$i" --require-baseline --case 'latent_prep[single_frame-*]' \
+        --exclude '*' --inject-sync 'latent_prep[single_frame-*]'
+      run "kernel$i" python3 -m nox -s bench -- --run-id "kernel$i" --require-baseline --case 'latent_prep[single_frame-*]' \
+        --exclude '*' --inject-kernel 'latent_prep[single_frame-*]'
+    done ;;
+  e2e-stages)
+    run e2e-stages-720p python3 tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81
+    run e2e-stages-480p python3 tools/e2e_stage_counters.py --preset wan22 --height 480 --width 832 --num-frames 81 ;;
+  extended)
+    run "$step" python3 -m nox -s bench -- --run-id "$step" --grid extended -k test_e2e --exclude '*' ;;
+  dit30)
+    run "$step" python3 -m nox -s bench -- --run-id "$step" --grid extended --dit-layers 30 -k test_e2e \
+      --case 'e2e[single_frame-*]' --case 'e2e[expand-*]' ;;
+  first-frame)
+    run "$step" python3 tools/first_frame_speed.py ;;
+  revert-2d)
+    run "$step" python3 -m nox -s bench -- --run-id "$step" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame ;;
   *) echo "unknown step: $step" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then
