@@ -4,9 +4,6 @@ of a given size is caught, per case and metric. It reads run records; it never t
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +16,7 @@ import matplotlib.pyplot as plt
 from bench.fmt import DASH, code
 from bench.gate import CounterRule, DeviceTimeRule, GateConfig, LatencyRule, evaluate
 from bench.harness import MAX_INJECTED_FRACTION
-from bench.records import RunRecord, encode_record, merge_counters, merge_runs, umask, write_json_atomic
+from bench.records import RunRecord, encode_record, merge_counters, merge_runs, new_folder, write_json_atomic
 from cosmos3.errors import InputError
 
 # The metrics calibrated: the gate rules that judge one case against the baseline.
@@ -175,21 +172,11 @@ def plot(cal: Calibration, path: Path) -> bool:
 
 def write(cal: Calibration, out_dir: Path) -> Path:
     """calibration.md, calibration.json and the plot into the new folder `out_dir`, all or nothing."""
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise InputError("report_dir", "exists; a report is never overwritten", str(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
-        os.chmod(staging, 0o777 & ~umask())
+    with new_folder(out_dir) as staging:
         (staging / CALIBRATION_MD).write_text(render(cal))
         write_json_atomic(staging / CALIBRATION_JSON, encode_record(cal))
         plot(cal, staging / CALIBRATION_PNG)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out_dir / CALIBRATION_MD
+    return Path(out_dir) / CALIBRATION_MD
 
 
 def parse_sizes(raw: str) -> tuple[float, ...]:

@@ -38,6 +38,7 @@ from bench.records import (
 from bench.report import append_github_summary, write_report
 from cosmos3.components import check_weights_dir
 from cosmos3.errors import InputError
+from cosmos3.paths import check_output_dir
 from cosmos3.presets import PRESETS, resolve_preset_name
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
@@ -180,17 +181,6 @@ def run_controls(args: argparse.Namespace) -> RunControls:
         revert_single_frame=args.revert_single_frame,
         revert_first_frame=args.revert_first_frame,
     )
-
-
-def check_output_dir(field: str, path: Path) -> None:
-    """`path` is, or can be created as, a folder this process may write into."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(field, "must be a folder (a file is in the way)", display_path(probe))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(field, "must be writable", display_path(probe))
 
 
 @dataclasses.dataclass(frozen=True)

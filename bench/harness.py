@@ -263,6 +263,23 @@ def equivalence_for(vae: Any, req: Any, label: str | None, strategy: str | None,
     return None
 
 
+def smooth_image(width: int, height: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
+    """A photo-like [1, 3, H, W] image in [-1, 1]: a colour gradient plus a few soft gaussian blobs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.linspace(-1, 1, height).view(height, 1)
+    x = torch.linspace(-1, 1, width).view(1, width)
+    channels = []
+    for _ in range(3):
+        a, b = (torch.rand(2, generator=g) * 2 - 1).tolist()
+        v = 0.5 * (a * x + b * y)
+        for _ in range(4):
+            cy, cx, size, amp = torch.rand(4, generator=g).tolist()
+            r2 = (y - (2 * cy - 1)) ** 2 + (x - (2 * cx - 1)) ** 2
+            v = v + (1.2 * amp - 0.6) * torch.exp(-r2 / (2 * (0.1 + 0.3 * size) ** 2))
+        channels.append(v)
+    return torch.stack(channels).clamp(-1, 1).unsqueeze(0).to(device)
+
+
 def record_case(benchmark: Any, **fields: Any) -> None:
     """Keep CaseResult fields of this case in pytest-benchmark's extra_info, typed and named once.
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
 import math
 import os
+import shutil
 import tempfile
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -712,6 +714,28 @@ def write_json_atomic(path: Path | str, payload: Any, *, overwrite: bool = False
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def new_folder(out_dir: Path | str) -> Iterator[Path]:
+    """Write a folder all or nothing: yield a hidden staging folder beside `out_dir`, rename it to
+    `out_dir` when the block completes, remove it when the block fails. An existing `out_dir` is
+    refused, before and after the block: a report is evidence, and evidence is never edited."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise InputError("report_dir", "exists; a report is never overwritten (choose a new folder)", str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; a report is as readable as any folder
+        yield staging
+        # rename() onto an existing empty folder would succeed on POSIX, so refuse it once more.
+        if out_dir.exists():
+            raise InputError("report_dir", "appeared while the report was written; never overwritten", str(out_dir))
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def save_run(run: RunRecord, path: Path | str, *, overwrite: bool = False) -> Path:

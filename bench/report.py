@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -18,8 +16,7 @@ from matplotlib import ticker
 from bench import upstream
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share
 from bench.gate import CI_LEVEL, RULES, GateReport
-from bench.records import CaseResult, Environment, RunRecord, umask
-from cosmos3.errors import InputError
+from bench.records import CaseResult, Environment, RunRecord, new_folder
 
 SUMMARY_NAME = "summary.md"
 GITHUB_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
@@ -315,23 +312,10 @@ def write_report(run: RunRecord, gate: GateReport, out_dir: Path) -> Path:
     only when every one is complete, so a crash never leaves a summary that disagrees with its plots.
     An existing `out_dir` is never written into: a report is evidence, and evidence is never edited.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise InputError("report_dir", "exists; a report is never overwritten (choose a new folder)", str(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
-        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; a report is as readable as any folder
+    with new_folder(out_dir) as staging:
         written = [name for name, plot in PLOTS.items() if plot(run, gate, staging / name)]
         (staging / SUMMARY_NAME).write_text(render_summary(run, gate, written))
-        # rename() onto an existing empty folder would succeed on POSIX, so refuse it once more.
-        if out_dir.exists():
-            raise InputError("report_dir", "appeared while the report was written; never overwritten", str(out_dir))
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out_dir / SUMMARY_NAME
+    return Path(out_dir) / SUMMARY_NAME
 
 
 def append_github_summary(summary_path: Path) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import torch
 
 from cosmos3.components import build_components, build_scheduler, check_weights_dir
 from cosmos3.errors import InputError
+from cosmos3.paths import check_output_dir, make_output_dir
 from cosmos3.pipeline import Cosmos3Pipeline, PipelineOutput
 from cosmos3.presets import PRESETS, Preset, get_preset, resolve_preset_name
 from cosmos3.profiler import ProfileOptions
@@ -147,27 +147,6 @@ def check_steps(preset: Preset, output_kind: OutputKind, steps: int) -> None:
         f"(flow shift {shift:g}, {preset.num_train_timesteps} training timesteps) and UniPC cannot step them",
         steps,
     )
-
-
-def check_output_dir(field: str, path: Path) -> None:
-    """A folder to write into: an existing writable folder, or one that can be created."""
-    if os.path.lexists(path) and not path.is_dir():
-        raise InputError(field, "must be a folder, and this is a file", str(path))
-    existing = path
-    while not os.path.lexists(existing):
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(field, f"must be a folder that can be created, but {existing} is a file", str(path))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(field, f"must be a folder we can write to, and {existing} is not writable", str(path))
-
-
-def make_output_dir(field: str, path: Path) -> None:
-    """Create the folder; a place the checks could not see is read-only (/proc, a read-only mount) fails here."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(field, f"must be a folder that can be created ({exc.strerror or exc})", str(path)) from exc
 
 
 def validate(args: argparse.Namespace) -> Plan:

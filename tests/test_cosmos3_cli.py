@@ -148,7 +148,7 @@ def test_trace_dir_that_is_a_file(tmp_path, capsys):
 
 
 def test_trace_dir_that_is_not_writable(monkeypatch, capsys, trace_dir):
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    monkeypatch.setattr("cosmos3.paths.os.access", lambda path, mode: False)
     assert "must be a folder we can write to" in fails([], capsys, "trace_dir", trace_dir)
 
 
@@ -164,7 +164,7 @@ def test_trace_dir_that_cannot_be_created(monkeypatch, capsys, trace_dir):
 
 def test_an_unused_default_trace_dir_is_not_checked(monkeypatch, tmp_path, capsys):
     """With --image and no --profile nothing is written, so a read-only working folder is fine."""
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    monkeypatch.setattr("cosmos3.paths.os.access", lambda path, mode: False)
     passes_validation(["--image", str(png(tmp_path / "a.png", 96, 64))], capsys)
 
 

@@ -15,6 +15,7 @@ from diffusers import AutoencoderKLWan
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench import harness
 from bench.records import EquivalenceRecord
 from cosmos3.components import cast_like_from_pretrained
 from cosmos3.equivalence import (
@@ -67,20 +68,7 @@ def bf16_vae(kind: str) -> AutoencoderKLWan:
 
 
 def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """A photo-like [1, 3, H, W] image in [-1, 1]: a colour gradient plus a few soft gaussian blobs."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.linspace(-1, 1, height).view(height, 1)
-    x = torch.linspace(-1, 1, width).view(1, width)
-    channels = []
-    for _ in range(3):
-        a, b = (torch.rand(2, generator=g) * 2 - 1).tolist()
-        v = 0.5 * (a * x + b * y)
-        for _ in range(4):
-            cy, cx, size, amp = torch.rand(4, generator=g).tolist()
-            r2 = (y - (2 * cy - 1)) ** 2 + (x - (2 * cx - 1)) ** 2
-            v = v + (1.2 * amp - 0.6) * torch.exp(-r2 / (2 * (0.1 + 0.3 * size) ** 2))
-        channels.append(v)
-    return torch.stack(channels).clamp(-1, 1).unsqueeze(0)
+    return harness.smooth_image(width, height, seed=seed)
 
 
 def images(height: int, width: int, count: int = 3) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import diffusers
 
+from bench import harness
 from cosmos3.components import build_vae
 from cosmos3.equivalence import check_against_oracle, fp32_oracle
 from cosmos3.first_frame import COMPILE_MODES, FirstFrameEncoder
@@ -152,25 +153,11 @@ def peak_mem_gib(fn: Callable[[], object], device: torch.device) -> float | None
 
 
 def seeded_image(height: int, width: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(1, 3, height, width, generator=generator) * 2 - 1).to(device)
+    return harness.seeded_image(width, height, device, seed)
 
 
 def smooth_image(height: int, width: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    """Photo-like: a colour gradient plus soft gaussian blobs, in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.linspace(-1, 1, height).view(height, 1)
-    x = torch.linspace(-1, 1, width).view(1, width)
-    channels = []
-    for _ in range(3):
-        a, b = (torch.rand(2, generator=g) * 2 - 1).tolist()
-        v = 0.5 * (a * x + b * y)
-        for _ in range(4):
-            cy, cx, size, amp = torch.rand(4, generator=g).tolist()
-            r2 = (y - (2 * cy - 1)) ** 2 + (x - (2 * cx - 1)) ** 2
-            v = v + (1.2 * amp - 0.6) * torch.exp(-r2 / (2 * (0.1 + 0.3 * size) ** 2))
-        channels.append(v)
-    return torch.stack(channels).clamp(-1, 1).unsqueeze(0).to(device)
+    return harness.smooth_image(width, height, device, seed)
 
 
 def build_variants(vae, args) -> tuple[list[Variant], dict[str, FirstFrameEncoder]]:
