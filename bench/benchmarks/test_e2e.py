@@ -2,66 +2,33 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 
-from bench.harness import RoundPolicy, RunControls, measure, record_case
-from cosmos3.components import Components, build_transformer, text_context
-from cosmos3.pipeline import Cosmos3Pipeline
-from cosmos3.request import Req
-
-# One warm-up request is a whole denoise loop plus a decode: every kernel has run by its end
-# (the VAE was already warm from the latent-prep cases). Min 5 timed rounds keep the gate's power.
-E2E_ROUNDS = RoundPolicy(warmup_rounds=1, min_rounds=5, max_rounds=10)
+from bench import workloads
+from bench.harness import RunControls, measure, record_case
 
 
 @pytest.fixture(scope="module")
 def components(preset, device, vae, weights_dir):
-    transformer = build_transformer(preset, device, weights_dir=weights_dir)
-    text = text_context(preset.dit.text_seq_len, transformer.config.text_dim, device, preset.dtype)
-    yield Components(preset, device, preset.dtype, vae, transformer, text)
-    del transformer, text
+    built = workloads.e2e_components(preset, device, vae, weights_dir)
+    yield built
+    # pytest's fixture cache still holds `built` here: drop the DiT itself so the cache can free it.
+    built.transformer = built.text_embeds = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
 @pytest.fixture(scope="module")
 def image_path(tmp_path_factory, grid):
-    """A seeded random RGB image larger than the output, so preprocessing really resizes and crops."""
     w, h = grid.e2e_resolution
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(h * 5 // 4, w * 5 // 4, 3), dtype=np.uint8)
-    path = tmp_path_factory.mktemp("e2e") / "condition.png"
-    PIL.Image.fromarray(pixels).save(path)
-    return path
+    return workloads.write_condition_image(tmp_path_factory.mktemp("e2e") / "condition.png", w, h)
 
 
 @pytest.mark.cases("e2e")
 def test_e2e(benchmark, case, components, grid, image_path, device):
-    revert = case.strategy == "single_frame" and RunControls.from_env().revert_single_frame
-    strategy = "expand" if revert else case.strategy
-    pipeline = Cosmos3Pipeline(components, encode_strategy=strategy)
-
-    def request() -> Req:
-        return Req(
-            height=case.height,
-            width=case.width,
-            num_frames=case.num_frames,
-            image=image_path,
-            num_inference_steps=grid.e2e_steps,
-        )
-
-    stage_samples: dict[str, list[float]] = defaultdict(list)
-
-    def keep_stage_times(output) -> None:
-        for stage, ms in output.stage_ms.items():
-            stage_samples[stage].append(ms)
-
+    work = workloads.e2e(case, components, image_path=image_path, steps=grid.e2e_steps,
+                         controls=RunControls.from_env())
     record_case(benchmark, spec=case, num_inference_steps=grid.e2e_steps)
-    measure(benchmark, lambda: pipeline(request()), device=device, case_name=case.name,
-            policy=E2E_ROUNDS, on_round=keep_stage_times)
-    record_case(benchmark, stage_samples_ms={k: tuple(v) for k, v in stage_samples.items()})
+    measure(benchmark, work.fn, device=device, case_name=case.name, policy=work.policy, on_round=work.on_round)
+    record_case(benchmark, stage_samples_ms=work.stage_samples_ms())

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
+from bench import workloads
 from bench.harness import RunControls, equivalence_record, measure, record_case, seeded_image
 from cosmos3.equivalence import check_encode_equivalence
-from cosmos3.request import Req
-from cosmos3.stages import Cosmos3LatentPreparationStage
-
-
-def i2v_request(case, pixels: torch.Tensor) -> Req:
-    return Req(height=case.height, width=case.width, num_frames=case.num_frames, image=pixels, image_pixels=pixels)
 
 
 @pytest.mark.cases("latent_prep")
 def test_latent_prep(benchmark, case, vae, preset, device):
-    """The stage as upstream runs it: noise, encode by strategy, mask and mix."""
-    strategy = case.strategy
-    if strategy == "single_frame" and RunControls.from_env().revert_single_frame:
-        strategy = "expand"  # negative control: the optimisation reverted
-    stage = Cosmos3LatentPreparationStage(vae, encode_strategy=strategy, dtype=preset.dtype)
-    pixels = seeded_image(case.width, case.height, device)
+    """The stage as upstream runs it (bench.workloads.latent_prep): noise, encode by strategy, mask and mix."""
+    work = workloads.latent_prep(case, vae, dtype=preset.dtype, device=device, controls=RunControls.from_env())
     record_case(benchmark, spec=case)
-    measure(benchmark, lambda: stage(i2v_request(case, pixels)), device=device, case_name=case.name)
+    measure(benchmark, work.fn, device=device, case_name=case.name, policy=work.policy)
     if case.strategy == "single_frame":
-        # The optimisation must keep the output: checked on the same request, outside the timed rounds.
-        report = check_encode_equivalence(vae, i2v_request(case, pixels), dtype=preset.dtype)
+        # The optimisation must keep the output: checked on the same (seeded) request, outside the timed rounds.
+        pixels = seeded_image(case.width, case.height, device)
+        report = check_encode_equivalence(vae, workloads.i2v_request(case, pixels), dtype=preset.dtype)
         record_case(benchmark, equivalence=equivalence_record(report))
