@@ -92,7 +92,8 @@ def verdict_section(report: CompareReport) -> list[str]:
 
 
 def _side_name(side: Side) -> str:
-    return f"{side.ref} `{side.commit[:12]}`" + (" (dirty)" if side.dirty else "")
+    ref = "" if side.commit.startswith(side.ref) else f"{side.ref} "  # a ref given as a commit id is said once
+    return f"{ref}`{side.commit[:12]}`" + (" (dirty)" if side.dirty else "")
 
 
 def paired_section(report: CompareReport) -> list[str]:
@@ -202,8 +203,9 @@ def plot_paired_ratio(report: CompareReport, path: Path) -> bool:
     ax.set_yticks(range(len(comps)), [c.name for c in comps], fontsize=8)
     ax.set_ylim(len(comps) - 0.5, -0.5)
     ax.set(xlabel="head / base, per trial", title="Paired ratio per case")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    height_in = fig.get_size_inches()[1]
+    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / height_in, 1, 1))  # room for the legend below the axis label
     fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
     return True
