@@ -75,3 +75,10 @@ def lint(session: nox.Session) -> None:
     """ruff check and format check."""
     session.install("ruff")
     session.run("ruff", "check", "cosmos3", "bench", "tests", "noxfile.py")
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Compare the working tree with a git ref, interleaved on this machine: nox -s compare -- --base REF."""
+    python = prepare(session)
+    session.run(python, "-m", "bench", "compare", *session.posargs)
