@@ -4,8 +4,9 @@ A workload is built outside the timed region (models, inputs, stage objects) and
 callable one round times. The pytest benchmarks pass their fixtures in; the compare worker
 builds the same parts once per process (`Models`) and asks `build` for any case. Under
 `python -m bench compare` these functions are the head's, and `cosmos3` is each side's own, so
-a base that lacks what a workload needs fails here (AttributeError, TypeError, ImportError) and
-its case is reported as not comparable.
+a base that lacks what a workload needs fails here (ImportError, AttributeError, TypeError) and
+that case is reported as not comparable. That is why each kind imports the cosmos3 code it
+measures inside its own function: a base without the pipeline loses the end-to-end cases only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
@@ -26,15 +27,13 @@ from diffusers import AutoencoderKLWan
 from bench.cases import Grid
 from bench.harness import RoundPolicy, RunControls, seeded_image
 from bench.records import CaseSpec
-from cosmos3.components import Components, build_transformer, build_vae, text_context
 from cosmos3.errors import InputError
-from cosmos3.pipeline import Cosmos3Pipeline
-from cosmos3.presets import Preset
-from cosmos3.request import Req
-from cosmos3.stages import Cosmos3LatentPreparationStage
-from cosmos3.stages.latent_preparation import encode_input
 from cosmos3.timing import synchronize
-from cosmos3.vae import encode_latents
+
+if TYPE_CHECKING:
+    from cosmos3.components import Components
+    from cosmos3.presets import Preset
+    from cosmos3.request import Req
 
 # One warm-up request is a whole denoise loop plus a decode: every kernel has run by its end
 # (the VAE was already warm from the latent-prep cases). Min 5 timed rounds keep the gate's power.
@@ -63,12 +62,16 @@ def encode_strategy(case: CaseSpec, controls: RunControls) -> str:
 
 
 def i2v_request(case: CaseSpec, pixels: torch.Tensor) -> Req:
+    from cosmos3.request import Req
+
     return Req(height=case.height, width=case.width, num_frames=case.num_frames, image=pixels, image_pixels=pixels)
 
 
 def latent_prep(case: CaseSpec, vae: AutoencoderKLWan, *, dtype: torch.dtype, device: torch.device,
                 controls: RunControls) -> Workload:
     """The stage as upstream runs it: noise, encode by strategy, mask and mix."""
+    from cosmos3.stages import Cosmos3LatentPreparationStage
+
     stage = Cosmos3LatentPreparationStage(vae, encode_strategy=encode_strategy(case, controls), dtype=dtype)
     pixels = seeded_image(case.width, case.height, device)
     return Workload(lambda: stage(i2v_request(case, pixels)))
@@ -76,6 +79,9 @@ def latent_prep(case: CaseSpec, vae: AutoencoderKLWan, *, dtype: torch.dtype, de
 
 def vae_encode(case: CaseSpec, vae: AutoencoderKLWan, *, device: torch.device) -> Workload:
     """The VAE encode alone, on a video prepared outside the timed region (1 frame = the single-frame path)."""
+    from cosmos3.stages.latent_preparation import encode_input
+    from cosmos3.vae import encode_latents
+
     pixels = seeded_image(case.width, case.height, device)
     video = encode_input(pixels, case.num_frames, "single_frame" if case.num_frames == 1 else "expand")
     return Workload(lambda: encode_latents(vae, video))
@@ -84,6 +90,9 @@ def vae_encode(case: CaseSpec, vae: AutoencoderKLWan, *, device: torch.device) -
 def e2e(case: CaseSpec, components: Components, *, image_path: Path, steps: int,
         controls: RunControls) -> Workload:
     """An I2V request through the whole pipeline, with its device-synchronised per-stage times."""
+    from cosmos3.pipeline import Cosmos3Pipeline
+    from cosmos3.request import Req
+
     pipeline = Cosmos3Pipeline(components, encode_strategy=encode_strategy(case, controls))
 
     def request() -> Req:
@@ -103,6 +112,8 @@ def e2e(case: CaseSpec, components: Components, *, image_path: Path, steps: int,
 def e2e_components(preset: Preset, device: torch.device, vae: AutoencoderKLWan,
                    weights_dir: Path | None = None) -> Components:
     """The VAE with the DiT stand-in and its fixed text context: what the end-to-end cases run."""
+    from cosmos3.components import Components, build_transformer, text_context
+
     transformer = build_transformer(preset, device, weights_dir=weights_dir)
     text = text_context(preset.dit.text_seq_len, transformer.config.text_dim, device, preset.dtype)
     return Components(preset, device, preset.dtype, vae, transformer, text)
@@ -144,6 +155,8 @@ class Models:
 
     @functools.cached_property
     def vae(self) -> AutoencoderKLWan:
+        from cosmos3.components import build_vae
+
         return build_vae(self.preset, self.device, weights_dir=self.weights_dir)
 
     @functools.cached_property
