@@ -122,10 +122,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     base.add_argument("--baselines-dir", type=Path, default=REPO_ROOT / "baselines")
     add_run_options(base)
     ab = sub.add_parser("compare", help="measure the working tree against a git ref, interleaved in one job; "
-                                        "fail on a significant paired slowdown")
+                                        "fail on a significant paired slowdown",
+                        description="Base and head run the head's benchmarks, each with its own cosmos3, one round "
+                                    "each per trial in a seeded random order; negative controls apply to the head "
+                                    "only. Exit 0 pass, 1 regression, 2 bad input or a dead worker.")
     ab.add_argument("--base", required=True, metavar="REF",
                     help="any git ref; its cosmos3 runs from a temporary worktree, with the head's benchmarks")
-    add_run_options(ab)  # --rounds here reads WARMUP,MIN_TRIALS,MAX_TRIALS,BUDGET_MS per case
+    add_run_options(ab)
+    for action in ab._actions:  # the same four numbers, read as trials
+        if action.dest == "rounds":
+            action.metavar = "WARMUP,MIN_TRIALS,MAX_TRIALS,BUDGET_MS"
+            action.help = ("warm-up rounds per side, trials per case, and the per-case budget of both sides' round "
+                           f"time (default: each kind's warm-up, {compare_mod.MIN_TRIALS}, {compare_mod.MAX_TRIALS}, "
+                           f"{compare_mod.CASE_BUDGET_S['cuda'] * 1e3:g} on a GPU, "
+                           f"{compare_mod.CASE_BUDGET_S['cpu'] * 1e3:g} on the CPU)")
     v = ab.add_argument_group("verdict")
     v.add_argument("--threshold", type=float, default=compare_mod.DEFAULT_THRESHOLD,
                    help="allowed paired slowdown, a fraction (default %(default)s)")

@@ -110,7 +110,9 @@ class Worker:
             raise RuntimeError(f"cosmos3 was imported from {cosmos3.__file__}, not from {start.tree}")
         preset = get_preset(start.preset, dit_num_layers=start.dit_layers)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self._scratch = tempfile.TemporaryDirectory(prefix=f"cosmos3-worker-{self.side}-")
+        # In the working folder, which the coordinator made inside its own scratch folder: removed with it
+        # even where this process is stopped by a signal and cannot clean up.
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"worker-{self.side}-", dir=os.getcwd())
         weights = Path(start.weights_dir) if start.weights_dir else None
         self.models = workloads.Models(preset, self.device, cases.grid_for(preset.name), Path(self._scratch.name),
                                        weights_dir=weights)

@@ -294,8 +294,9 @@ def test_a_key_on_one_side_only_is_an_error():
         decode_message(json.dumps({"type": "RoundDone", "body": {"case": "x", "ms": "1"}}), REPLIES, source="test")
 
 
-def test_the_worker_answers_in_process():
+def test_the_worker_answers_in_process(tmp_path, monkeypatch):
     """Start, a case that cannot be built here (Unavailable, the worker goes on), a measured case, Quit."""
+    monkeypatch.chdir(tmp_path)  # the worker's scratch folder goes into its working folder
     good = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
     bogus = CaseSpec("no_such_kind", 64, 48, 9)
     requests = [Start("head", str(REPO), "tiny", controls=RunControls(slowdowns={good.name: 0.5})),
@@ -309,6 +310,7 @@ def test_the_worker_answers_in_process():
     assert Path(ready.cosmos3_file).is_relative_to(REPO) and good in ready.cases
     assert unavailable.error.startswith("InputError: case.benchmark: has no workload")
     assert finished.result.rounds == 2 and finished.result.injected == ("slowdown 0.5",)
+    assert not list(tmp_path.iterdir())  # the scratch folder is gone
 
 
 def test_the_worker_refuses_requests_out_of_order():
