@@ -11,6 +11,11 @@ alike. The per-trial log ratio head/base carries the verdict:
   across the run's cases, so that a whole compare raises a false alarm with probability <= alpha;
 - regression: median ratio > 1 + threshold and adjusted p < alpha.
 
+Holm bounds the false alarms that trial-to-trial noise can cause. A constant offset between the
+two processes (memory layout, core placement) is not noise to a paired test: it shows as the
+spread of the median ratio over repeated A/A compares, which `tools/gpu-evidence.sh compare-aaN`
+measures, and the threshold has to stay above it.
+
 Trials stop (see `stop_reason`) once the interval lies below the limit, or is narrower than the
 threshold, or the case's round-time budget is spent; never before the minimum that lets the test
 reach significance. Memory (and any later pair rule of bench.gate) is judged as against a stored
