@@ -226,3 +226,10 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "cosmos3", "bench", "tests", "tools", "noxfile.py")
     workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
     session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Compare the working tree with a git ref, interleaved on this machine: nox -s compare -- --base REF."""
+    python = prepare(session)
+    session.run(python, "-m", "bench", "compare", *session.posargs)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from _pytest.mark.expression import Expression  # pytest's own -k grammar (and, or, not, parentheses)
 
 from bench.records import CaseSpec
 from cosmos3.errors import InputError
@@ -85,3 +88,51 @@ def vae_encode_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
 def e2e_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     g = grid_for(preset, grid)
     return [CaseSpec("e2e", w, h, g.e2e_frames, strategy) for (w, h) in g.e2e_resolutions for strategy in g.e2e_strategies]
+
+
+# The kinds in the order they run (stage, component, whole pipeline), each in its own
+# bench/benchmarks/test_<kind>.py: peak memory depends on what earlier cases left resident.
+CASES_BY_KIND: dict[str, Callable[[str, str], list[CaseSpec]]] = {
+    "latent_prep": latent_prep_cases,
+    "vae_encode": vae_encode_cases,
+    "e2e": e2e_cases,
+}
+
+
+def all_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
+    """Every case of the preset's grid, in run order."""
+    return [spec for cases_of in CASES_BY_KIND.values() for spec in cases_of(preset, grid)]
+
+
+def param_id(spec: CaseSpec) -> str:
+    """The pytest parametrisation id: the case name's bracket part, so test ids read like the gate's names."""
+    return spec.name.partition("[")[2].rstrip("]")
+
+
+def keywords(spec: CaseSpec) -> frozenset[str]:
+    """The names pytest's -k matches on this case's benchmark item: its node names from the package
+    down (bench, benchmarks, test_<kind>.py, test_<kind>[<id>]) and its marker."""
+    test = f"test_{spec.benchmark}"
+    return frozenset({"bench", "benchmarks", f"{test}.py", f"{test}[{param_id(spec)}]", "cases"})
+
+
+def select(specs: list[CaseSpec], expression: str | None) -> list[CaseSpec]:
+    """The cases a pytest -k EXPRESSION selects, by pytest's rule: a case-insensitive substring of any keyword."""
+    if expression is None:
+        return list(specs)
+    try:
+        compiled = Expression.compile(expression)
+    except SyntaxError as exc:
+        raise InputError("keyword", f"must be a pytest -k expression ({exc})", expression) from None
+
+    def selected(spec: CaseSpec) -> bool:
+        names = [name.lower() for name in keywords(spec)]
+
+        def matcher(sub: str, /, **params: object) -> bool:
+            if params:
+                raise InputError("keyword", "cannot hold call parameters (as in pytest -k)", expression)
+            return any(sub.lower() in name for name in names)
+
+        return compiled.evaluate(matcher)
+
+    return [spec for spec in specs if selected(spec)]

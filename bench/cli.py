@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 
 from bench import calibrate as calibrate_mod
+from bench import compare as compare_mod
 from bench import gate as gate_mod
 from bench.cases import GRID_NAMES
+from bench.compare_report import write_compare_run
 from bench.environment import REPO_ROOT, device_identity, display_path, run_label
 from bench.harness import CONTROLS_ENV, RoundPolicy, RunControls
 from bench.records import (
@@ -151,6 +153,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="injected GPU work, fractions of device time (default %(default)s)")
     add_run_options(cal)
     add_gate_options(cal)
+    ab = sub.add_parser("compare", help="measure the working tree against a git ref, interleaved in one job; "
+                                        "fail on a significant paired slowdown",
+                        description="Base and head run the head's benchmarks, each with its own cosmos3, one round "
+                                    "each per trial in a seeded random order; negative controls apply to the head "
+                                    "only. Exit 0 pass, 1 regression, 2 bad input or a dead worker.")
+    ab.add_argument("--base", required=True, metavar="REF",
+                    help="any git ref; its cosmos3 runs from a temporary worktree, with the head's benchmarks")
+    add_run_options(ab)
+    for action in ab._actions:  # the same four numbers, read as trials
+        if action.dest == "rounds":
+            action.metavar = "WARMUP,MIN_TRIALS,MAX_TRIALS,BUDGET_MS"
+            action.help = ("warm-up rounds per side, trials per case, and the per-case budget of both sides' round "
+                           f"time (default: each kind's warm-up, {compare_mod.MIN_TRIALS}, {compare_mod.MAX_TRIALS}, "
+                           f"{compare_mod.CASE_BUDGET_S['cuda'] * 1e3:g} on a GPU, "
+                           f"{compare_mod.CASE_BUDGET_S['cpu'] * 1e3:g} on the CPU)")
+    v = ab.add_argument_group("verdict")
+    v.add_argument("--threshold", type=float, default=compare_mod.DEFAULT_THRESHOLD,
+                   help="allowed paired slowdown, a fraction (default %(default)s)")
+    v.add_argument("--override", action="append", default=[], metavar="NAME=FRACTION",
+                   help="per-benchmark threshold; NAME may use * (repeatable)")
+    v.add_argument("--alpha", type=float, default=gate_mod.DEFAULT_ALPHA,
+                   help="false-alarm rate of the whole compare, Holm-corrected (default %(default)s)")
+    v.add_argument("--memory-threshold", type=float, default=gate_mod.DEFAULT_MEMORY_THRESHOLD,
+                   help="allowed working-memory growth, a fraction (default %(default)s)")
     return p.parse_args(argv)
 
 
@@ -484,10 +510,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    criteria = compare_mod.Criteria(args.threshold, parse_pattern_values(args.override, "override"), args.alpha,
+                                    args.memory_threshold)
+    if args.case or args.grid != "default":
+        raise InputError("case", "compare selects its cases with -k EXPRESSION only (no --case, no --grid)")
+    plan = plan_run(args, suffix="-compare")
+    settings = compare_mod.CompareSettings(
+        base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=plan.controls, criteria=criteria,
+        results_dir=args.results_dir, run_id=plan.run_id, keyword=args.keyword, dit_layers=args.dit_layers,
+        weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]),
+    )
+    try:
+        record, logs = compare_mod.measure_run(settings)
+    except compare_mod.Stopped as stop:
+        raise Interrupted(stop.signum) from None
+    report, summary = write_compare_run(record, logs, args.results_dir / plan.run_id)
+    append_github_summary(summary)
+    print(summary.read_text())
+    print(f"report: {display_path(summary)}")
+    print("PASS" if report.passed else f"FAIL: {len(report.failures)} failure(s), see above")
+    return report.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        commands = {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "calibrate": cmd_calibrate}
+        commands = {"run": cmd_run, "gate": cmd_gate, "baseline": cmd_baseline, "calibrate": cmd_calibrate,
+                    "compare": cmd_compare}
         return commands[args.command](args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,6 +17,12 @@
 # Issue 12 (first_frame_2d):
 #   bash tools/gpu-evidence.sh first-frame     # speed options, FLOPs, roofline, bf16 errors against the fp32 oracle
 #   bash tools/gpu-evidence.sh revert-2d       # single_frame under the first_frame_2d label: the 1.5x check must fail
+#   bash tools/gpu-evidence.sh compare-aa[N]   # N (default 5) A/A compares of the single_frame latent-prep cases
+#   bash tools/gpu-evidence.sh compare-inject[N] # N (default 10) compares with +2% injected on single_frame
+# The compare steps print, per case, the spread of the median paired ratio over the runs, the CI half-width,
+# the per-trial IQR, and the smallest effect flagged (tools/compare-spread.py). THRESHOLD (default 0.01) is
+# their --threshold: an effect exactly at the threshold is flagged half the time by construction, so the +2%
+# injection is judged at 1%, and the A/A runs at the same 1%, the stricter test of false alarms.
 # Merge the baseline with later unchanged runs so that the gate sees run-to-run noise (>= 3 runs):
 #   python -m bench baseline --from-run results/baseline --from-run results/unchanged --from-run results/repeat1 --force
 # Needs the wheels from tools/gpu-wheels.sh in .whl/ (carried to the device, which is offline); with them
@@ -39,7 +45,36 @@ run() {  # run NAME CMD...: log the output, keep the exit status
   local rc=${PIPESTATUS[0]}
   echo "exit status: $rc" | tee -a "results/logs/$name.log"
 }
+# A/A base: a commit holding exactly this working tree's tracked files (a copied tree may come without .git).
+snapshot() {
+  if ! git rev-parse --verify -q HEAD >/dev/null 2>&1; then
+    git init -q && git add -A && git -c user.email=bench@localhost -c user.name=bench commit -qm "evidence snapshot"
+  fi
+  local stash
+  stash=$(git stash create 2>/dev/null)  # the uncommitted changes as a commit, HEAD and the tree untouched
+  echo "${stash:-$(git rev-parse HEAD)}"
+}
+# compares NAME N ARGS...: up to N A/A compares of the single_frame latent-prep cases, none started after
+# COMPARE_WALL_S (so that the step fits a 10-minute call), then their summary.
+compares() {
+  local name=$1 n=$2 base tag=$(date -u +%H%M%S); shift 2
+  base=$(snapshot)
+  local start=$SECONDS
+  for i in $(seq 1 "$n"); do
+    if (( SECONDS - start > ${COMPARE_WALL_S:-480} )); then echo "stopping after $((i - 1)) compares (time)"; break; fi
+    run "$name-$tag-$i" python3 -m nox -s compare -- --base "$base" -k 'test_latent_prep and single_frame' \
+      --threshold "${THRESHOLD:-0.01}" --run-id "$name-$tag-$i" "$@"
+  done
+  PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 tools/compare-spread.py results/"$name-$tag"-* \
+    | tee "results/logs/$name-$tag-spread.log"
+}
 case $step in
+  compare-aa*)
+    n=${step#compare-aa}
+    compares compare-aa "${n:-5}" ;;
+  compare-inject*)
+    n=${step#compare-inject}
+    compares compare-inject "${n:-10}" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
   baseline)
     run baseline python3 -m nox -s baseline -- --run-id baseline
     run profile python3 -m nox -s profile -- --num-profiled-timesteps 3 --trace-dir results/traces ;;

@@ -14,12 +14,6 @@ from bench.records import encode_record, matches
 from cosmos3.components import build_vae
 from cosmos3.presets import get_preset, resolve_preset_name
 
-_CASES_BY_MARK = {
-    "latent_prep": cases.latent_prep_cases,
-    "vae_encode": cases.vae_encode_cases,
-    "e2e": cases.e2e_cases,
-}
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("cosmos3")
@@ -44,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     Peak memory includes what earlier cases left resident on the device, so a subset run
     (-k test_latent_prep) must see the same device state as the full run its baseline came from.
     """
-    order = {kind: i for i, kind in enumerate(_CASES_BY_MARK)}
+    order = {kind: i for i, kind in enumerate(cases.CASES_BY_KIND)}
 
     def rank(item: pytest.Item) -> int:
         marker = item.get_closest_marker("cases")
@@ -69,9 +63,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is None or "case" not in metafunc.fixturenames:
         return
     preset = resolve_preset_name(metafunc.config.getoption("--preset"))
-    specs = _CASES_BY_MARK[marker.args[0]](preset, metafunc.config.getoption("--grid"))
-    # The id is the case name's bracket part, so test ids read like the gate's names.
-    metafunc.parametrize("case", specs, ids=[s.name.partition("[")[2].rstrip("]") for s in specs])
+    specs = cases.CASES_BY_KIND[marker.args[0]](preset, metafunc.config.getoption("--grid"))
+    metafunc.parametrize("case", specs, ids=[cases.param_id(s) for s in specs])
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from bench.harness import RunControls, equivalence_for, measure, record_case, seeded_image
-from cosmos3.request import Req
-from cosmos3.stages import Cosmos3LatentPreparationStage
-
-
-def i2v_request(case, pixels: torch.Tensor) -> Req:
-    return Req(height=case.height, width=case.width, num_frames=case.num_frames, image=pixels, image_pixels=pixels)
+from bench import workloads
+from bench.harness import RunControls, measure, record_case
 
 
 @pytest.mark.cases("latent_prep")
 def test_latent_prep(benchmark, case, vae, preset, device):
-    """The stage as upstream runs it: noise, encode by strategy, mask and mix."""
-    strategy = RunControls.from_env().strategy_for(case.strategy)  # a negative control may revert it
-    stage = Cosmos3LatentPreparationStage(vae, encode_strategy=strategy, dtype=preset.dtype)
-    pixels = seeded_image(case.width, case.height, device)
+    """The stage as upstream runs it (bench.workloads.latent_prep): noise, encode by strategy, mask and mix."""
+    work = workloads.latent_prep(case, vae, dtype=preset.dtype, device=device, controls=RunControls.from_env())
     record_case(benchmark, spec=case)
-    measure(benchmark, lambda: stage(i2v_request(case, pixels)), device=device, case_name=case.name)
+    measure(benchmark, work.fn, device=device, case_name=case.name, policy=work.policy, profile=work.profile)
     # An optimisation must keep the output: checked on the same request, outside the timed rounds.
-    equivalence = equivalence_for(vae, i2v_request(case, pixels), case.strategy, strategy, preset.dtype)
+    equivalence = work.equivalence()
     if equivalence is not None:
         record_case(benchmark, equivalence=equivalence)

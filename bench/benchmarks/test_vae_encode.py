@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from bench.harness import measure, record_case, seeded_image
-from cosmos3.stages.latent_preparation import encode_input
-from cosmos3.vae import encode_latents
+from bench import workloads
+from bench.harness import measure, record_case
 
 
 @pytest.mark.cases("vae_encode")
 def test_vae_encode(benchmark, case, vae, device):
-    pixels = seeded_image(case.width, case.height, device)
-    video = encode_input(pixels, case.num_frames, "single_frame" if case.num_frames == 1 else "expand")
+    work = workloads.vae_encode(case, vae, device=device)
     record_case(benchmark, spec=case)
-    measure(benchmark, lambda: encode_latents(vae, video), device=device, case_name=case.name)
+    measure(benchmark, work.fn, device=device, case_name=case.name, policy=work.policy)

@@ -1,0 +1,816 @@
+"""`python -m bench compare --base REF`: base and head measured in one job, interleaved, and judged on paired ratios.
+
+Two processes on one device run the head's benchmark code (bench.worker); the base's imports
+its cosmos3 from a temporary `git worktree` of REF, the head's from the working tree. Per case
+both warm up, then each trial runs one synchronised round on each side in a seeded random order,
+one side at a time, so slow drifts of the machine (clocks, host load) hit both sides of a pair
+alike. The per-trial log ratio head/base carries the verdict:
+
+- estimate: the median ratio, exp(median log ratio), with a CI_LEVEL bootstrap interval;
+- test: one-sided Wilcoxon signed-rank on the log ratios (is the head slower?), Holm-adjusted
+  across the run's cases, so that a whole compare raises a false alarm with probability <= alpha;
+- regression: median ratio > 1 + threshold and adjusted p < alpha.
+
+Holm bounds the false alarms that trial-to-trial noise can cause. A constant offset between the
+two processes (memory layout, core placement) is not noise to a paired test: it shows as the
+spread of the median ratio over repeated A/A compares, which `tools/gpu-evidence.sh compare-aaN`
+measures, and the threshold has to stay above it.
+
+Trials stop (see `stop_reason`) once the interval lies below the limit, or is narrower than the
+threshold, or the case's round-time budget is spent; never before the minimum that lets the test
+reach significance. Memory (and any later pair rule of bench.gate) is judged as against a stored
+baseline. Statistics are derived from the raw pairs in compare.json, never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from bench import cases as cases_mod
+from bench import gate
+from bench.harness import RoundPolicy, RunControls
+from bench.protocol import (
+    REPLIES,
+    Bye,
+    Finish,
+    Finished,
+    Prepare,
+    Prepared,
+    Quit,
+    Ready,
+    Round,
+    RoundDone,
+    Start,
+    Unavailable,
+    decode_message,
+    encode_message,
+)
+from bench.records import CaseResult, CaseSpec, Environment, RunRecord, decode_record, write_json_atomic
+from cosmos3.errors import InputError
+
+DEFAULT_THRESHOLD = 0.02  # a paired median ratio above 1.02 is a regression (when significant)
+CI_LEVEL = gate.CI_LEVEL  # the interval reported and used by the stopping rule
+BOOTSTRAP_RESAMPLES = 2000
+# Trials per case. At least MIN_TRIALS, and at least enough for the Holm-adjusted Wilcoxon test to
+# be able to reach alpha (see min_trials_for); at most MAX_TRIALS.
+MIN_TRIALS = 10
+MAX_TRIALS = 400
+# Beyond the minimum, a case's trials stop when the sum of both sides' round times reaches its
+# budget: a few seconds on a GPU (about 90 trials of a 22 ms stage), a tiny one on the CPU.
+CASE_BUDGET_S = {"cuda": 4.0, "cpu": 1.0}
+# With n pairs the smallest one-sided Wilcoxon p is 2**-n (every pair slower). These extra trials
+# beyond that bare minimum let a pair or two go the other way and still reach significance.
+REACH_MARGIN_TRIALS = 2
+# The stopping rule's bootstrap runs at n_min and then each time n has grown by this factor, so its
+# cost (tens of ms on a loaded host) stays small beside the rounds it judges.
+CHECK_GROWTH = 1.2
+TRIAL_ORDER_SEED = 0
+# Protocol waits: building wan22 models (first CUDA context included) can take minutes.
+START_TIMEOUT_S = 900.0
+REPLY_TIMEOUT_S = 900.0
+QUIT_TIMEOUT_S = 30.0
+STDERR_TAIL_LINES = 25
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+COMPARE_RECORD = "compare.json"
+INTERRUPTED_RECORD = "interrupted.json"  # all a stopped compare leaves in its run folder
+SCHEMA_VERSION = 1
+
+# Verdicts of a paired case (the gate's words where they mean the same) and of cases not paired.
+REGRESSION, NOT_SIGNIFICANT, OK, FASTER = gate.REGRESSION, gate.NOT_SIGNIFICANT, gate.OK, gate.FASTER
+NEW = "new"  # in the head's grid only
+REMOVED = "removed"  # in the base's grid only
+NOT_COMPARABLE = "not comparable"  # the base cannot build or run it (its cosmos3 lacks something)
+FAILED = gate.FAILED  # the head cannot build or run it: fails the compare
+
+# Rules of the stored-baseline gate that judge a (head, base) pair of records beyond latency:
+# working memory today, and any rule added to bench.gate.RULES later (work counters, device time)
+# unless it is named here. Latency is replaced by the paired test, coverage by new/removed, and
+# errors by FAILED; speedup and equivalence are in-run checks of `bench run`, not base against head.
+NOT_PAIR_RULES = frozenset({"latency", "coverage", "errors", "speedup", "equivalence", "stage_consistency"})
+PAIR_RULES: tuple[gate.Rule, ...] = tuple(rule for rule in gate.RULES if rule.name not in NOT_PAIR_RULES)
+
+
+class Stopped(Exception):
+    """The compare was stopped by a signal; workers and worktree are gone."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+class WorkerError(InputError):
+    """A worker died, hung or broke the protocol; the message ends with its stderr."""
+
+
+# ---- statistics on the pairs -------------------------------------------------------------------
+
+
+def log_ratios(head_ms: Sequence[float], base_ms: Sequence[float]) -> np.ndarray:
+    return np.log(np.asarray(head_ms, dtype=float)) - np.log(np.asarray(base_ms, dtype=float))
+
+
+def median_ci(d: np.ndarray, *, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """CI_LEVEL percentile-bootstrap interval of the median of `d` (as bench.gate: BCa is unreliable for
+    a median's lumpy bootstrap distribution and undefined on ties)."""
+    if np.all(d == d[0]):
+        return float(d[0]), float(d[0])
+    result = stats.bootstrap((d,), np.median, n_resamples=resamples, confidence_level=CI_LEVEL,
+                             method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def wilcoxon_p(d: np.ndarray, alternative: str) -> float:
+    """One-sided Wilcoxon signed-rank p on the log ratios; 1 where every pair is a tie (no evidence)."""
+    if np.all(d == 0):
+        return 1.0
+    return float(stats.wilcoxon(d, alternative=alternative).pvalue)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input's order.
+
+    Sorted ascending, p_(k) is multiplied by (m - k + 1); each adjusted value is the running
+    maximum of those, capped at 1. Rejecting where the adjusted p < alpha is Holm's procedure, and
+    keeps the chance of any false rejection among the m at or below alpha, whatever their dependence.
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def min_trials_for(tests: int, alpha: float) -> int:
+    """The fewest pairs with which a one-sided Wilcoxon test can reach alpha / tests (Holm's strictest
+    level): 2**-n < alpha / tests, plus REACH_MARGIN_TRIALS."""
+    return math.floor(math.log2(max(tests, 1) / alpha)) + 1 + REACH_MARGIN_TRIALS
+
+
+@dataclass(frozen=True)
+class TrialPolicy:
+    """How long each case is measured; `--rounds WARMUP,MIN,MAX,TARGET_MS` sets all four."""
+
+    warmup_rounds: int | None = None  # per side; None: each kind's own (bench.workloads)
+    min_trials: int = MIN_TRIALS
+    max_trials: int = MAX_TRIALS
+    budget_s: float = CASE_BUDGET_S["cuda"]  # both sides' round times, summed, per case
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_trials <= self.max_trials:
+            raise InputError("rounds", "needs 2 <= MIN <= MAX trials", self)
+        if not (math.isfinite(self.budget_s) and self.budget_s > 0):
+            raise InputError("rounds", "needs a finite budget > 0", self)
+
+    def at_least(self, n_min: int) -> TrialPolicy:
+        """This policy with at least `n_min` trials (see min_trials_for)."""
+        return dataclasses.replace(self, min_trials=max(self.min_trials, n_min),
+                                   max_trials=max(self.max_trials, n_min))
+
+    @classmethod
+    def for_device(cls, device_kind: str, rounds: RoundPolicy | None) -> TrialPolicy:
+        if rounds is not None:
+            return cls(rounds.warmup_rounds, rounds.min_rounds, rounds.max_rounds, rounds.target_ms / 1e3)
+        return cls(budget_s=CASE_BUDGET_S.get(device_kind, CASE_BUDGET_S["cuda"]))
+
+
+def stop_reason(d: np.ndarray, threshold: float, *, n_min: int, max_trials: int, spent_s: float, budget_s: float,
+                check: bool, seed: int = 0) -> str | None:
+    """Why a case's trials stop now, or None to go on. With L = log(1 + threshold) and [lo, hi] the
+    CI_LEVEL bootstrap interval of the median log ratio, after at least n_min pairs:
+
+    - "within"      hi < L: the head is not slower than allowed (the interval lies below the limit);
+    - "resolved"    (hi - lo) / 2 < L / 2: the interval is narrower than the threshold, so the estimate
+                    is as sharp as a decision at the threshold needs;
+    - "budget"      both sides' rounds of this case have taken budget_s;
+    - "max trials"  n = max_trials.
+
+    An interval above the limit is deliberately not a reason: stopping on data that look slow is
+    optional stopping and would raise the test's false-alarm rate above alpha; stopping on data that
+    look fine (or on precision alone) does not. A real regression so gets its full budget of trials.
+    The interval is recomputed only when `check` is set (see CHECK_GROWTH); budget and count every time.
+    """
+    n = len(d)
+    if n >= max_trials:
+        return "max trials"
+    if n < n_min:
+        return None
+    if check:
+        limit = math.log1p(threshold)
+        lo, hi = median_ci(d, seed=seed)
+        if hi < limit:
+            return "within"
+        if (hi - lo) / 2 < limit / 2:
+            return "resolved"
+    if spent_s >= budget_s:
+        return "budget"
+    return None
+
+
+# ---- the record of a compare: raw pairs, never statistics ------------------------------------
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What the verdict tolerates (a subset of bench.gate.GateConfig, as a record)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    overrides: dict[str, float] = field(default_factory=dict)  # case name or pattern -> threshold
+    alpha: float = gate.DEFAULT_ALPHA
+    memory_threshold: float = gate.DEFAULT_MEMORY_THRESHOLD
+
+    def gate_config(self) -> gate.GateConfig:
+        return gate.GateConfig(latency_threshold=self.threshold, latency_overrides=self.overrides, alpha=self.alpha,
+                               memory_threshold=self.memory_threshold)
+
+    def __post_init__(self) -> None:
+        self.gate_config()  # the gate's checks on every value
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of the comparison: which code it ran and where."""
+
+    side: str  # "base" | "head"
+    ref: str  # the ref as given, or "working tree"
+    commit: str
+    dirty: bool  # the head's tracked files differ from its commit; a base worktree never does
+    cosmos3_file: str  # as the worker imported it, symlinks resolved
+    environment: Environment
+
+    @property
+    def label(self) -> str:
+        return f"{self.ref} ({self.commit[:12]}{', dirty' if self.dirty else ''})"
+
+
+@dataclass(frozen=True)
+class PairedCase:
+    """A case measured on both sides: trial i is head.samples_ms[i] against base.samples_ms[i]."""
+
+    head: CaseResult
+    base: CaseResult
+    head_first: tuple[bool, ...]  # per trial, whether the head's round ran first
+    stopped: str  # stop_reason's answer
+
+    def __post_init__(self) -> None:
+        if self.head.spec != self.base.spec:
+            raise InputError("base.spec", f"must equal the head's ({self.head.name})", self.base.name)
+        if not len(self.head.samples_ms) == len(self.base.samples_ms) == len(self.head_first):
+            raise InputError(f"{self.head.name}.samples_ms", "must hold one sample per trial on each side",
+                             (len(self.head.samples_ms), len(self.base.samples_ms), len(self.head_first)))
+
+    @property
+    def name(self) -> str:
+        return self.head.name
+
+    @property
+    def log_ratios(self) -> np.ndarray:
+        return log_ratios(self.head.samples_ms, self.base.samples_ms)
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    """A case not compared: on one side only, or not runnable on one side."""
+
+    spec: CaseSpec
+    status: str  # NEW | REMOVED | NOT_COMPARABLE | FAILED
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class CompareRecord:
+    base: Side
+    head: Side
+    criteria: Criteria
+    policy: TrialPolicy
+    pairs: tuple[PairedCase, ...]
+    unpaired: tuple[Unpaired, ...] = ()
+    keyword: str | None = None
+    seed: int = TRIAL_ORDER_SEED
+    argv: str = ""
+    wall_s: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            raise InputError("schema_version", f"must be {SCHEMA_VERSION}", self.schema_version)
+
+
+def load_compare(path: Path | str) -> CompareRecord:
+    """Read compare.json back (every field typed and checked, as run records are)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError("compare record", f"must be readable JSON ({exc})", str(path)) from None
+    return decode_record(CompareRecord, data, f"compare record {path}")
+
+
+# ---- the verdict ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    name: str
+    trials: int
+    base_median_ms: float
+    head_median_ms: float
+    ratio: float  # exp(median log ratio): the typical head/base ratio of one trial
+    ci_low: float
+    ci_high: float
+    p_slower: float  # one-sided Wilcoxon, before Holm
+    p_adjusted: float  # Holm-adjusted across the run's paired cases
+    threshold: float
+    verdict: str
+    stopped: str
+    note: str = ""
+
+    @property
+    def failure(self) -> str | None:
+        return f"{self.name}: {self.note}" if self.verdict == REGRESSION else None
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    record: CompareRecord
+    comparisons: tuple[PairedComparison, ...]
+    findings: tuple[gate.Finding, ...]  # PAIR_RULES on the head's records against the base's
+    notes: tuple[str, ...]
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        out = [c.failure for c in self.comparisons if c.failure]
+        out += [f"{u.name}: failed on the head: {first_line(u.reason)}" for u in self.record.unpaired
+                if u.status == FAILED]
+        out += [f.failure for f in self.findings if f.failure]
+        return tuple(out)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def judge(record: CompareRecord) -> CompareReport:
+    """Every paired case's verdict (Holm across them) and the pair rules; pure, from the record alone."""
+    criteria = record.criteria
+    config = criteria.gate_config()
+    raw = []
+    for pair in record.pairs:
+        d = pair.log_ratios
+        lo, hi = median_ci(d, seed=record.seed)
+        raw.append((pair, d, lo, hi, wilcoxon_p(d, "greater"), wilcoxon_p(d, "less")))
+    slower_adj = holm([r[4] for r in raw])
+    faster_adj = holm([r[5] for r in raw])
+    comparisons = []
+    for (pair, d, lo, hi, p_slower, _), p_adj, p_faster_adj in zip(raw, slower_adj, faster_adj, strict=True):
+        threshold = config.threshold_for(pair.name)
+        ratio = math.exp(float(np.median(d)))
+        change = (f"median paired ratio {ratio:.3f} [{math.exp(lo):.3f}, {math.exp(hi):.3f}] over {len(d)} trials "
+                  f"(head {pair.head.median_ms:.2f} ms, base {pair.base.median_ms:.2f} ms)")
+        if ratio > 1 + threshold:
+            if p_adj < criteria.alpha:
+                verdict = REGRESSION
+                note = (f"{change} > +{threshold:.1%} with Holm-adjusted p={p_adj:.2g} < {criteria.alpha:g}: "
+                        "the head is slower")
+            else:
+                verdict, note = NOT_SIGNIFICANT, f"{change} but Holm-adjusted p={p_adj:.2g} >= {criteria.alpha:g}"
+        elif ratio < 1 - threshold and p_faster_adj < criteria.alpha:
+            verdict, note = FASTER, ""
+        elif ratio > 1 and p_adj < criteria.alpha:
+            verdict, note = OK, f"{change}: significant but within +{threshold:.1%}"
+        else:
+            verdict, note = OK, ""
+        comparisons.append(PairedComparison(
+            pair.name, len(d), pair.base.median_ms, pair.head.median_ms, ratio, math.exp(lo), math.exp(hi),
+            p_slower, p_adj, threshold, verdict, pair.stopped, note))
+    findings: tuple[gate.Finding, ...] = ()
+    if record.pairs:
+        head_run = RunRecord(record.head.environment, tuple(p.head for p in record.pairs))
+        base_run = RunRecord(record.base.environment, tuple(p.base for p in record.pairs))
+        findings = gate.evaluate(head_run, base_run, config, rules=PAIR_RULES).findings
+    notes = [f"{c.name}: {c.note}" for c in comparisons if c.note and not c.failure]
+    notes += [f"{u.name}: {u.status}: {first_line(u.reason)}" for u in record.unpaired if u.status != FAILED]
+    if not record.pairs:
+        notes.append("no case ran on both sides: nothing was compared")
+    return CompareReport(record, tuple(comparisons), findings, tuple(notes))
+
+
+# ---- git: the base's code in a temporary worktree ----------------------------------------------
+
+
+def git(repo: Path, *args: str, what: str) -> str:
+    """Run git in `repo`; InputError naming `what` with git's own message when it fails."""
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise InputError(what, f"needs git ({exc})") from None
+    if out.returncode != 0:
+        raise InputError(what, f"git {' '.join(args[:2])} failed: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+def resolve_ref(repo: Path, ref: str) -> str:
+    try:
+        return git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}",
+                   what=f"base {ref}")
+    except InputError:
+        raise InputError(f"base {ref}", f"is not a commit in {repo} (an unknown ref?)") from None
+
+
+def head_state(repo: Path) -> tuple[str, bool]:
+    """The working tree's commit and whether its tracked files differ from it (as run records say)."""
+    commit = git(repo, "rev-parse", "HEAD", what="head")
+    status = git(repo, "status", "--porcelain", "--untracked-files=no", what="head")
+    return commit, bool(status)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[list[int]]:
+    """Cleanup that a second Ctrl-C must not cut short: stop signals are noted, then re-raised after."""
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield pending
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise Stopped, so every `finally` below runs."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def base_worktree(repo: Path, ref: str, commit: str, scratch: Path) -> Iterator[Path]:
+    """`git worktree add --detach` of the base commit; removed (--force, then prune) however the block ends."""
+    tree = scratch / "base"
+    try:
+        git(repo, "worktree", "add", "--detach", "--quiet", str(tree), commit, what=f"base {ref}")
+        print(f"base {ref} ({commit[:12]}) checked out at {tree}", flush=True)
+        yield tree
+    finally:
+        with deferred_signals() as pending:
+            remove_worktree(repo, tree)
+        if pending:
+            raise Stopped(pending[0])
+
+
+def remove_worktree(repo: Path, tree: Path) -> None:
+    """Remove the worktree and git's record of it; say so loudly where that fails (never silently)."""
+    problems = []
+    if tree.exists():
+        out = subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            problems.append(out.stderr.strip())
+    if tree.exists():  # not (yet) a registered worktree: stopped while `worktree add` ran
+        shutil.rmtree(tree, ignore_errors=True)
+    out = subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        problems.append(out.stderr.strip())
+    if tree.exists() or problems:
+        print(f"warning: the base worktree {tree} may remain ({'; '.join(problems)}); "
+              "remove it with `git worktree remove --force` and `git worktree prune`", file=sys.stderr)
+
+
+def check_package(tree: Path, ref: str) -> None:
+    if not (tree / "cosmos3" / "__init__.py").is_file():
+        raise InputError(f"base {ref}", "has no cosmos3 package (cosmos3/__init__.py) to compare with")
+
+
+# ---- the workers ---------------------------------------------------------------------------------
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+class WorkerProcess:
+    """A worker and its pipes: one request, one reply, with a deadline; its stderr goes to a log file."""
+
+    def __init__(self, side: str, label: str, cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.side = side
+        self.label = label  # "base HEAD~1 (0123abcd)" / "head (working tree)": names the side in errors
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 -- the worker writes it for its whole life
+        # Its own session: a Ctrl-C at the terminal reaches only the coordinator, which stops the
+        # workers in order; a killed coordinator still takes them down (die_with_parent).
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     cwd=cwd, env=env, start_new_session=True)
+        self._buffer = b""
+        self._pending = "nothing"  # the request being answered, to name it when the worker dies
+
+    def request(self, message: Any, expected: tuple[type, ...], timeout_s: float = REPLY_TIMEOUT_S) -> Any:
+        self.send(message)
+        return self.receive(expected, timeout_s)
+
+    def send(self, message: Any) -> None:
+        self._pending = type(message).__name__
+        try:
+            self.proc.stdin.write(encode_message(message).encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the pipe was closed
+            raise self.died(f"died before answering {self._pending}") from None
+
+    def receive(self, expected: tuple[type, ...], timeout_s: float) -> Any:
+        reply = decode_message(self._readline(timeout_s).decode(errors="replace"), REPLIES,
+                               source=f"{self.label} worker")
+        if not isinstance(reply, expected):
+            raise self.died(f"sent {type(reply).__name__} where {'/'.join(c.__name__ for c in expected)} was due",
+                            stop=True)
+        return reply
+
+    def _readline(self, timeout_s: float) -> bytes:
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self.died(f"sent no reply to {self._pending} within {timeout_s:.0f} s", stop=True)
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise self.died(f"died before answering {self._pending}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def died(self, what: str, *, stop: bool = False) -> WorkerError:
+        """The error for a worker that failed: how it ended and the end of its stderr."""
+        if stop:
+            self.stop()
+        try:
+            self.proc.wait(timeout=QUIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+        return WorkerError(self.label, f"worker {what} and {describe_exit(self.proc.returncode)}; "
+                                       f"the end of its stderr:\n{self.stderr_tail()}")
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").rstrip().splitlines()
+        return "\n".join(f"  | {line}" for line in text[-lines:]) or "  | (empty)"
+
+    def quit(self) -> None:
+        self.request(Quit(), (Bye,), QUIT_TIMEOUT_S)
+        self.proc.stdin.close()
+        self.proc.wait(timeout=QUIT_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period; safe to call twice."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=QUIT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                with contextlib.suppress(BrokenPipeError):  # the worker is gone; nothing to flush to
+                    pipe.close()
+        if not self._log.closed:
+            self._log.close()
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """A compare's every input, checked by the command line before anything is created."""
+
+    base_ref: str
+    repo: Path  # the head: its working tree, and the repository the base ref is looked up in
+    preset_name: str  # tiny | wan22
+    controls: RunControls  # the head's negative controls (and --rounds)
+    criteria: Criteria
+    results_dir: Path
+    run_id: str
+    keyword: str | None = None
+    dit_layers: int | None = None
+    weights_dir: Path | None = None
+    argv: str = ""
+
+
+def _side_env(shim: Path, head_root: Path) -> dict[str, str]:
+    """The worker's environment: `cosmos3` from the shim (first), `bench` from the head."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), str(head_root), os.environ.get("PYTHONPATH")]))
+    env.pop("COSMOS3_BENCH_CONTROLS", None)  # the controls travel in Start, to the head only
+    return env
+
+
+@contextlib.contextmanager
+def started_workers(settings: CompareSettings, trees: dict[str, Path], labels: dict[str, str], scratch: Path
+                    ) -> Iterator[dict[str, tuple[WorkerProcess, Ready]]]:
+    """Both workers started (their models build in parallel) and Ready; stopped however the block ends."""
+    workers: dict[str, WorkerProcess] = {}
+    try:
+        for side, tree in trees.items():
+            shim = scratch / f"path-{side}"
+            shim.mkdir()
+            (shim / "cosmos3").symlink_to(tree / "cosmos3", target_is_directory=True)
+            # cwd = the shim, so that `python -m` puts no checkout's cosmos3 before it on sys.path.
+            workers[side] = WorkerProcess(side, labels[side], [sys.executable, "-m", "bench.worker"],
+                                          _side_env(shim, settings.repo), shim, scratch / f"worker-{side}.log")
+        for side, worker in workers.items():
+            worker.send(Start(
+                side=side, tree=str(trees[side]), preset=settings.preset_name, dit_layers=settings.dit_layers,
+                weights_dir=str(settings.weights_dir) if settings.weights_dir else None,
+                controls=dataclasses.replace(settings.controls, parent_pid=None) if side == "head" else RunControls(),
+            ))
+        ready = {side: (worker, worker.receive((Ready,), START_TIMEOUT_S)) for side, worker in workers.items()}
+        yield ready
+        for worker in workers.values():
+            worker.quit()
+    finally:
+        with deferred_signals() as pending:
+            for worker in workers.values():
+                worker.stop()
+        if pending:
+            raise Stopped(pending[0])
+
+
+def _check_ready(ready: dict[str, tuple[WorkerProcess, Ready]], trees: dict[str, Path], head_root: Path) -> None:
+    for side, (worker, r) in ready.items():
+        if not Path(r.cosmos3_file).is_relative_to(os.path.realpath(trees[side])):
+            raise WorkerError(worker.label, f"imported cosmos3 from {r.cosmos3_file}, not from {trees[side]}")
+        if not Path(r.bench_file).is_relative_to(os.path.realpath(head_root)):
+            raise WorkerError(worker.label, f"imported bench from {r.bench_file}, not the head's ({head_root})")
+    base, head = ready["base"][1].environment, ready["head"][1].environment
+    if base.device_slug != head.device_slug:
+        raise InputError("workers", f"must share one device (base on {base.device_name}, head on {head.device_name})")
+
+
+def measure_case(spec: CaseSpec, workers: dict[str, WorkerProcess], policy: TrialPolicy, *, threshold: float,
+                 rng: np.random.Generator, seed: int) -> PairedCase | Unpaired:
+    """Warm up both sides, then trials of one round per side in random order, one side at a time."""
+    first = ["head", "base"] if rng.random() < 0.5 else ["base", "head"]
+    for side in first:
+        reply = workers[side].request(Prepare(spec, policy.warmup_rounds), (Prepared, Unavailable))
+        if isinstance(reply, Unavailable):
+            return _unavailable(spec, side, reply)
+    head_ms: list[float] = []
+    base_ms: list[float] = []
+    head_first: list[bool] = []
+    spent_s, next_check = 0.0, policy.min_trials
+    while True:
+        order = ("head", "base") if rng.random() < 0.5 else ("base", "head")
+        for side in order:
+            reply = workers[side].request(Round(spec.name), (RoundDone, Unavailable))
+            if isinstance(reply, Unavailable):
+                return _unavailable(spec, side, reply)
+            (head_ms if side == "head" else base_ms).append(reply.ms)
+            spent_s += reply.ms / 1e3
+        head_first.append(order[0] == "head")
+        n = len(head_ms)
+        check = n >= next_check
+        if check:
+            next_check = max(n + 1, math.ceil(n * CHECK_GROWTH))
+        reason = stop_reason(log_ratios(head_ms, base_ms), threshold, n_min=policy.min_trials,
+                             max_trials=policy.max_trials, spent_s=spent_s, budget_s=policy.budget_s, check=check,
+                             seed=seed)
+        if reason:
+            break
+    results = {}
+    for side in ("head", "base"):
+        reply = workers[side].request(Finish(spec.name), (Finished, Unavailable))
+        if isinstance(reply, Unavailable):
+            return _unavailable(spec, side, reply)
+        results[side] = reply.result
+    return PairedCase(results["head"], results["base"], tuple(head_first), reason)
+
+
+def _unavailable(spec: CaseSpec, side: str, reply: Unavailable) -> Unpaired:
+    if side == "head":
+        return Unpaired(spec, FAILED, reply.error)
+    return Unpaired(spec, NOT_COMPARABLE, f"the base cannot run it: {reply.error}")
+
+
+def plan_cases(head: Sequence[CaseSpec], base: Sequence[CaseSpec], keyword: str | None
+               ) -> tuple[list[CaseSpec], list[Unpaired]]:
+    """The cases to pair (in the head's run order) and those on one side only, after -k."""
+    head_sel, base_sel = cases_mod.select(list(head), keyword), cases_mod.select(list(base), keyword)
+    if not head_sel and not base_sel:
+        raise InputError("keyword", "selects no benchmark case on either side", keyword)
+    base_names = {s.name for s in base_sel}
+    head_names = {s.name for s in head_sel}
+    paired = [s for s in head_sel if s.name in base_names]
+    unpaired = [Unpaired(s, NEW, "in the head's grid only") for s in head_sel if s.name not in base_names]
+    unpaired += [Unpaired(s, REMOVED, "in the base's grid only") for s in base_sel if s.name not in head_names]
+    return paired, unpaired
+
+
+def measure(settings: CompareSettings, base_commit: str, scratch: Path) -> tuple[CompareRecord, dict[str, str]]:
+    """Check out the base, start both workers, measure every selected case; return the record and the
+    workers' stderr logs. The worktree and the workers are gone when this returns or raises."""
+    head_commit, dirty = head_state(settings.repo)
+    labels = {"base": f"base {settings.base_ref} ({base_commit[:12]})", "head": "head (working tree)"}
+    started = time.perf_counter()
+    with base_worktree(settings.repo, settings.base_ref, base_commit, scratch) as base_tree:
+        check_package(base_tree, settings.base_ref)
+        trees = {"base": base_tree, "head": settings.repo}
+        with started_workers(settings, trees, labels, scratch) as ready:
+            _check_ready(ready, trees, settings.repo)
+            workers = {side: worker for side, (worker, _) in ready.items()}
+            for side, (_, r) in ready.items():
+                print(f"{labels[side]}: cosmos3 from {r.cosmos3_file} (worker pid {r.pid})", flush=True)
+            device_kind = ready["head"][1].environment.device_kind
+            paired, unpaired = plan_cases(ready["head"][1].cases, ready["base"][1].cases, settings.keyword)
+            policy = TrialPolicy.for_device(device_kind, settings.controls.rounds).at_least(
+                min_trials_for(len(paired), settings.criteria.alpha))
+            config = settings.criteria.gate_config()
+            rng = np.random.default_rng(TRIAL_ORDER_SEED)
+            pairs = []
+            for i, spec in enumerate(paired, 1):
+                print(f"[{i}/{len(paired)}] {spec.name}: warm-up and trials", flush=True)
+                outcome = measure_case(spec, workers, policy, threshold=config.threshold_for(spec.name), rng=rng,
+                                       seed=TRIAL_ORDER_SEED)
+                if isinstance(outcome, PairedCase):
+                    pairs.append(outcome)
+                    ratio = math.exp(float(np.median(outcome.log_ratios)))
+                    print(f"    {len(outcome.head_first)} trials, median paired ratio {ratio:.3f} "
+                          f"(stopped: {outcome.stopped})", flush=True)
+                else:
+                    unpaired.append(outcome)
+                    print(f"    {outcome.status}: {first_line(outcome.reason)}", flush=True)
+        logs = {side: worker.log_path.read_text(errors="replace") for side, worker in workers.items()}
+    sides = {}
+    for side, (_, r) in ready.items():
+        commit, is_dirty = (head_commit, dirty) if side == "head" else (base_commit, False)
+        env = dataclasses.replace(r.environment, commit=commit, commit_dirty=is_dirty, argv=settings.argv)
+        sides[side] = Side(side, "working tree" if side == "head" else settings.base_ref, commit, is_dirty,
+                           r.cosmos3_file, env)
+    record = CompareRecord(
+        base=sides["base"], head=sides["head"], criteria=settings.criteria,
+        policy=policy, pairs=tuple(pairs), unpaired=tuple(unpaired),
+        keyword=settings.keyword, argv=settings.argv, wall_s=time.perf_counter() - started,
+    )
+    return record, logs
+
+
+def measure_run(settings: CompareSettings) -> tuple[CompareRecord, dict[str, str]]:
+    """`measure` in a scratch folder, stopped cleanly by SIGINT, SIGTERM or SIGHUP: then the run's
+    folder holds only interrupted.json (as a stopped `bench run` leaves it) and Stopped is raised."""
+    base_commit = resolve_ref(settings.repo, settings.base_ref)
+    scratch = Path(tempfile.mkdtemp(prefix="cosmos3-compare-"))
+    try:
+        with stopped_by_signals():
+            return measure(settings, base_commit, scratch)
+    except Stopped as stop:
+        write_json_atomic(settings.results_dir / settings.run_id / INTERRUPTED_RECORD, {
+            "interrupted_by": signal.Signals(stop.signum).name,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "argv": settings.argv,
+        })
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the worktree inside is already removed, and pruned

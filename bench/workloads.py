@@ -1,0 +1,188 @@
+"""The measured code of each benchmark kind: one definition, run by the pytest benchmarks and the compare worker.
+
+A workload is built outside the timed region (models, inputs, stage objects) and returns the
+callable one round times. The pytest benchmarks pass their fixtures in; the compare worker
+builds the same parts once per process (`Models`) and asks `build` for any case. Under
+`python -m bench compare` these functions are the head's, and `cosmos3` is each side's own, so
+a base that lacks what a workload needs fails here (ImportError, AttributeError, TypeError) and
+that case is reported as not comparable. That is why each kind imports the cosmos3 code it
+measures inside its own function: a base without the pipeline loses the end-to-end cases only.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKLWan
+
+from bench.cases import Grid
+from bench.harness import RoundPolicy, RunControls, equivalence_for, seeded_image
+from bench.records import CaseSpec, EquivalenceRecord
+from cosmos3.errors import InputError
+from cosmos3.timing import synchronize
+
+if TYPE_CHECKING:
+    from cosmos3.components import Components
+    from cosmos3.presets import Preset
+    from cosmos3.request import Req
+
+# One warm-up request is a whole denoise loop plus a decode: every kernel has run by its end
+# (the VAE was already warm from the latent-prep cases). Min 5 timed rounds keep the gate's power.
+E2E_ROUNDS = RoundPolicy(warmup_rounds=1, min_rounds=5, max_rounds=10)
+
+
+@dataclass
+class Workload:
+    """One case's round, ready to time: `fn` is all a timed round runs."""
+
+    fn: Callable[[], Any]
+    policy: RoundPolicy | None = None  # the kind's rounds; None: the harness default
+    on_round: Callable[[Any], None] | None = None  # sees each timed round's result, outside the timing
+    # Per-stage times of each timed round (end-to-end cases), kept by on_round.
+    stage_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    profile: bool = True  # profiled rounds for counters and device time beside the timed ones
+    # The optimisation's equivalence check on the same request, run outside the timed rounds.
+    equivalence: Callable[[], EquivalenceRecord | None] = lambda: None
+
+    def stage_samples_ms(self) -> dict[str, tuple[float, ...]]:
+        return {stage: tuple(values) for stage, values in self.stage_ms.items()}
+
+
+def i2v_request(case: CaseSpec, pixels: torch.Tensor) -> Req:
+    from cosmos3.request import Req
+
+    return Req(height=case.height, width=case.width, num_frames=case.num_frames, image=pixels, image_pixels=pixels)
+
+
+def latent_prep(case: CaseSpec, vae: AutoencoderKLWan, *, dtype: torch.dtype, device: torch.device,
+                controls: RunControls) -> Workload:
+    """The stage as upstream runs it: noise, encode by strategy, mask and mix."""
+    from cosmos3.stages import Cosmos3LatentPreparationStage
+
+    strategy = controls.strategy_for(case.strategy)  # a negative control may revert it
+    stage = Cosmos3LatentPreparationStage(vae, encode_strategy=strategy, dtype=dtype)
+    pixels = seeded_image(case.width, case.height, device)
+    return Workload(lambda: stage(i2v_request(case, pixels)),
+                    equivalence=lambda: equivalence_for(vae, i2v_request(case, pixels), case.strategy, strategy, dtype))
+
+
+def vae_encode(case: CaseSpec, vae: AutoencoderKLWan, *, device: torch.device) -> Workload:
+    """The VAE encode alone, on a video prepared outside the timed region (1 frame = the single-frame path)."""
+    from cosmos3.stages.latent_preparation import encode_input
+    from cosmos3.vae import encode_latents
+
+    pixels = seeded_image(case.width, case.height, device)
+    video = encode_input(pixels, case.num_frames, "single_frame" if case.num_frames == 1 else "expand")
+    return Workload(lambda: encode_latents(vae, video))
+
+
+def e2e(case: CaseSpec, components: Components, *, image_path: Path, steps: int,
+        controls: RunControls) -> Workload:
+    """An I2V request through the whole pipeline, with its device-synchronised per-stage times."""
+    from cosmos3.pipeline import Cosmos3Pipeline
+    from cosmos3.request import Req
+    from cosmos3.stages import Cosmos3ImagePreprocessStage
+
+    strategy = controls.strategy_for(case.strategy)  # a negative control may revert it
+    pipeline = Cosmos3Pipeline(components, encode_strategy=strategy)
+
+    def request() -> Req:
+        return Req(height=case.height, width=case.width, num_frames=case.num_frames, image=image_path,
+                   num_inference_steps=steps)
+
+    def equivalence() -> EquivalenceRecord | None:
+        # As in latent_prep, on the same request (its preprocessed image).
+        req = Cosmos3ImagePreprocessStage()(request())
+        return equivalence_for(components.vae, req, case.strategy, strategy, components.dtype)
+
+    # No profiled rounds: a whole request under the profiler costs a minute of GPU time per case.
+    workload = Workload(lambda: pipeline(request()), policy=E2E_ROUNDS, profile=False, equivalence=equivalence)
+
+    def keep_stage_times(output: Any) -> None:
+        for stage, ms in output.stage_ms.items():
+            workload.stage_ms[stage].append(ms)
+
+    workload.on_round = keep_stage_times
+    return workload
+
+
+def e2e_components(preset: Preset, device: torch.device, vae: AutoencoderKLWan,
+                   weights_dir: Path | None = None) -> Components:
+    """The VAE with the DiT stand-in and its fixed text context: what the end-to-end cases run."""
+    from cosmos3.components import Components, build_transformer, text_context
+
+    transformer = build_transformer(preset, device, weights_dir=weights_dir)
+    text = text_context(preset.dit.text_seq_len, transformer.config.text_dim, device, preset.dtype)
+    return Components(preset, device, preset.dtype, vae, transformer, text)
+
+
+def write_condition_image(path: Path, width: int, height: int) -> Path:
+    """A seeded random RGB image larger than the output, so that preprocessing really resizes and crops."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(height * 5 // 4, width * 5 // 4, 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).save(path)
+    return path
+
+
+def timed_round(fn: Callable[[], Any], device: torch.device, slowdown: float = 0.0) -> tuple[float, Any]:
+    """One device-synchronised round outside pytest-benchmark: (ms, result).
+
+    The same round as bench.harness.measure times: it starts with nothing queued, ends when the
+    device is idle, and an injected slowdown sleeps that fraction of the round's own time inside it.
+    """
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    if slowdown:
+        time.sleep((time.perf_counter() - start) * slowdown)
+    return (time.perf_counter() - start) * 1e3, result
+
+
+class Models:
+    """What the workloads share in one process, each part built on first use and then kept."""
+
+    def __init__(self, preset: Preset, device: torch.device, grid: Grid, scratch_dir: Path,
+                 weights_dir: Path | None = None) -> None:
+        self.preset = preset
+        self.device = device
+        self.grid = grid
+        self.scratch_dir = Path(scratch_dir)
+        self.weights_dir = weights_dir
+
+    @functools.cached_property
+    def vae(self) -> AutoencoderKLWan:
+        from cosmos3.components import build_vae
+
+        return build_vae(self.preset, self.device, weights_dir=self.weights_dir)
+
+    @functools.cached_property
+    def components(self) -> Components:
+        """Built on the first end-to-end case only: the DiT stand-in is the largest model."""
+        return e2e_components(self.preset, self.device, self.vae, self.weights_dir)
+
+    @functools.cache  # noqa: B019 (one Models per process; the images must outlive the calls)
+    def image_path(self, width: int, height: int) -> Path:
+        return write_condition_image(self.scratch_dir / f"condition-{width}x{height}.png", width, height)
+
+
+def build(case: CaseSpec, models: Models, controls: RunControls) -> Workload:
+    """The workload of any case, from parts built once per process."""
+    if case.benchmark == "latent_prep":
+        return latent_prep(case, models.vae, dtype=models.preset.dtype, device=models.device, controls=controls)
+    if case.benchmark == "vae_encode":
+        return vae_encode(case, models.vae, device=models.device)
+    if case.benchmark == "e2e":
+        return e2e(case, models.components, image_path=models.image_path(case.width, case.height),
+                   steps=models.grid.e2e_steps,
+                   controls=controls)
+    raise InputError("case.benchmark", "has no workload (latent_prep, vae_encode, e2e)", case.benchmark)

@@ -1,0 +1,591 @@
+"""`python -m bench compare`: paired statistics, the worker protocol, and base against head end to end.
+
+The end-to-end tests run in a temporary git repository holding a copy of this checkout's bench/
+and cosmos3/, so that commits, a dirty head and a broken base can be made without touching the
+real repository. Their workers run torch on one thread (OMP_NUM_THREADS=1): on a loaded 2-core
+machine two intra-op threads made the shortest round 20x slower and bimodal (30-70 ms against
+0.1-0.9 s), which only the tests' own host needs to be spared. Their slowdowns are still many
+times the round itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bench import cases, cli
+from bench import compare as cmp
+from bench.harness import RunControls
+from bench.protocol import (
+    REPLIES,
+    REQUESTS,
+    Bye,
+    Finish,
+    Finished,
+    Prepare,
+    Prepared,
+    Quit,
+    Ready,
+    Round,
+    RoundDone,
+    Start,
+    Unavailable,
+    decode_message,
+    encode_message,
+)
+from bench.records import CaseResult, CaseSpec
+from bench.worker import ProtocolError, serve
+from cosmos3.errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # see the module docstring
+ONE_CASE = "latent_prep and single_frame and 64x48 and 9f"  # the shortest round of the tiny grid
+ONE_CASE_NAME = "latent_prep[single_frame-64x48-9f]"
+# Few trials: the end-to-end tests check wiring and verdicts on effects far beyond the noise.
+FEW_TRIALS = ["--rounds", "1,5,5,1"]
+STARTUP_TIMEOUT_S = 240.0  # two workers import torch and diffusers on a loaded 2-core machine
+EXIT_TIMEOUT_S = 120.0
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+def test_holm_adjusts_by_rank_and_keeps_the_order():
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> running max 0.06
+    assert cmp.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert cmp.holm([0.5]) == [0.5]
+    assert cmp.holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    assert cmp.holm([]) == []
+
+
+def step_down_rejections(p: list[float], alpha: float) -> set[int]:
+    """Holm's procedure as written: reject in ascending order while p_(k) <= alpha / (m - k + 1)."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    rejected = set()
+    for k, i in enumerate(order):
+        if p[i] > alpha / (len(p) - k):
+            break
+        rejected.add(i)
+    return rejected
+
+
+def test_holm_rejects_what_the_step_down_procedure_rejects():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        m = int(rng.integers(1, 8))
+        p = list(rng.uniform(0, 0.05, m) ** rng.uniform(0.5, 2))
+        adjusted = cmp.holm(p)
+        assert {i for i, a in enumerate(adjusted) if a <= 0.01} == step_down_rejections(p, 0.01)
+
+
+def test_holm_keeps_the_family_wise_false_alarm_rate():
+    """Under the global null (uniform p-values), any rejection among m happens at most alpha of the time."""
+    rng = np.random.default_rng(1)
+    trials, m, alpha = 20000, 6, 0.05
+    p = rng.uniform(size=(trials, m))
+    any_rejected = sum(min(cmp.holm(row)) < alpha for row in p)
+    assert any_rejected / trials <= alpha + 0.005
+    # Without the correction it would be about 1 - (1 - alpha)**m = 26%.
+    assert (p.min(axis=1) < alpha).mean() > 0.2
+
+
+@pytest.mark.parametrize("tests", [1, 6, 18])
+def test_min_trials_can_reach_the_holm_level_and_one_fewer_cannot_without_margin(tests):
+    alpha = 0.01
+    n = cmp.min_trials_for(tests, alpha)
+    bare = n - cmp.REACH_MARGIN_TRIALS
+    assert 2.0**-bare < alpha / tests <= 2.0 ** -(bare - 1)
+    all_slower = np.full(n, 0.1) + np.arange(n) * 1e-3
+    assert stats.wilcoxon(all_slower, alternative="greater").pvalue < alpha / tests
+
+
+def test_wilcoxon_on_ties_is_no_evidence():
+    assert cmp.wilcoxon_p(np.zeros(12), "greater") == 1.0
+
+
+def test_median_ci_of_identical_pairs_is_a_point():
+    assert cmp.median_ci(np.full(10, 0.01)) == (0.01, 0.01)
+
+
+def stop(d, threshold=0.02, *, n_min=10, max_trials=400, spent_s=0.0, budget_s=4.0, check=True):
+    return cmp.stop_reason(np.asarray(d), threshold, n_min=n_min, max_trials=max_trials, spent_s=spent_s,
+                           budget_s=budget_s, check=check)
+
+
+def test_stopping_rule():
+    rng = np.random.default_rng(0)
+    quiet = 0.002 * rng.standard_normal(40)
+    assert stop(quiet[:9]) is None  # below the minimum, whatever the data
+    assert stop(quiet[:10]) == "within"  # the interval lies below log(1.02)
+    # A 5% slowdown with 0.2% noise: the interval is above the limit, which never stops a case early ...
+    slower = math.log(1.05) + quiet
+    assert stop(slower[:10], 0.10) == "within"
+    assert stop(slower[:10], 0.0) is None or stop(slower[:10], 0.0) == "budget"
+    # ... until it is narrower than the threshold.
+    assert stop(slower[:20], 0.02) == "resolved"
+    noisy = 0.2 * rng.standard_normal(40)
+    assert stop(noisy[:20]) is None
+    assert stop(noisy[:20], spent_s=4.0) == "budget"
+    assert stop(noisy[:20], check=False, spent_s=1.0) is None
+    assert stop(noisy[:20], max_trials=20) == "max trials"
+
+
+def paired(name_strategy="single_frame", *, ratio=1.0, noise=0.01, trials=30, seed=0, frames=33,
+           head_mem=None, base_mem=None, log_ratios=None):
+    """A synthetic pair: base rounds ~10 ms, head rounds `ratio` times them (or exp(log_ratios) times),
+    each side with its own noise."""
+    rng = np.random.default_rng(seed)
+    spec = CaseSpec("latent_prep", 1280, 720, frames, name_strategy)
+    if log_ratios is not None:
+        trials = len(log_ratios)
+    base = 10 * np.exp(noise * rng.standard_normal(trials))
+    if log_ratios is None:
+        head = ratio * base * np.exp(noise * rng.standard_normal(trials))
+    else:
+        head = base * np.exp(log_ratios)
+    def memory(working_gib):
+        return {} if working_gib is None else {"peak_mem_gib": working_gib + 1.0, "resident_mem_gib": 1.0}
+
+    head_case = CaseResult(spec, tuple(head), **memory(head_mem))
+    base_case = CaseResult(spec, tuple(base), **memory(base_mem))
+    return cmp.PairedCase(head_case, base_case, tuple(bool(x) for x in rng.integers(0, 2, trials)), "budget")
+
+
+def record(pairs, unpaired=(), make_env=None, **criteria):
+    env = make_env()
+    side = {"dirty": False, "cosmos3_file": "/x/cosmos3/__init__.py", "environment": env}
+    return cmp.CompareRecord(
+        base=cmp.Side("base", "main", "a" * 40, **side), head=cmp.Side("head", "working tree", "b" * 40, **side),
+        criteria=cmp.Criteria(**criteria), policy=cmp.TrialPolicy(), pairs=tuple(pairs), unpaired=tuple(unpaired),
+    )
+
+
+def test_judge_passes_noise_and_fails_a_slowdown_naming_the_case(make_env):
+    report = cmp.judge(record([paired(ratio=1.0, seed=1), paired("expand", ratio=1.05, seed=2)], make_env=make_env))
+    verdicts = {c.name: c.verdict for c in report.comparisons}
+    assert verdicts == {"latent_prep[single_frame-1280x720-33f]": cmp.OK, "latent_prep[expand-1280x720-33f]":
+                        cmp.REGRESSION}
+    (failure,) = report.failures
+    assert failure.startswith("latent_prep[expand-1280x720-33f]: median paired ratio 1.05")
+    assert report.exit_code == 1
+
+
+def test_judge_needs_size_as_well_as_significance(make_env):
+    """1% slower, clearly significant, but within the 2% threshold: ok, with a note."""
+    report = cmp.judge(record([paired(ratio=1.01, noise=0.002)], make_env=make_env))
+    (c,) = report.comparisons
+    assert c.verdict == cmp.OK and c.p_adjusted < 0.01 and "significant but within +2.0%" in c.note
+    assert report.passed
+
+
+def test_holm_across_cases_can_turn_a_marginal_regression_into_noise(make_env):
+    """One marginal slowdown alone is a regression; beside 40 other cases Holm asks for more evidence."""
+    # 8 of 10 trials 3-8% slower, 2 faster: exact one-sided Wilcoxon p = 0.0049.
+    marginal = paired(log_ratios=np.r_[np.linspace(0.03, 0.08, 8), -0.01, -0.02])
+    alone = cmp.judge(record([marginal], make_env=make_env)).comparisons[0]
+    assert alone.verdict == cmp.REGRESSION, alone
+    others = [paired(ratio=1.0, seed=10 + i, frames=100 + 4 * i) for i in range(40)]
+    crowd = {c.name: c for c in cmp.judge(record([marginal, *others], make_env=make_env)).comparisons}
+    c = crowd[marginal.name]
+    assert c.p_slower == alone.p_slower and c.p_adjusted > c.p_slower
+    assert c.verdict == cmp.NOT_SIGNIFICANT
+
+
+def test_unpaired_cases_new_removed_and_not_comparable_pass_but_a_head_failure_fails(make_env):
+    spec = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
+    passing = [cmp.Unpaired(spec, cmp.NEW, "in the head's grid only"),
+               cmp.Unpaired(CaseSpec("vae_encode", 64, 48, 1), cmp.REMOVED, "in the base's grid only"),
+               cmp.Unpaired(CaseSpec("e2e", 64, 48, 9, "expand"), cmp.NOT_COMPARABLE,
+                            "the base cannot run it: AttributeError: no encode_strategy")]
+    report = cmp.judge(record([paired()], passing, make_env=make_env))
+    assert report.passed, report.failures
+    assert any("not comparable: the base cannot run it" in n for n in report.notes)
+    failed = cmp.Unpaired(CaseSpec("e2e", 64, 48, 9, "single_frame"), cmp.FAILED, "RuntimeError: boom\ntraceback")
+    report = cmp.judge(record([paired()], [*passing, failed], make_env=make_env))
+    assert report.failures == ("e2e[single_frame-64x48-9f]: failed on the head: RuntimeError: boom",)
+
+
+def test_working_memory_is_judged_by_the_gate_rule(make_env):
+    report = cmp.judge(record([paired(head_mem=1.10, base_mem=1.0)], make_env=make_env))
+    assert [f.rule for f in report.findings] == ["memory"]  # no counters in these records: no other rule speaks
+    (failure,) = report.failures
+    assert "working memory 1.100 GiB vs baseline 1.000 GiB" in failure
+    assert cmp.judge(record([paired(head_mem=1.0, base_mem=1.0)], make_env=make_env)).passed
+
+
+def test_pair_rules_leave_out_the_in_run_checks():
+    assert [r.name for r in cmp.PAIR_RULES] == ["device_time", "counters", "memory"]
+
+
+def simulate_compare(rng, *, cases_n: int, noise: float, threshold: float, alpha: float) -> bool:
+    """One A/A compare on heavy-tailed synthetic pairs, with the real stopping rule; True on a false alarm."""
+    n_min = max(cmp.MIN_TRIALS, cmp.min_trials_for(cases_n, alpha))
+    p, ratios = [], []
+    for _ in range(cases_n):
+        d: list[float] = []
+        next_check = n_min
+        while True:
+            d.append(noise * rng.standard_t(3))
+            check = len(d) >= next_check
+            if check:
+                next_check = max(len(d) + 1, math.ceil(len(d) * cmp.CHECK_GROWTH))
+            if cmp.stop_reason(np.asarray(d), threshold, n_min=n_min, max_trials=30, spent_s=0.0, budget_s=1.0,
+                               check=check):
+                break
+        p.append(cmp.wilcoxon_p(np.asarray(d), "greater"))
+        ratios.append(math.exp(float(np.median(d))))
+    return any(a < alpha and r > 1 + threshold for a, r in zip(cmp.holm(p), ratios, strict=True))
+
+
+@pytest.mark.slow
+def test_a_whole_aa_compare_rarely_raises_a_false_alarm():
+    """Stopping rule, Wilcoxon and Holm together on A/A data: at most about alpha of compares fail."""
+    rng = np.random.default_rng(3)
+    runs = 100
+    alarms = sum(simulate_compare(rng, cases_n=3, noise=0.03, threshold=0.0, alpha=0.05) for _ in range(runs))
+    # Binomial(100, 0.05) exceeds 10 with probability about 1%. Threshold 0 is the harshest case: no size
+    # condition shields the test from the repeated looks of the stopping rule.
+    assert alarms <= 10, alarms
+
+
+# ---- messages ------------------------------------------------------------------------------------
+
+
+def test_every_message_round_trips(make_env):
+    spec = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
+    messages = [
+        Start("head", "/repo", "tiny", controls=RunControls(slowdowns={"latent_prep[*]": 0.5})),
+        Prepare(spec, 2), Round(spec.name), Finish(spec.name), Quit(),
+        Ready("base", 1, "/t", "/t/cosmos3/__init__.py", "/h/bench/__init__.py", make_env(), (spec,)),
+        Prepared(spec.name, (1.0, 2.0)), Unavailable(spec.name, "boom"), RoundDone(spec.name, 1.5),
+        Finished(CaseResult(spec, (1.0, 2.0))), Bye(7),
+    ]
+    for message in messages:
+        line = encode_message(message)
+        assert line.endswith("\n") and line.count("\n") == 1
+        known = REQUESTS if type(message).__name__ in REQUESTS else REPLIES
+        assert decode_message(line, known, source="test") == message
+
+
+def test_a_key_on_one_side_only_is_an_error():
+    line = json.dumps({"type": "Round", "body": {"case": "x", "extra": 1}})
+    with pytest.raises(InputError, match=r"test\.Round\.extra: is not a field of Round"):
+        decode_message(line, REQUESTS, source="test")
+    with pytest.raises(InputError, match=r"test\.Round\.case: is required"):
+        decode_message(json.dumps({"type": "Round", "body": {}}), REQUESTS, source="test")
+    with pytest.raises(InputError, match="must be one of"):  # a reply where a request is due
+        decode_message(encode_message(Bye(1)), REQUESTS, source="test")
+    with pytest.raises(InputError, match="one JSON message per line"):
+        decode_message("Loading weights...", REPLIES, source="test")
+    with pytest.raises(InputError, match="must be a number"):
+        decode_message(json.dumps({"type": "RoundDone", "body": {"case": "x", "ms": "1"}}), REPLIES, source="test")
+
+
+def test_the_worker_answers_in_process(tmp_path, monkeypatch):
+    """Start, a case that cannot be built here (Unavailable, the worker goes on), a measured case, Quit."""
+    monkeypatch.chdir(tmp_path)  # the worker's scratch folder goes into its working folder
+    good = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
+    bogus = CaseSpec("no_such_kind", 64, 48, 9)
+    requests = [Start("head", str(REPO), "tiny", controls=RunControls(slowdowns={good.name: 0.5})),
+                Prepare(bogus, 1), Prepare(good, 1), Round(good.name), Round(good.name), Finish(good.name), Quit()]
+    out = io.StringIO()
+    assert serve(io.StringIO("".join(encode_message(r) for r in requests)), out) == 0
+    replies = [decode_message(line, REPLIES, source="worker") for line in out.getvalue().splitlines()]
+    assert [type(r).__name__ for r in replies] == ["Ready", "Unavailable", "Prepared", "RoundDone", "RoundDone",
+                                                   "Finished", "Bye"]
+    ready, unavailable, _, _, _, finished, _ = replies
+    assert Path(ready.cosmos3_file).is_relative_to(REPO) and good in ready.cases
+    assert unavailable.error.startswith("InputError: case.benchmark: has no workload")
+    assert finished.result.rounds == 2 and finished.result.injected == ("slowdown 0.5",)
+    assert not list(tmp_path.iterdir())  # the scratch folder is gone
+
+
+def test_the_worker_refuses_requests_out_of_order():
+    out = io.StringIO()
+    with pytest.raises(ProtocolError, match="Round before Start"):
+        serve(io.StringIO(encode_message(Round("x"))), out)
+
+
+# ---- -k: the cases pytest would run ---------------------------------------------------------------
+
+
+# and, or, not, parentheses, a bracketed id, and pytest's case-insensitive substring match (E2E).
+KEYWORD = "(test_latent_prep and 64x48 and not expand) or vae_encode[96x64-1f] or E2E"
+
+
+@pytest.mark.slow
+def test_keyword_selects_what_pytest_collects():
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "bench/benchmarks",
+         "--preset=tiny", "-k", KEYWORD], cwd=REPO, capture_output=True, text=True, check=False)
+    collected = re.findall(r"::(test_\w+\[[^\]]+\])", out.stdout)
+    mine = [f"test_{s.benchmark}[{cases.param_id(s)}]" for s in cases.select(cases.all_cases("tiny"), KEYWORD)]
+    assert len(mine) == 6 and mine == collected, out.stdout + out.stderr
+
+
+def test_keyword_errors_name_the_expression():
+    with pytest.raises(InputError, match="keyword: must be a pytest -k expression"):
+        cases.select(cases.all_cases("tiny"), "single_frame and (")
+
+
+# ---- end to end, in a temporary repository --------------------------------------------------------
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.email=bench@example.com", "-c", "user.name=bench", "commit", "-q", "-m", message)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A repository of this checkout's code (working-tree versions) with branches `broken` (cosmos3 raises on
+    import), `nocosmos` (no cosmos3 package) and `old` (the latent-prep stage without an encode strategy, as
+    before the single-frame change); `main` is checked out and clean."""
+    root = tmp_path_factory.mktemp("repo") / "cosmos3-bench"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "bench", "cosmos3", "pyproject.toml"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    git(root.parent, "init", "-q", "-b", "main", str(root))
+    commit_all(root, "the code under test")
+    git(root, "checkout", "-q", "-b", "broken")
+    init = root / "cosmos3" / "__init__.py"
+    init.write_text(init.read_text() + '\nraise ImportError("cosmos3 broken on purpose")\n')
+    commit_all(root, "broken")
+    git(root, "checkout", "-q", "main")
+    git(root, "checkout", "-q", "-b", "nocosmos")
+    shutil.rmtree(root / "cosmos3")
+    commit_all(root, "no cosmos3")
+    git(root, "checkout", "-q", "main")
+    git(root, "checkout", "-q", "-b", "old")
+    stage = root / "cosmos3" / "stages" / "latent_preparation.py"
+    stage.write_text(stage.read_text() + OLD_STAGE_API)
+    commit_all(root, "the stage's old signature")
+    git(root, "checkout", "-q", "main")
+    return root
+
+
+OLD_STAGE_API = """
+
+_NewStage = Cosmos3LatentPreparationStage
+
+
+class Cosmos3LatentPreparationStage(_NewStage):  # noqa: F811 -- the old API: no encode strategy to choose
+    def __init__(self, vae, *, dtype=torch.bfloat16):
+        super().__init__(vae, encode_strategy="expand", dtype=dtype)
+"""
+
+
+def clone_of(repo: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "cosmos3-bench"
+    shutil.copytree(repo, copy, symlinks=True)
+    return copy
+
+
+def compare_in(repo: Path, tmp_path: Path, monkeypatch, *args: str) -> int:
+    """`python -m bench compare` with `repo` as the head, in this process (its torch is already imported)."""
+    monkeypatch.setattr(cli, "REPO_ROOT", repo)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    for name, value in WORKER_ENV.items():
+        monkeypatch.setenv(name, value)
+    return cli.main(["compare", "--preset", "tiny", "--results-dir", str(tmp_path / "results"), *args])
+
+
+def failure_lines(summary: str) -> list[str]:
+    """The verdict's failure bullets: the lines between the FAIL line and the next section."""
+    _, _, rest = summary.partition("**FAIL**")
+    assert rest, summary[-2000:]
+    return [line for line in rest.split("\n## ")[0].splitlines() if line.startswith("- ")]
+
+
+def checkout_path(out: str) -> Path:
+    found = re.search(r"checked out at (\S+)", out)
+    assert found, out
+    return Path(found.group(1))
+
+
+def assert_no_worktree(repo: Path, out: str) -> None:
+    tree = checkout_path(out)
+    assert not tree.exists() and not tree.parent.exists(), tree
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+@pytest.mark.slow
+def test_aa_passes_and_leaves_the_raw_pairs_and_no_worktree(repo, tmp_path, monkeypatch, capsys):
+    code = compare_in(repo, tmp_path, monkeypatch, "--base", "HEAD", "-k", ONE_CASE, *FEW_TRIALS,
+                      "--threshold", "1.0", "--run-id", "aa")
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert_no_worktree(repo, out)
+    run_dir = tmp_path / "results" / "aa"
+    record = cmp.load_compare(run_dir / cmp.COMPARE_RECORD)
+    (pair,) = record.pairs
+    assert pair.name == ONE_CASE_NAME and len(pair.head.samples_ms) == len(pair.base.samples_ms) >= 9
+    assert record.base.commit == record.head.commit and not record.head.dirty
+    assert Path(record.base.cosmos3_file).parts[-3] == "base" and Path(record.head.cosmos3_file).is_relative_to(repo)
+    summary = (run_dir / "report" / "summary.md").read_text()
+    assert "**PASS**" in summary and record.base.commit[:12] in summary
+    assert (run_dir / "report" / "paired_ratio.png").stat().st_size > 1000
+    assert "worker base: cosmos3 from" in (run_dir / "worker-base.log").read_text()
+    assert not (repo / "baselines").exists()
+
+
+@pytest.mark.slow
+def test_a_committed_slowdown_fails_naming_the_case(repo, tmp_path, monkeypatch, capsys):
+    head = clone_of(repo, tmp_path)
+    stage = head / "cosmos3" / "stages" / "latent_preparation.py"
+    text = stage.read_text().replace("    def forward(self, req: Req) -> Req:\n",
+                                     "    def forward(self, req: Req) -> Req:\n        time.sleep(0.3)\n")
+    stage.write_text(text.replace("from __future__ import annotations\n",
+                                  "from __future__ import annotations\n\nimport time\n"))
+    assert "time.sleep(0.3)" in stage.read_text()
+    code = compare_in(head, tmp_path, monkeypatch, "--base", "main", "-k", ONE_CASE, *FEW_TRIALS,
+                      "--threshold", "0.5", "--run-id", "slowed")
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    (failure,) = failure_lines(out)
+    assert re.fullmatch(rf"- {re.escape(ONE_CASE_NAME)}: median paired ratio [\d.]+ .* the head is slower", failure)
+    assert "(dirty)" in out
+    assert_no_worktree(head, out)
+
+
+@pytest.mark.slow
+def test_an_injected_slowdown_fails_and_a_case_the_base_cannot_run_is_not_comparable(repo, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Against `old`, whose latent-prep stage takes no encode strategy: that case is not comparable (not a
+    failure), while the VAE encode, the same on both sides, is slowed on the head only and fails."""
+    encode = "vae_encode[64x48-1f]"
+    code = compare_in(repo, tmp_path, monkeypatch, "--base", "old", "-k", f"({ONE_CASE}) or {encode}", *FEW_TRIALS,
+                      "--threshold", "0.5", "--inject-slowdown", f"{encode}=3", "--run-id", "inject")
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    failures = failure_lines(out)
+    assert len(failures) == 1 and failures[0].startswith(f"- {encode}: median paired ratio"), failures
+    assert f"| `{ONE_CASE_NAME}` | not comparable | the base cannot run it: TypeError:" in out
+    record = cmp.load_compare(tmp_path / "results" / "inject" / cmp.COMPARE_RECORD)
+    (pair,) = record.pairs
+    assert pair.head.injected == ("slowdown 3",) and pair.base.injected == ()
+    assert record.head.environment.negative_controls == (f"slowdown {encode}=3",)
+    assert record.base.environment.negative_controls == ()
+
+
+@pytest.mark.slow
+def test_a_base_that_fails_to_import_exits_2_naming_the_ref(repo, tmp_path, monkeypatch, capsys):
+    code = compare_in(repo, tmp_path, monkeypatch, "--base", "broken", "-k", ONE_CASE, "--run-id", "broken")
+    captured = capsys.readouterr()
+    assert code == 2, captured.out + captured.err
+    assert re.search(r"error: base broken \([0-9a-f]{12}\): worker died before answering Start", captured.err)
+    assert "ImportError: cosmos3 broken on purpose" in captured.err
+    assert_no_worktree(repo, captured.out)
+    assert not (tmp_path / "results" / "broken").exists()
+
+
+def test_an_unknown_ref_or_a_base_without_cosmos3_exits_2(repo, tmp_path, monkeypatch, capsys):
+    assert compare_in(repo, tmp_path, monkeypatch, "--base", "no-such-ref") == 2
+    assert "error: base no-such-ref: is not a commit in" in capsys.readouterr().err
+    assert compare_in(repo, tmp_path, monkeypatch, "--base", "nocosmos") == 2
+    captured = capsys.readouterr()
+    assert "error: base nocosmos: has no cosmos3 package" in captured.err
+    assert_no_worktree(repo, captured.out)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+# ---- processes: a killed worker, a stopped compare --------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def start_compare(repo: Path, tmp_path: Path, run_id: str) -> tuple[subprocess.Popen, list[str]]:
+    """A long compare in its own process; returns once it has started measuring (its first case's line)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "compare", "--base", "HEAD", "--preset", "tiny", "-k", ONE_CASE,
+         "--rounds", "1,200,200,600000", "--results-dir", str(tmp_path / "results"), "--run-id", run_id],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **WORKER_ENV, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    for line in iter(proc.stdout.readline, ""):
+        lines.append(line)
+        if "warm-up and trials" in line:
+            break
+        assert time.monotonic() < deadline, lines
+    assert lines and "warm-up and trials" in lines[-1], "".join(lines) + proc.stderr.read()
+    time.sleep(1.0)  # into the rounds
+    return proc, lines
+
+
+def workers_of(pid: int) -> dict[str, int]:
+    out = {}
+    for child in children(pid):
+        if "bench.worker" in cmdline(child):
+            side = "base" if "path-base" in os.readlink(f"/proc/{child}/cwd") else "head"
+            out[side] = child
+    return out
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
+
+
+@pytest.mark.slow
+@linux_only
+def test_a_killed_worker_fails_the_run_with_its_stderr(repo, tmp_path):
+    proc, lines = start_compare(repo, tmp_path, "killed")
+    workers = workers_of(proc.pid)
+    assert set(workers) == {"base", "head"}, workers
+    os.kill(workers["base"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=EXIT_TIMEOUT_S)
+    assert proc.returncode == 2, err
+    assert re.search(r"error: base HEAD \([0-9a-f]{12}\): worker died before answering (Round|Prepare|Finish) "
+                     r"and was killed by SIGKILL; the end of its stderr:", err), err
+    assert "  | worker base: cosmos3 from" in err
+    assert_no_worktree(repo, "".join(lines) + out)
+    assert not workers_of(proc.pid) and not Path(f"/proc/{workers['head']}").exists()
+
+
+@pytest.mark.slow
+@linux_only
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_compare_removes_its_worktree_and_workers(repo, tmp_path, signum):
+    proc, lines = start_compare(repo, tmp_path, "stopped")
+    workers = workers_of(proc.pid)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=EXIT_TIMEOUT_S)
+    assert proc.returncode == 128 + signum, err
+    assert f"stopped by {signal.Signals(signum).name}" in err
+    assert_no_worktree(repo, "".join(lines) + out)
+    for pid in workers.values():
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    run_dir = tmp_path / "results" / "stopped"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["interrupted.json"]
