@@ -9,7 +9,6 @@ coordinator keeps and shows when the worker dies.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import tempfile
@@ -49,7 +48,6 @@ from cosmos3.presets import get_preset
 _GIB = 2**30
 # Fields of CaseResult in this checkout: a field another change adds (work counters) is filled
 # only once it exists, so the worker never writes a key the record would reject.
-CASE_FIELDS = frozenset(f.name for f in dataclasses.fields(CaseResult))
 # Lines of a case's traceback kept in an Unavailable reply (the whole one goes to stderr).
 TRACEBACK_TAIL_LINES = 6
 
