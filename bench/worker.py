@@ -46,8 +46,6 @@ from bench.records import CaseResult, CaseSpec
 from cosmos3.presets import get_preset
 
 _GIB = 2**30
-# Fields of CaseResult in this checkout: a field another change adds (work counters) is filled
-# only once it exists, so the worker never writes a key the record would reject.
 # Lines of a case's traceback kept in an Unavailable reply (the whole one goes to stderr).
 TRACEBACK_TAIL_LINES = 6
 
