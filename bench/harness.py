@@ -207,6 +207,18 @@ def inject(fn: Callable[[], Any], case_name: str, device: torch.device, controls
     return injected, labels
 
 
+# On the CPU (the tiny smoke preset, never a benchmark figure) torch runs one thread: its OpenMP
+# pool spins on cores that other processes share, and on a loaded 2-core runner that made a 14 ms
+# round take 360 ms, in bursts. One thread keeps the in-run checks' ratios meaningful there.
+CPU_THREADS = 1
+
+
+def single_thread_on_cpu(device: torch.device) -> None:
+    """In a benchmark process on the CPU: torch on CPU_THREADS threads (see there why)."""
+    if device.type == "cpu":
+        torch.set_num_threads(CPU_THREADS)
+
+
 def die_with_parent(parent_pid: int) -> None:
     """In the benchmark child: exit on SIGTERM when `parent_pid` dies, however it dies (Linux prctl).
 

@@ -25,7 +25,7 @@ import cosmos3
 from bench import cases, workloads
 from bench.counters import profile_rounds
 from bench.environment import collect_environment, run_label
-from bench.harness import RoundPolicy, die_with_parent
+from bench.harness import RoundPolicy, die_with_parent, single_thread_on_cpu
 from bench.protocol import (
     REQUESTS,
     Bye,
@@ -102,6 +102,7 @@ class Worker:
             raise RuntimeError(f"cosmos3 was imported from {cosmos3.__file__}, not from {start.tree}")
         preset = get_preset(start.preset, dit_num_layers=start.dit_layers)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        single_thread_on_cpu(self.device)  # as the pytest benchmarks do
         # In the working folder, which the coordinator made inside its own scratch folder: removed with it
         # even where this process is stopped by a signal and cannot clean up.
         self._scratch = tempfile.TemporaryDirectory(prefix=f"worker-{self.side}-", dir=os.getcwd())

@@ -9,7 +9,7 @@ import torch
 
 from bench import cases
 from bench.environment import collect_environment, run_label
-from bench.harness import RunControls, die_with_parent
+from bench.harness import RunControls, die_with_parent, single_thread_on_cpu
 from bench.records import encode_record, matches
 from cosmos3.components import build_vae
 from cosmos3.presets import get_preset, resolve_preset_name
@@ -26,6 +26,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    single_thread_on_cpu(_device())
     parent = RunControls.from_env().parent_pid
     if parent is not None:
         die_with_parent(parent)
