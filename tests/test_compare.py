@@ -333,7 +333,7 @@ def test_keyword_selects_what_pytest_collects():
          "--preset=tiny", "-k", KEYWORD], cwd=REPO, capture_output=True, text=True, check=False)
     collected = re.findall(r"::(test_\w+\[[^\]]+\])", out.stdout)
     mine = [f"test_{s.benchmark}[{cases.param_id(s)}]" for s in cases.select(cases.all_cases("tiny"), KEYWORD)]
-    assert len(mine) == 6 and mine == collected, out.stdout + out.stderr
+    assert len(mine) == 9 and mine == collected, out.stdout + out.stderr  # 3 x 2 latent_prep, 1 encode, 2 e2e
 
 
 def test_keyword_errors_name_the_expression():
