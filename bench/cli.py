@@ -399,13 +399,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return gate_and_report(args, run, baseline, notes, run_dir / REPORT_DIR, failed)
 
 
+def unused_name(parent: Path, prefix: str) -> Path:
+    """parent/<prefix>-<UTC time>, with -2, -3, ... where that exists (two reports in one second)."""
+    stem = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    path, n = parent / stem, 1
+    while path.exists():
+        n += 1
+        path = parent / f"{stem}-{n}"
+    return path
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     gate_config(args)
     if (args.run_dir / INTERRUPTED_RECORD).is_file():
         raise InputError("run_dir", "holds a run that was interrupted; there is nothing to gate",
                          display_path(args.run_dir))
     run = load_run(args.run_dir / RUN_RECORD, what="run record")
-    report_dir = args.report_dir or args.run_dir / f"gate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    report_dir = args.report_dir or unused_name(args.run_dir, "gate")
     if report_dir.exists():
         raise InputError("report_dir", "exists; a report is never overwritten", display_path(report_dir))
     check_output_dir("report_dir", report_dir)
@@ -504,7 +514,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               + ", ".join(f"{len(r)} at +{s:.0%}" for s, r in sorted(injected.items())))
         return EXIT_PASS
     cal = calibrate_mod.analyse(baseline, aa, injected, config)
-    report = calibrate_mod.write(cal, folder / f"report-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    report = calibrate_mod.write(cal, unused_name(folder, "report"))
     print(report.read_text())
     print(f"report: {display_path(report)}")
     return EXIT_PASS

@@ -142,3 +142,13 @@ def test_reverting_a_strategy_is_a_recorded_negative_control():
     assert controls.strategy_for("expand") == "expand"
     assert controls.active == ("single_frame reverted to expand", "first_frame_2d reverted to single_frame")
     assert cli.RunControls().strategy_for("first_frame_2d") == "first_frame_2d"
+
+
+def test_two_gates_in_one_second_get_two_report_folders(tmp_path, make_case, make_run, monkeypatch):
+    epoch = cli.time.gmtime(0)
+    monkeypatch.setattr(cli.time, "gmtime", lambda *_: epoch)  # the same second, twice
+    run_dir = tmp_path / "run"
+    save_run(make_run([make_case()], preset="tiny"), run_dir / "run.json")
+    for _ in range(2):
+        assert main(["gate", str(run_dir), "--baselines-dir", str(tmp_path / "none")]) == 0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["gate-19700101-000000", "gate-19700101-000000-2", "run.json"]
