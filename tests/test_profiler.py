@@ -206,8 +206,8 @@ def test_coverage_wants_exactly_the_steps_asked_for(tmp_path, found, ok):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (gzip.compress(b'[{"traceEvents": []}]'), "must be a Chrome trace object with a traceEvents list"),
-        (gzip.compress(b'{"traceEvents": {}}'), "must be a Chrome trace object with a traceEvents list"),
+        (gzip.compress(b'[{"traceEvents": []}]'), r"must be a Chrome trace object with a traceEvents list \(got '"),
+        (gzip.compress(b'{"traceEvents": {}}'), r"must be a Chrome trace object with a traceEvents list \(got '"),
         (b'{"traceEvents": []}', r"must be one complete gzip JSON file \(BadGzipFile: "),
         (gzip.compress(b'{"traceEvents": []}')[:-4], r"must be one complete gzip JSON file \(EOFError: "),
         (gzip.compress(b'"\xff"'), r"must be one complete gzip JSON file \(UnicodeDecodeError: "),
@@ -218,7 +218,7 @@ def test_coverage_wants_exactly_the_steps_asked_for(tmp_path, found, ok):
 def test_malformed_traces_are_rejected(tmp_path, content, message):
     path = tmp_path / "bad.json.gz"
     path.write_bytes(content)
-    with pytest.raises(InputError, match=message) as info:
+    with pytest.raises(InputError, match=f"^trace: {message}") as info:
         read_trace(str(path))
     assert (info.value.field, info.value.value) == ("trace", str(path))
 
