@@ -1,4 +1,4 @@
-"""nox sessions: tests, bench, baseline, calibrate, profile, lint."""
+"""nox sessions: tests, bench, baseline, calibrate, compare, profile, lint, mutants."""
 
 from __future__ import annotations
 
@@ -233,3 +233,48 @@ def compare(session: nox.Session) -> None:
     """Compare the working tree with a git ref, interleaved on this machine: nox -s compare -- --base REF."""
     python = prepare(session)
     session.run(python, "-m", "bench", "compare", *session.posargs)
+
+
+# Share of mutants the tests must kill, over all modules in pyproject's [tool.mutmut] source_paths.
+MUTATION_SCORE_MIN = 0.90
+
+
+@nox.session(venv_backend="venv")
+def mutants(session: nox.Session) -> None:
+    """Mutation-test the modules listed in pyproject's [tool.mutmut]; fails unless 90% of mutants are killed."""
+    session.install(TORCH_CPU)
+    session.install("-e", ".", "mutmut==3.8.1")
+    # mutmut forks a worker per mutant; torch's OpenMP pool, once started, deadlocks a forked
+    # child. One thread per worker also suits the parallel workers (one per core).
+    session.env["OMP_NUM_THREADS"] = "1"
+    # A fresh run every time: mutmut keeps old verdicts for unchanged code even after tests change.
+    # (A session.run, so that --install-only skips it along with the run.)
+    session.run("python", "-c", "import shutil; shutil.rmtree('mutants', ignore_errors=True)")
+    session.run("mutmut", "run", *session.posargs)
+    # One "    <module>.x<function>__mutmut_<n>: <status>" line per mutant.
+    listing = session.run("mutmut", "results", "--all", "true", silent=True)
+    if listing is None:  # --install-only
+        return
+    counts: dict[str, dict[str, int]] = {}
+    for line in listing.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if not sep or "__mutmut_" not in name:
+            continue
+        # "<module>.x_<function>__mutmut_<n>" or "<module>.xǁ<Class>ǁ<method>__mutmut_<n>"
+        module = name.split(".x_")[0].split(".xǁ")[0]
+        by_status = counts.setdefault(module, {})
+        by_status[status] = by_status.get(status, 0) + 1
+    # Only "killed" counts. A timeout is listed but not credited: a hang (e.g. torch deadlocked
+    # in a forked worker) looks just like one, and must not pass for a kill.
+    killed = {module: c.get("killed", 0) for module, c in counts.items()}
+    total = {module: sum(c.values()) for module, c in counts.items()}
+    for module in sorted(counts):
+        breakdown = ", ".join(f"{n} {status}" for status, n in sorted(counts[module].items()))
+        session.log(f"{module}: {killed[module]}/{total[module]} killed ({breakdown})")
+    all_killed, all_total = sum(killed.values()), sum(total.values())
+    if not all_total:
+        session.error("mutmut listed no mutants")
+    score = all_killed / all_total
+    session.log(f"mutation score: {all_killed}/{all_total} killed ({score:.1%}; needs {MUTATION_SCORE_MIN:.0%})")
+    if score < MUTATION_SCORE_MIN:
+        session.error(f"mutation score {score:.1%} < {MUTATION_SCORE_MIN:.0%}; `mutmut results` lists the survivors")
