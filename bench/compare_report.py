@@ -33,7 +33,7 @@ from bench.compare import (
 )
 from bench.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci
 from bench.records import encode_record, umask, write_json_atomic
-from bench.report import PLOT_DPI, SUMMARY_NAME, table
+from bench.report import ENV_ROWS, PLOT_DPI, SUMMARY_NAME, table
 from cosmos3.errors import InputError
 
 REPORT_DIR = "report"
@@ -55,16 +55,9 @@ def write_compare_run(record: CompareRecord, logs: dict[str, str], run_dir: Path
 # ---- summary.md --------------------------------------------------------------------------------
 
 
-_SIDE_ROWS = (
-    ("device", "device_name"),
-    ("preset", "preset"),
-    ("dtype", "dtype"),
-    ("torch", "torch"),
-    ("diffusers", "diffusers"),
-    ("CUDA", "cuda"),
-    ("driver", "driver"),
-    ("date (UTC)", "date_utc"),
-)
+# The environment rows of a run's report, less those that differ by side by design (commit) or do
+# not apply to one side of a compare.
+_SIDE_ROWS = tuple(row for row in ENV_ROWS if row[1] not in ("commit", "suite_wall_s", "merged_runs"))
 
 
 def sides_section(record: CompareRecord) -> list[str]:

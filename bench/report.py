@@ -42,7 +42,7 @@ def verdict_section(gate: GateReport) -> list[str]:
     return lines + [f"- {failure}" for failure in gate.failures] + [""]
 
 
-_ENV_ROWS = (
+ENV_ROWS = (
     ("device", "device_name"),
     ("preset", "preset"),
     ("dtype", "dtype"),
@@ -72,7 +72,7 @@ def environment_section(env: Environment, baseline: Environment | None) -> list[
     header = ["", "this run"] + (["baseline"] if baseline else [])
     rows = [
         [label, _env_value(env, attr)] + ([_env_value(baseline, attr)] if baseline else [])
-        for label, attr in _ENV_ROWS
+        for label, attr in ENV_ROWS
     ]
     lines = ["## Environment", "", *table(header, rows), ""]
     if env.negative_controls:
