@@ -359,12 +359,12 @@ def repo(tmp_path_factory) -> Path:
     import), `nocosmos` (no cosmos3 package) and `old` (the latent-prep stage without an encode strategy, as
     before the single-frame change); `main` is checked out and clean."""
     root = tmp_path_factory.mktemp("repo") / "cosmos3-bench"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "bench", "cosmos3", "pyproject.toml"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    # The packages' sources as they are on disk (not git's list: mutmut runs these tests in a copy outside git).
+    files = [p for package in ("bench", "cosmos3") for p in (REPO / package).rglob("*.py")]
+    for path in [*files, REPO / "pyproject.toml"]:
+        target = root / path.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
     git(root.parent, "init", "-q", "-b", "main", str(root))
     commit_all(root, "the code under test")
     git(root, "checkout", "-q", "-b", "broken")
