@@ -161,9 +161,14 @@ def _sleep_cycles_per_ms(device: torch.device) -> float:
     return cycles / start.elapsed_time(end)
 
 
+# Lines marked "no mutate block -- CUDA only" run on a GPU and nowhere else: the CPU tests cannot
+# reach them, so mutation testing (nox -s mutants) skips them. Their tests are the GPU negative controls
+# of tools/gpu-evidence.sh, where --inject-sync, --inject-kernel and --inject-gpu-work must fail the gate.
+
+
 def _busy(device: torch.device, ms: float) -> None:
     """Occupy the device (CUDA: one spinning kernel) or, on the CPU, the host for `ms`."""
-    if device.type == "cuda":
+    if device.type == "cuda":  # pragma: no mutate block -- CUDA only
         torch.cuda._sleep(int(ms * _sleep_cycles_per_ms(device)))
         return
     end = time.perf_counter() + ms / 1e3
@@ -185,9 +190,11 @@ def inject(fn: Callable[[], Any], case_name: str, device: torch.device, controls
         return fn, ()
     busy_ms = 0.0
     if fraction:
-        base_ms = profile_rounds(fn, device, rounds=1).device_ms if device.type == "cuda" else round_ms
+        base_ms = round_ms
+        if device.type == "cuda":  # pragma: no mutate block -- CUDA only
+            base_ms = profile_rounds(fn, device, rounds=1).device_ms
         busy_ms = fraction * base_ms
-    probe = torch.zeros((), device=device)
+    probe = torch.zeros((), device=device)  # pragma: no mutate -- CUDA only (on the CPU every device is the CPU)
 
     def injected() -> Any:
         out = fn()
@@ -196,7 +203,7 @@ def inject(fn: Callable[[], Any], case_name: str, device: torch.device, controls
         if busy_ms:
             _busy(device, busy_ms)
         if sync:
-            if device.type == "cuda":
+            if device.type == "cuda":  # pragma: no mutate block -- CUDA only
                 torch.cuda.current_stream(device).synchronize()
             else:
                 probe.item()
@@ -226,7 +233,7 @@ def die_with_parent(parent_pid: int) -> None:
     the next job, and writing results nobody reads.
     """
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the parent's signal handlers still stop the child
         return
@@ -236,7 +243,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 def seeded_image(width: int, height: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:
     """A seeded random [1, 3, H, W] image in [-1, 1]: never time on zeros."""
-    generator = torch.Generator("cpu").manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     return (torch.rand(1, 3, height, width, generator=generator) * 2 - 1).to(device)
 
 
@@ -248,7 +255,6 @@ def equivalence_record(report: Any) -> EquivalenceRecord:
         bitwise=report.bitwise,
         max_abs_err=max(a.max_abs_err for a in compared),
         max_rel_err=max(a.max_rel_err for a in compared),
-        reference="expand",
         rule=f"bitwise, else normwise relative error <= {report.rtol:g}",
     )
 
@@ -279,7 +285,7 @@ def smooth_image(width: int, height: int, device: torch.device | str = "cpu", se
     """A photo-like [1, 3, H, W] image in [-1, 1]: a colour gradient plus a few soft gaussian blobs."""
     g = torch.Generator().manual_seed(seed)
     y = torch.linspace(-1, 1, height).view(height, 1)
-    x = torch.linspace(-1, 1, width).view(1, width)
+    x = torch.linspace(-1, 1, width)  # [W] against y's [H, 1]: broadcasts to [H, W]
     channels = []
     for _ in range(3):
         a, b = (torch.rand(2, generator=g) * 2 - 1).tolist()
@@ -360,12 +366,13 @@ def measure(
         if on_round is not None:
             on_round(last[0])
 
-    cuda = device.type == "cuda"
-    if cuda:
+    peak = resident = None
+    if device.type == "cuda":  # pragma: no mutate block -- CUDA only
         torch.cuda.reset_peak_memory_stats(device)
-        resident = torch.cuda.memory_allocated(device)
+        resident = torch.cuda.memory_allocated(device) / _GIB
     benchmark.pedantic(target, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=0, iterations=1)
-    peak = torch.cuda.max_memory_allocated(device) / _GIB if cuda else None
+    if device.type == "cuda":  # pragma: no mutate block -- CUDA only
+        peak = torch.cuda.max_memory_allocated(device) / _GIB
     counters = None
     if profile:
         profiled = PROFILED_ROUNDS if min(warm_ms) <= LONG_ROUND_MS else PROFILED_ROUNDS_LONG
@@ -374,7 +381,7 @@ def measure(
         benchmark,
         warmup_ms=tuple(warm_ms),
         peak_mem_gib=peak,
-        resident_mem_gib=resident / _GIB if cuda else None,
+        resident_mem_gib=resident,
         injected=((f"slowdown {slowdown:g}",) if slowdown else ()) + injected,
         counters=counters,
     )
