@@ -33,7 +33,8 @@ _READER_ONLY_KEYS = frozenset({"name", "stats"})
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    """A generic hint as a reader of the file knows it: `tuple[float, ...]`, `dict[str, KernelStat]`."""
+    return str(hint).replace(f"{__name__}.", "")
 
 
 def _decode(value: Any, hint: Any, where: str) -> Any:

@@ -43,7 +43,7 @@ def _env(*, device: str = "NVIDIA H100 80GB HBM3", preset: str = "wan22", device
     return Environment(
         device_kind=device_kind, device_name=device, device_slug=slug, preset=preset, dtype="bfloat16",
         torch="2.13.0", diffusers="0.42.1", python="3.12.0", cuda="12.8", driver="570.00",
-        commit="0123456789abcdef", date_utc="2025-01-01T00:00:00Z", **env,
+        **{"commit": "0123456789abcdef", "date_utc": "2025-01-01T00:00:00Z", **env},
     )
 
 

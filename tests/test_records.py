@@ -10,8 +10,14 @@ import pytest
 from bench.records import (
     SCHEMA_VERSION,
     CaseSpec,
+    KernelStat,
+    WorkCounters,
+    case_to_dict,
+    encode_record,
     load_run,
+    merge_counters,
     merge_runs,
+    run_from_dict,
     run_from_pytest_benchmark,
     run_to_dict,
     save_run,
@@ -47,8 +53,11 @@ def test_never_overwrites_silently(tmp_path, make_case, make_run):
     path = tmp_path / "b.json"
     save_run(make_run([make_case(seed=1)]), path)
     before = path.read_bytes()
-    with pytest.raises(InputError, match=r"output: file exists; pass --force to replace it"):
+    with pytest.raises(InputError) as err:
         save_run(make_run([make_case(seed=2)]), path)
+    assert str(err.value) == f"output: file exists; pass --force to replace it (got {str(path)!r})"
+    with pytest.raises(InputError, match="file exists"):
+        write_json_atomic(path, {"a": 1})  # never overwrites unless asked
     assert path.read_bytes() == before
     save_run(make_run([make_case(seed=2)]), path, overwrite=True)
     assert path.read_bytes() != before
@@ -62,6 +71,12 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         write_json_atomic(path, {"a": float("nan")}, overwrite=True)  # not valid JSON: refused mid-way
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["b.json"]
+
+
+def test_json_files_are_indented_for_diffs_and_folders_are_made(tmp_path):
+    path = write_json_atomic(tmp_path / "a" / "b" / "c.json", {"a": [1, 2]})
+    assert path == tmp_path / "a" / "b" / "c.json"
+    assert path.read_text() == '{\n "a": [\n  1,\n  2\n ]\n}\n'
 
 
 def test_written_files_follow_the_umask_not_mkstemps_0600(tmp_path):
@@ -105,8 +120,40 @@ def test_corrupt_files(tmp_path, content, message):
 
 
 def test_absent_file(tmp_path):
-    with pytest.raises(InputError, match=r"baseline: file does not exist"):
+    with pytest.raises(InputError) as err:
         load_run(tmp_path / "nope.json", what="baseline")
+    assert str(err.value) == f"baseline: file does not exist (got {str(tmp_path / 'nope.json')!r})"
+    with pytest.raises(InputError) as err:
+        load_run(tmp_path / "nope.json")
+    assert str(err.value).startswith("run record: file does not exist")
+
+
+def test_unreadable_json_names_the_file_and_the_parser_error(tmp_path):
+    (tmp_path / "b.json").write_text("{")
+    with pytest.raises(InputError) as err:
+        load_run(tmp_path / "b.json")
+    assert str(err.value) == (f"run record: must be readable JSON (Expecting property name enclosed in double quotes: "
+                              f"line 1 column 2 (char 1)) (got {str(tmp_path / 'b.json')!r})")
+
+
+def test_a_record_names_its_source_by_default(make_case, make_run):
+    data = run_to_dict(make_run([make_case()]))
+    with pytest.raises(InputError, match=r"^run record\.cases\[.*\]\.samples_ms\[0\]: must be finite"):
+        run_from_dict({**data, "cases": [{**data["cases"][0], "samples_ms": [0.0]}]})
+    with pytest.raises(InputError, match=r"^pytest-benchmark JSON: lacks"):
+        run_from_pytest_benchmark({})
+
+
+def test_stats_for_readers(make_case):
+    case = make_case(rounds=5)
+    assert case_to_dict(case)["stats"] == {"rounds": 5, "median_ms": case.median_ms, "iqr_ms": case.iqr_ms,
+                                           "min_ms": case.min_ms}
+    assert case_to_dict(case)["name"] == case.name
+
+
+def test_encode_record_sorts_sets():
+    assert encode_record({"b", "a"}) == ["a", "b"]
+    assert encode_record(frozenset({(2, 1), (1, 2)})) == [[1, 2], [2, 1]]
 
 
 def test_from_pytest_benchmark_keeps_raw_samples_in_ms(make_case, make_run):
@@ -125,6 +172,7 @@ def test_from_pytest_benchmark_keeps_raw_samples_in_ms(make_case, make_run):
         ],
     }
     run = run_from_pytest_benchmark(data)
+    assert run.environment == make_run([make_case()]).environment and run.schema_version == SCHEMA_VERSION
     case = run.cases[0]
     assert case.name == "vae_encode[96x64-1f]"
     assert case.samples_ms == pytest.approx((10.0, 12.0, 11.0))
@@ -167,3 +215,86 @@ def test_merge_refuses_unlike_runs(make_case, make_run, other, message):
 def test_merge_needs_two_runs(make_case, make_run):
     with pytest.raises(InputError, match="runs: merging needs at least two runs"):
         merge_runs([make_run([make_case()])])
+
+
+def test_schema_1_slowdowns_become_injected_labels(make_case, make_run):
+    data = run_to_dict(make_run([make_case()]))
+    case = {k: v for k, v in data["cases"][0].items() if k not in ("injected", "warmup_ms", "equivalence")}
+    for slowdown, injected in ((None, ()), (0.1, ("slowdown 0.1",))):
+        v1 = {**data, "schema_version": 1, "cases": [{**case, "extra": {"injected_slowdown": slowdown,
+                                                                       "warmup_ms": [5.0]}}]}
+        run = run_from_dict(v1)
+        assert run.cases[0].injected == injected and run.cases[0].warmup_ms == (5.0,)
+        assert run.schema_version == SCHEMA_VERSION  # upgraded: saved again, it is a schema 2 file
+
+
+def test_schema_1_equivalence_takes_the_worst_tensor_and_its_rule(make_case, make_run):
+    data = run_to_dict(make_run([make_case()]))
+    case = {k: v for k, v in data["cases"][0].items() if k != "equivalence"}
+    report = {"equivalent": True, "bitwise": False, "rtol": 0.0078125,
+              "frame0": {"max_abs_err": 0.5, "max_rel_err": 0.001}, "latents": {"max_abs_err": 0.25, "max_rel_err": 0.002}}
+    run = run_from_dict({**data, "schema_version": 1, "cases": [{**case, "extra": {"equivalence": report}}]})
+    eq = run.cases[0].equivalence
+    assert (eq.equivalent, eq.bitwise, eq.max_abs_err, eq.max_rel_err) == (True, False, 0.5, 0.002)
+    assert eq.reference == "expand" and eq.rule == "bitwise, else normwise relative error <= 0.0078125"
+    no_rtol = {k: v for k, v in report.items() if k != "rtol"}
+    run = run_from_dict({**data, "schema_version": 1, "cases": [{**case, "extra": {"equivalence": no_rtol}}]})
+    assert run.cases[0].equivalence.rule == ""
+
+
+def test_a_case_without_a_usable_name_is_named_by_position(make_case, make_run):
+    data = run_to_dict(make_run([make_case()]))
+    bad = {**data["cases"][0], "name": 5, "samples_ms": []}
+    with pytest.raises(InputError, match=r"^r\.cases\[0\]\.samples_ms: must hold"):
+        run_from_dict({**data, "cases": [bad]}, source="r")
+
+
+def test_merge_takes_the_first_runs_metadata_and_pools_stages(make_case, make_run):
+    first = make_run([make_case(rounds=5, warmup_ms=(9.0,), stage_samples_ms={"denoise": (1.0, 2.0)})],
+                     hostname="a", argv="bench run 1", suite_wall_s=30.0)
+    second = make_run([make_case(rounds=5, seed=1, warmup_ms=(8.0,), stage_samples_ms={"denoise": (3.0,)})],
+                      hostname="b", argv="bench run 2", date_utc="2025-01-02T00:00:00Z")
+    merged = merge_runs([first, second])
+    env = merged.environment
+    assert env.hostname == "a" and env.argv == "merged" and env.suite_wall_s is None
+    assert env.merged_runs == ("2025-01-01T00:00:00Z bench run 1", "2025-01-02T00:00:00Z bench run 2")
+    (case,) = merged.cases
+    assert case.warmup_ms == (9.0,) and case.stage_samples_ms == {"denoise": (1.0, 2.0, 3.0)}
+    assert case.samples_ms == first.cases[0].samples_ms + second.cases[0].samples_ms
+    assert case.counters is None and case.run_device_medians_ms == ()
+
+
+def test_merge_names_the_unlike_value(make_case, make_run):
+    with pytest.raises(InputError) as err:
+        merge_runs([make_run([make_case()]), make_run([make_case()], preset="tiny")])
+    assert str(err.value) == "runs.preset: must be the same in every merged run ('wan22') (got 'tiny')"
+    with pytest.raises(InputError) as err:
+        merge_runs([make_run([make_case()]), make_run([make_case()], negative_controls=("x",))])
+    assert str(err.value) == "runs.negative_controls: must be empty in every merged run (got ['x'])"
+    with pytest.raises(InputError) as err:
+        merge_runs([make_run([make_case()])])
+    assert str(err.value) == "runs: merging needs at least two runs (got 1)"
+
+
+def _counters(launches=10, kernels=(("gemm", 2),), device=(1.0, 1.2), **fields) -> WorkCounters:
+    values = {"h2d_copies": 0, "h2d_bytes": 0, "d2h_copies": 0, "d2h_bytes": 0, "syncs": 0, "flops": 100, **fields}
+    return WorkCounters(source="cuda", profiled_rounds=len(device), kernel_launches=launches,
+                        device_ms_samples=device, top_kernels=tuple(KernelStat(n, k, 0.1) for n, k in kernels), **values)
+
+
+def test_merge_counters_pools_rounds_and_names_what_differs():
+    a, b = _counters(), _counters(launches=12, kernels=(("gemm", 3),), device=(2.0,), syncs=1)
+    merged = merge_counters([a, b])
+    assert merged.profiled_rounds == 3 and merged.device_ms_samples == (1.0, 1.2, 2.0)
+    assert merged.kernel_launches == 12 and merged.syncs == 1 and merged.flops == 100
+    assert merged.varying_counters == ("kernel_launches", "syncs", "top_kernels")
+    assert merged.top_kernels == a.top_kernels  # the first run's list, flagged as varying
+    assert merge_counters([a, _counters()]).varying_counters == ()
+    assert merge_counters([b, a]).top_kernels == b.top_kernels
+
+
+def test_merging_runs_merges_their_counters(make_case, make_run):
+    runs = [make_run([make_case(seed=i, counters=_counters(device=d))]) for i, d in enumerate([(1.0, 1.0), (3.0, 3.0)])]
+    (case,) = merge_runs(runs).cases
+    assert case.counters == merge_counters([_counters(device=(1.0, 1.0)), _counters(device=(3.0, 3.0))])
+    assert case.run_device_medians_ms == (1.0, 3.0)
