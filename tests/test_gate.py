@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from bench.gate import GateConfig, check_compatible, evaluate
+from bench import gate as gate_module
+from bench.gate import GateConfig, _p_value, _ratio_ci, _testable, check_compatible, compare_samples, evaluate
 from bench.records import EquivalenceRecord, load_run, matches, merge_runs, run_to_dict
 from cosmos3.errors import InputError
 
@@ -304,3 +307,115 @@ def test_first_frame_2d_must_beat_single_frame_on_a_gpu(make_case, make_run, dev
     if not passed:
         assert check.failure.startswith("latent_prep[first_frame_2d-vs-single_frame-1280x720-81f]: first_frame_2d "
                                         "is only 1.20x faster than single_frame")
+
+
+# ---- the statistics at their boundaries, and the config's rules, one by one -------------------------
+
+
+
+@pytest.mark.parametrize("fields", [
+    {"latency_threshold": 0.0}, {"device_threshold": 0.0}, {"memory_threshold": 0.0}, {"noise_k": 0.0},
+    {"latency_overrides": {"a": 0.0}}, {"min_speedup": 1.0}, {"min_speedup_2d": 1.0}, {"bootstrap_resamples": 1},
+    {"alpha": 0.999}])
+def test_gate_config_accepts_the_edges_of_its_rules(fields):
+    GateConfig(**fields)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"latency_threshold": -0.01}, "latency_threshold: must be >= 0 (got -0.01)"),
+    ({"noise_k": float("nan")}, "noise_k: must be >= 0 (got nan)"),
+    ({"latency_overrides": {"e2e[*]": -1.0}}, "latency_overrides[e2e[*]]: must be >= 0 (got -1.0)"),
+    ({"alpha": 1.0}, "alpha: must lie strictly between 0 and 1 (got 1.0)"),
+    ({"alpha": 0.0}, "alpha: must lie strictly between 0 and 1 (got 0.0)"),
+    ({"min_speedup_2d": 0.99}, "min_speedup_2d: must be >= 1 (got 0.99)"),
+    ({"bootstrap_resamples": 0}, "bootstrap_resamples: must be >= 1 (got 0)"),
+])
+def test_gate_config_names_the_broken_rule(fields, message):
+    with pytest.raises(InputError) as err:
+        GateConfig(**fields)
+    assert str(err.value) == message
+
+
+def test_gate_config_keeps_its_own_copies():
+    overrides, exclude = {"a": 0.1}, ["x[*]"]
+    config = GateConfig(latency_overrides=overrides, exclude=exclude)
+    overrides["a"] = 0.9
+    assert config.threshold_for("a") == 0.1 and config.latency_overrides == {"a": 0.1}
+    assert config.exclude == frozenset({"x[*]"}) and isinstance(config.exclude, frozenset)
+
+
+def test_testable_at_its_boundaries():
+    assert gate_module.MIN_SAMPLES == 3
+    assert not _testable(2, 100, 0.5) and _testable(3, 100, 0.5)  # fewer than MIN_SAMPLES on a side
+    # 5 against 5: the smallest one-sided p is 1/252 (0.00397).
+    assert _testable(5, 5, 0.005) and not _testable(5, 5, 1 / 252) and not _testable(4, 4, 0.01)
+
+
+def test_p_value_is_one_sided_and_exact_for_small_samples():
+    slow, fast = [2.0, 3.0, 4.0, 5.0, 6.0], [1.0, 1.1, 1.2, 1.3, 1.4]
+    assert _p_value(slow, fast, "greater") == pytest.approx(1 / 252)
+    assert _p_value(slow, fast, "less") == pytest.approx(1.0)
+    assert _p_value([1.0] * 5, [1.0] * 5, "greater") == 1.0
+
+
+def test_ratio_ci_is_a_seeded_percentile_bootstrap_of_the_ratio_of_medians():
+    rng = np.random.default_rng(0)
+    cur, base = 11 * np.exp(0.05 * rng.standard_normal(30)), 10 * np.exp(0.05 * rng.standard_normal(30))
+    low, high = _ratio_ci(cur, base, GateConfig())
+    ratio = np.median(cur) / np.median(base)
+    assert low < ratio < high and high - low < 0.2
+    assert (low, high) == _ratio_ci(cur, base, GateConfig())  # seeded: the same interval every time
+    assert (low, high) != _ratio_ci(cur, base, GateConfig(seed=1))
+    assert (low, high) != _ratio_ci(cur, base, GateConfig(bootstrap_resamples=50))
+    # The percentile interval of exactly these resamples (not BCa, not another level).
+    direct = stats.bootstrap((cur, base), lambda c, b, axis=-1: np.median(c, axis=axis) / np.median(b, axis=axis),
+                             n_resamples=2000, confidence_level=0.95, method="percentile", vectorized=True,
+                             rng=np.random.default_rng(0)).confidence_interval
+    assert (low, high) == (direct.low, direct.high)
+
+
+def _samples(center, n=8, spread=0.01):
+    return [center * (1 + spread * (i - (n - 1) / 2) / n) for i in range(n)]
+
+
+def test_compare_samples_at_the_significance_boundary():
+    slow, fast = [1.35, 3.0, 4.0, 5.0, 6.0, 7.0], [1.0, 1.1, 1.2, 1.3, 1.4]  # one pair out of order
+    p = _p_value(slow, fast, "greater")
+    assert p == pytest.approx(2 / 462)
+    at_alpha = compare_samples("c", slow, fast, (), 0.05, GateConfig(alpha=p))
+    assert at_alpha.verdict == "not significant" and at_alpha.note.endswith(f"p=0.0043 >= {p:g}: within the noise")
+    assert compare_samples("c", slow, fast, (), 0.05, GateConfig(alpha=p * 1.001)).verdict == "regression"
+
+
+def test_compare_samples_faster_needs_both_size_and_significance():
+    base = _samples(10.0)
+    faster_within = compare_samples("c", _samples(9.6), base, (), 0.05, GateConfig())  # -4%, significant
+    assert faster_within.verdict == "ok" and faster_within.note == ""
+    faster = compare_samples("c", _samples(9.0), base, (), 0.05, GateConfig())
+    assert faster.verdict == "faster" and faster.note == ""
+    noisy_slower = compare_samples("c", [9.0, 11.0, 9.5, 12.0, 10.5, 10.2, 9.9, 10.3], base, (), 0.05, GateConfig())
+    assert noisy_slower.ratio > 1 and noisy_slower.p_value > 0.01
+    assert noisy_slower.verdict == "ok" and noisy_slower.note == ""
+
+
+def test_device_time_notes_say_device_time():
+    c = compare_samples("c", _samples(10.2), _samples(10.0), (), 0.05, GateConfig(), what="device time")
+    assert c.note.startswith("device time median 10.20 ms vs baseline 10.00 ms (+2.0%): significant")
+    latency = compare_samples("c", _samples(10.2), _samples(10.0), (), 0.05, GateConfig())
+    assert latency.note.startswith("median 10.20 ms vs baseline 10.00 ms (+2.0%): significant but within the allowed "
+                                   "+5.0%") and latency.note.endswith("+5.0%")
+
+
+@pytest.mark.parametrize("baseline_env, message", [
+    ({"preset": "tiny"}, "baseline.preset: must equal this run's preset 'wan22' (got 'tiny')"),
+    ({"device": "NVIDIA H200"}, ("baseline.device: was recorded on 'NVIDIA H200' (nvidia-h200) but this run is on "
+                                 "'NVIDIA H100 80GB HBM3' (nvidia-h100-80gb-hbm3); pass --allow-device-mismatch to "
+                                 "compare anyway (got 'nvidia-h200')")),
+    ({"negative_controls": ("slowdown x=0.1",)},
+     "baseline.negative_controls: must be empty: a baseline cannot carry an injected fault (got ['slowdown x=0.1'])"),
+])
+def test_check_compatible_names_what_differs(make_run, make_case, baseline_env, message):
+    with pytest.raises(InputError) as err:
+        check_compatible(make_run([make_case()]).environment, make_run([make_case()], **baseline_env).environment,
+                         allow_device_mismatch=False)
+    assert str(err.value) == message
