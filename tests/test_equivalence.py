@@ -17,9 +17,14 @@ from cosmos3.equivalence import (
     DEFAULT_RTOL,
     Agreement,
     EquivalenceReport,
+    OracleReport,
+    check_against_oracle,
     check_encode_equivalence,
     compare_tensors,
+    fp32_oracle,
+    rms_rel_err,
 )
+from cosmos3.errors import InputError
 from tests import tiny
 
 ULP = 2.0**-7  # one bf16 ulp relative to 1.0: the default relative tolerance
@@ -227,3 +232,81 @@ def test_explicit_tolerance_reaches_every_comparison(stub_stage):
     assert loose.frame0.within_tolerance and loose.image_latent.within_tolerance and loose.latents.within_tolerance
     tight = check_encode_equivalence(None, tiny.i2v_request(), dtype=torch.float32, atol=0.25, rtol=0.0)
     assert not (tight.frame0.within_tolerance or tight.image_latent.within_tolerance or tight.latents.within_tolerance)
+
+
+# ---- the fp32-oracle check: its error measures and its negative controls ----------------------------
+
+
+
+@pytest.mark.parametrize("new, old, expected", [
+    (torch.tensor([0.6]), torch.tensor([0.5]), 0.2),  # a scale below 1 divides too
+    (torch.tensor([3.0, 4.0]), torch.tensor([0.0, 0.0]), float("inf")),
+    (torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0]), 0.0),
+    (torch.tensor([1.0]), torch.tensor([1.0, 1.0]), float("inf")),  # shapes differ
+])
+def test_rms_rel_err(new, old, expected):
+    assert rms_rel_err(new, old) == pytest.approx(expected)
+
+
+def test_the_oracle_is_an_fp32_copy_without_gradients():
+    vae = tiny.vae()
+    oracle = fp32_oracle(vae)
+    assert oracle is not vae and oracle.dtype == torch.float32 and not oracle.training
+    assert not any(p.requires_grad for p in oracle.parameters())
+
+
+def test_the_oracle_must_be_fp32():
+    bf16 = fp32_oracle(tiny.vae()).to(torch.bfloat16)
+    with pytest.raises(InputError) as err:
+        check_against_oracle(bf16, tiny.vae(), tiny.i2v_request(), "single_frame")
+    assert str(err.value) == "vae_fp32: must be float32 (the oracle) (got 'torch.bfloat16')"
+
+
+def test_the_reference_strategy_is_the_one_asked_for():
+    """single_frame IS the oracle's path (error 0); first_frame_2d as the reference has its own error."""
+    vae = tiny.vae()
+    report = check_against_oracle(fp32_oracle(vae), vae, tiny.i2v_request(), "single_frame",
+                                  reference_strategy="first_frame_2d", dtype=torch.float32)
+    assert report.max_abs_err == 0 and report.bitwise and report.equivalent
+    assert report.reference_max_abs_err > 0 and report.reference_max_rel_err > 0 and report.reference_rms_rel_err > 0
+    assert report.to_dict()["limit_rms_rel_err"] == report.limit_rms_rel_err
+    assert report.to_dict()["limit_max_rel_err"] == report.limit_max_rel_err
+
+
+class _Disturbed(equivalence.Cosmos3LatentPreparationStage):
+    """Negative control: the stage under test changes the noise frames or the velocity mask."""
+
+    target: ClassVar[str] = "single_frame"
+    what: ClassVar[str] = "noise"
+
+    def __call__(self, req):
+        out = super().__call__(req)
+        if self.encode_strategy == self.target:
+            if self.what == "noise":
+                out.latents = out.latents.clone()
+                out.latents[:, :, 1:] += 1
+            else:
+                out.velocity_mask = out.velocity_mask.clone() * 0.5
+        return out
+
+
+@pytest.mark.parametrize("what", ["noise", "mask"])
+def test_a_strategy_that_disturbs_the_noise_frames_is_not_equivalent(monkeypatch, what):
+    monkeypatch.setattr(_Disturbed, "what", what)
+    monkeypatch.setattr(equivalence, "Cosmos3LatentPreparationStage", _Disturbed)
+    vae = tiny.vae()
+    # The image latent is the oracle's bit for bit (single_frame in fp32); only the noise differs.
+    report = check_against_oracle(fp32_oracle(vae), vae, tiny.i2v_request(), "single_frame",
+                                  reference_strategy="expand", dtype=torch.float32)
+    assert report.max_abs_err == 0 and not report.noise_identical
+    assert not report.equivalent and not report.bitwise
+    assert str(report).endswith("; noise frames DIFFER from expand's") and str(report).startswith("NOT EQUIVALENT")
+
+
+def test_an_equivalent_report_says_nothing_of_the_noise():
+    vae = tiny.vae()
+    report = check_against_oracle(fp32_oracle(vae), vae, tiny.i2v_request(), "single_frame", dtype=torch.float32)
+    assert str(report) == (
+        "EQUIVALENT: single_frame against fp32 oracle (single_frame) in float32: rms rel err 0 (limit 1e-05), "
+        "max rel err 0 (limit 1e-05); single_frame's: 0 / 0")
+    assert isinstance(report, OracleReport)
