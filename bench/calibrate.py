@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from bench.fmt import DASH, code
 from bench.gate import CounterRule, DeviceTimeRule, GateConfig, LatencyRule, evaluate
@@ -26,6 +27,7 @@ DETECTION_GOAL = 0.95
 DEFAULT_SIZES = (0.02, 0.03, 0.05, 0.10)
 DEFAULT_CASES = ("latent_prep[single_frame-*]", "vae_encode[*-1f]")
 CALIBRATION_MD, CALIBRATION_JSON, CALIBRATION_PNG = "calibration.md", "calibration.json", "detection_rate.png"
+PLOT_DPI = 120
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,11 @@ def render(cal: Calibration) -> str:
     return "\n".join(lines)
 
 
-def plot(cal: Calibration, path: Path) -> bool:
+def figure(cal: Calibration) -> Figure | None:
+    """Detection rate against injected size, one panel per timed metric; None without injected runs."""
     rows = [r for r in cal.rows if r.metric != CounterRule.name and r.detections]
     if not rows:
-        return False
+        return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, metric in zip(axes, (LatencyRule.name, DeviceTimeRule.name), strict=True):
         for row in (r for r in rows if r.metric == metric):
@@ -165,7 +168,15 @@ def plot(cal: Calibration, path: Path) -> bool:
         ax.set(title=metric, xlabel="injected GPU work, % of device time", ylabel="runs caught, %")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot(cal: Calibration, path: Path) -> bool:
+    """Save `figure(cal)` to `path`; False (nothing written) without injected runs."""
+    fig = figure(cal)
+    if fig is None:
+        return False
+    fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
     return True
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench import calibrate
@@ -82,3 +84,228 @@ def test_the_command_produces_its_table_on_the_tiny_preset(tmp_path, capsys):
     (report,) = folder.glob("report-*/calibration.md")
     assert (report.parent / "calibration.json").is_file()
     assert sorted(p.name for p in (folder / "runs").iterdir()) == ["aa-1", "baseline-1", "baseline-2", "gpu8-1"]
+
+
+# --- analyse: what is counted, and against what ----------------------------------------------------
+
+
+def test_one_baseline_run_is_the_baseline_itself(make_case, make_run):
+    """merge_runs needs two runs; a single baseline run is used as it is."""
+    cal = calibrate.analyse([run_with(make_case, make_run, device_ms=10.0, seed=0)],
+                            [run_with(make_case, make_run, device_ms=10.0, seed=1)], {})
+    assert cal.baseline_runs == 1 and cal.aa_runs == 1
+    assert [(r.metric, r.false_alarms) for r in cal.rows] == [("latency", 0), ("device_time", 0), ("counters", 0)]
+
+
+def test_several_baseline_runs_are_merged(make_case, make_run):
+    """Two baseline runs whose medians differ by 30%: merged, their spread widens the allowance, so an
+    A/A run between them passes; against the first run alone the same run is a regression."""
+    first = run_with(make_case, make_run, device_ms=10.0, seed=0, wall_ms=10.0)
+    second = run_with(make_case, make_run, device_ms=10.0, seed=1, wall_ms=13.0)
+    aa = [run_with(make_case, make_run, device_ms=10.0, seed=2, wall_ms=12.0)]
+    latency = {r.metric: r.false_alarms for r in calibrate.analyse([first, second], aa, {}).rows}["latency"]
+    alone = {r.metric: r.false_alarms for r in calibrate.analyse([first], aa, {}).rows}["latency"]
+    assert (latency, alone) == (0, 1)
+
+
+def test_needs_unchanged_runs(make_case, make_run):
+    with pytest.raises(InputError) as err:
+        calibrate.analyse([run_with(make_case, make_run, device_ms=10.0, seed=0)], [], {})
+    assert str(err.value) == "aa_runs: needs at least one unchanged run to count false alarms"
+    with pytest.raises(InputError) as err:
+        calibrate.analyse([], [], {})
+    assert str(err.value) == "baseline_runs: needs at least one run to merge into the baseline"
+
+
+def test_default_config_and_device_name(make_case, make_run):
+    run = run_with(make_case, make_run, device_ms=10.0, seed=0)
+    cal = calibrate.analyse([run], [run], {})
+    assert cal.config == GateConfig() and cal.device_name == "NVIDIA H100 80GB HBM3"
+    strict = GateConfig(latency_threshold=0.5)
+    assert calibrate.analyse([run], [run], {}, strict).config is strict
+
+
+def test_rows_follow_what_each_case_measured(make_case, make_run):
+    """No counters: wall time only. CPU counters (no device samples): wall time and counters."""
+    cpu = WorkCounters(source="cpu", profiled_rounds=3, kernel_launches=10, h2d_copies=0, h2d_bytes=0,
+                       d2h_copies=0, d2h_bytes=0, syncs=0, flops=5, device_ms_samples=(),
+                       top_kernels=(KernelStat("aten::mm", 10, None),))
+    run = make_run([make_case(strategy="expand"), make_case(counters=cpu)])
+    cal = calibrate.analyse([run], [run], {})
+    assert [(r.case, r.metric) for r in cal.rows] == [
+        ("latent_prep[expand-1280x720-81f]", "latency"),
+        (NAME, "latency"), (NAME, "counters"),
+    ]
+    assert [(d.case, d.runs) for d in cal.determinism] == [(NAME, 2)]
+
+
+def test_injected_sizes_are_reported_smallest_first(make_case, make_run):
+    base = run_with(make_case, make_run, device_ms=10.0, seed=0)
+    big = run_with(make_case, make_run, device_ms=11.0, seed=1)
+    cal = calibrate.analyse([base], [base], {0.10: [big], 0.05: [base, base]})
+    device = next(r for r in cal.rows if r.metric == "device_time")
+    assert [(d.size, d.detected, d.runs) for d in device.detections] == [(0.05, 0, 2), (0.10, 1, 1)]
+
+
+def test_determinism_names_the_counters_that_varied_and_skips_missing_ones(make_case, make_run):
+    base = run_with(make_case, make_run, device_ms=10.0, seed=0)
+    more = run_with(make_case, make_run, device_ms=10.0, seed=1, launches=501)
+    other = make_run([make_case(strategy="expand")])  # lacks the case: not one of its runs
+    cal = calibrate.analyse([base], [more, other], {})
+    assert [(d.case, d.runs, d.varying_counters) for d in cal.determinism] == [
+        (NAME, 2, ("kernel_launches", "top_kernels"))]
+    # A case some unchanged run measured without counters has no determinism entry.
+    bare = make_run([make_case()])
+    assert calibrate.analyse([base], [bare], {}).determinism == ()
+
+
+def test_flagged_names_only_the_calibrated_rules_that_failed(make_case, make_run):
+    base = run_with(make_case, make_run, device_ms=10.0, seed=0)
+    slow = run_with(make_case, make_run, device_ms=20.0, seed=1, wall_ms=20.0, launches=600)
+    assert calibrate.flagged(slow, base, GateConfig()) == {(NAME, "latency"), (NAME, "device_time"), (NAME, "counters")}
+    assert calibrate.flagged(base, base, GateConfig()) == set()
+    # A case missing from the run fails the gate, but no calibrated metric.
+    empty = make_run([make_case(strategy="expand")])
+    assert calibrate.flagged(empty, base, GateConfig()) == set()
+
+
+@pytest.mark.parametrize(("detected", "smallest"), [(19, 0.02), (18, 0.05)])
+def test_reliable_means_caught_in_95_percent(detected, smallest):
+    row = calibrate.CalibrationRow("c", "latency", 0, 20, (
+        calibrate.Detection(0.05, 20, 20), calibrate.Detection(0.02, detected, 20)))
+    assert row.smallest_reliable == smallest
+    assert calibrate.Detection(0.02, detected, 20).rate == detected / 20
+
+
+def test_never_reliable_is_none():
+    assert calibrate.CalibrationRow("c", "latency", 0, 5, (calibrate.Detection(0.1, 1, 2),)).smallest_reliable is None
+    assert calibrate.CalibrationRow("c", "latency", 0, 5, ()).smallest_reliable is None
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+def _calibration(determinism=True) -> calibrate.Calibration:
+    d = calibrate.Detection
+    rows = (
+        calibrate.CalibrationRow(NAME, "latency", 1, 10, (d(0.05, 10, 10), d(0.02, 3, 10))),
+        calibrate.CalibrationRow(NAME, "device_time", 0, 10, (d(0.02, 10, 10), d(0.05, 10, 10))),
+        calibrate.CalibrationRow(NAME, "counters", 0, 10, (d(0.02, 10, 10), d(0.05, 10, 10))),
+        calibrate.CalibrationRow("vae_encode[1280x720-1f]", "latency", 2, 10, (d(0.02, 0, 10), d(0.05, 4, 10))),
+    )
+    dets = (calibrate.Determinism(NAME, 13, ()),
+            calibrate.Determinism("vae_encode[1280x720-1f]", 13, ("syncs", "flops"))) if determinism else ()
+    return calibrate.Calibration(rows, dets, 3, 10, "NVIDIA H200", GateConfig(noise_k=2.5, alpha=0.01))
+
+
+RENDERED = """\
+# cosmos3-bench: gate calibration
+
+Device: NVIDIA H200. Baseline merged from 3 runs; 10 unchanged (A/A) runs gated against it; injected GPU work \
+sized to a fraction of each case's device time (on a CPU, a host spin of that fraction of the round). \
+Gate: threshold +5% wall, +3% device, noise k 2.5, alpha 0.01.
+
+| case | metric | false alarms / 10 | caught at +2% | caught at +5% | smallest caught in >= 95% |
+|---|---|---|---|---|---|
+| `latent_prep[single_frame-1280x720-81f]` | latency | 1 | 3/10 | 10/10 | +5% |
+| `latent_prep[single_frame-1280x720-81f]` | device_time | 0 | 10/10 | 10/10 | +2% |
+| `latent_prep[single_frame-1280x720-81f]` | counters | 0 | 10/10 | 10/10 | +2% |
+| `vae_encode[1280x720-1f]` | latency | 2 | 0/10 | 4/10 | — |
+
+## Work counters across the unchanged runs
+
+| case | runs | identical in every run |
+|---|---|---|
+| `latent_prep[single_frame-1280x720-81f]` | 13 | yes |
+| `vae_encode[1280x720-1f]` | 13 | no: syncs, flops varied |
+
+The counters rule sees the injected work's own kernel (one `torch.cuda._sleep` launch), so it catches every \
+injected run whatever its size; its A/A column is the one that matters.
+"""
+
+
+def test_render_is_exact():
+    assert GateConfig().latency_threshold == 0.05 and GateConfig().device_threshold == 0.03
+    assert calibrate.render(_calibration()) == RENDERED
+
+
+def test_render_without_counters_has_no_determinism_table():
+    text = calibrate.render(_calibration(determinism=False))
+    assert "## Work counters" not in text
+    assert text.endswith("| — |\n\n" + RENDERED.split("\n\n")[-1])
+
+
+def test_figure_draws_detection_per_timed_metric():
+    fig = calibrate.figure(_calibration())
+    assert tuple(fig.get_size_inches()) == (11, 4.5)
+    latency, device = fig.axes
+    assert latency.get_shared_y_axes().joined(latency, device)
+    assert [ax.get_title() for ax in fig.axes] == ["latency", "device_time"]
+    assert {ax.get_xlabel() for ax in fig.axes} == {"injected GPU work, % of device time"}
+    assert {ax.get_ylabel() for ax in fig.axes} == {"runs caught, %"}
+    curves = {ax.get_title(): [(ln.get_label(), ln.get_marker(), list(ln.get_xdata()), list(ln.get_ydata()))
+                               for ln in ax.lines if ln.get_label() != "_child1"] for ax in fig.axes}
+    goal = [ln for ln in latency.lines if ln.get_linestyle() == "--"]
+    assert len(goal) == 1 and list(goal[0].get_ydata()) == [95, 95]
+    assert goal[0].get_color() == "red" and goal[0].get_linewidth() == 1
+    assert [c for c in curves["latency"] if c[1] == "o"] == [
+        (NAME, "o", [2, 5], [30, 100]), ("vae_encode[1280x720-1f]", "o", [2, 5], [0, 40])]
+    assert [c for c in curves["device_time"] if c[1] == "o"] == [(NAME, "o", [2, 5], [100, 100])]
+    legend = latency.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [NAME, "vae_encode[1280x720-1f]"]
+    assert legend.get_texts()[0].get_fontsize() == 7
+    assert device.get_legend() is None
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_no_figure_without_injected_runs(tmp_path):
+    cal = calibrate.Calibration(tuple(calibrate.CalibrationRow(NAME, m, 0, 3, ()) for m in calibrate.METRICS),
+                                (), 1, 3, "cpu", GateConfig())
+    assert calibrate.figure(cal) is None
+    only_counters = calibrate.Calibration(
+        (calibrate.CalibrationRow(NAME, "counters", 0, 3, (calibrate.Detection(0.02, 1, 1),)),), (), 1, 3, "cpu",
+        GateConfig())
+    assert calibrate.figure(only_counters) is None
+    assert calibrate.plot(cal, tmp_path / "p.png") is False and not (tmp_path / "p.png").exists()
+
+
+def test_write_puts_table_json_and_plot_in_a_new_folder(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "report-1"
+    assert calibrate.write(_calibration(), out) == out / "calibration.md"
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.json", "calibration.md", "detection_rate.png"]
+    assert (out / "calibration.md").read_text() == RENDERED
+    data = json.loads((out / "calibration.json").read_text())
+    assert data["aa_runs"] == 10 and data["rows"][0]["detections"][0] == {"size": 0.05, "detected": 10, "runs": 10}
+    with Image.open(out / "detection_rate.png") as png:
+        assert png.size == (11 * calibrate.PLOT_DPI, int(4.5 * calibrate.PLOT_DPI))
+    with pytest.raises(InputError, match="report_dir: exists"):
+        calibrate.write(_calibration(), out)
+
+
+# --- command-line helpers --------------------------------------------------------------------------
+
+
+def test_sizes_parse_and_their_messages():
+    assert calibrate.parse_sizes("0.02,0.1") == (0.02, 0.1)
+    assert calibrate.parse_sizes(f"{calibrate.MAX_INJECTED_FRACTION}") == (10.0,)
+    with pytest.raises(InputError) as err:
+        calibrate.parse_sizes("0.02;0.03")
+    assert str(err.value) == "sizes: must read FRACTION[,FRACTION...], e.g. 0.02,0.03,0.05,0.10 (got '0.02;0.03')"
+    with pytest.raises(InputError) as err:
+        calibrate.parse_sizes("0.02,-1")
+    assert str(err.value) == "sizes: must be fractions in (0, 10] (got '0.02,-1')"
+
+
+@pytest.mark.parametrize(("size", "label"), [(0.03, "gpu0.03"), (0.1, "gpu0.1"), (2.0, "gpu2")])
+def test_step_label(size, label):
+    assert calibrate.step_label(size) == label
+
+
+def test_only_exact_step_names_are_grouped(make_case, make_run):
+    run = make_run([make_case()])
+    baseline, aa, injected = calibrate.group_runs(
+        [("baseline-10", run), ("aa-extra-1", run), ("report-1", run), ("gpu0.05-2", run), ("gpu0.05-3", run)])
+    assert (len(baseline), len(aa), {k: len(v) for k, v in injected.items()}) == (1, 0, {0.05: 2})
