@@ -296,7 +296,7 @@ def record_rounds(fn: Callable[[], Any], device: torch.device, n_rounds: int) ->
     """
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
-    with tempfile.TemporaryDirectory(prefix="cosmos3-counters-") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         with profile(activities=activities) as prof:
             for _ in range(n_rounds):
                 with record_function(ROUND_EVENT):
@@ -307,7 +307,7 @@ def record_rounds(fn: Callable[[], Any], device: torch.device, n_rounds: int) ->
         # the bytes and correlation id of each copy on every torch version this suite supports.
         path = os.path.join(tmp, "rounds.json")
         prof.export_chrome_trace(path)
-        with open(path, encoding="utf-8") as handle:
+        with open(path, "rb") as handle:  # json reads UTF-8 bytes whatever the locale
             trace = json.load(handle)
     return trace_events(trace)
 

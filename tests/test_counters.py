@@ -352,3 +352,114 @@ def test_counters_are_equal_across_processes():
                 "vae": profile_rounds(vae_encode(), CPU, rounds=2).to_dict()}
     assert there == here
     assert here["vae"]["kernel_launches"] > 100 and not here["vae"]["varying_counters"]
+
+
+# --- every rule at its edge, every message in full -------------------------------------------------
+
+
+def test_an_event_without_a_duration_lasts_zero():
+    trace = {"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::empty", "ts": 3}]}
+    assert trace_events(trace) == [TraceEvent("cpu_op", "aten::empty", 3.0, 0.0)]
+
+
+def test_an_event_on_either_edge_of_a_round_is_in_it():
+    start = TraceEvent("cpu_op", "aten::add", 0.0, 1.0)
+    end = TraceEvent("cpu_op", "aten::mul", 420.0, 1.0)
+    (events,) = split_rounds([*cuda_round(), start, end])
+    assert start in events and end in events
+
+
+def test_stray_device_records_are_all_counted_in_the_message():
+    strays = [TraceEvent("kernel", "stray", 5000.0 + i, 1.0, correlation=4242 + i) for i in range(3)]
+    with pytest.raises(counters.IncompleteProfile) as err:
+        split_rounds([*cuda_round(), *strays])
+    assert str(err.value) == ("3 device records (kernels, copies, memsets) belong to no profiled round: "
+                              "work launched outside the rounds")
+
+
+def test_count_round_names_a_bad_source():
+    with pytest.raises(InputError) as err:
+        count_round([], source="xpu")
+    assert str(err.value) == "source: must be one of ('cuda', 'cpu') (got 'xpu')"
+
+
+def test_copies_and_syncs_add_up_over_a_round():
+    events = [*cuda_round(), *cuda_round(t0=0.0, c0=100)]  # one round holding the work twice
+    counts = count_round(events, source="cuda")
+    assert (counts.h2d_copies, counts.h2d_bytes, counts.d2h_copies, counts.d2h_bytes) == (2, 8192, 2, 256)
+    assert counts.syncs == 6
+
+
+def test_a_copy_of_another_kind_or_name_is_no_host_copy():
+    odd = [TraceEvent("cuda_runtime", "cudaMemcpyAsync", 100.0, 1.0, correlation=70),
+           TraceEvent("gpu_memcpy", "Memcpy PtoP (Device -> Device)", 101.0, 1.0, nbytes=8, correlation=70),
+           TraceEvent("cuda_runtime", "cudaMemcpyAsync", 102.0, 1.0, correlation=71),
+           TraceEvent("gpu_memcpy", "peer copy", 103.0, 1.0, nbytes=8, correlation=71)]
+    plain, more = count_round(cuda_round(), source="cuda"), count_round([*cuda_round(), *odd], source="cuda")
+    assert (more.h2d_copies, more.d2h_copies, more.h2d_bytes) == (plain.h2d_copies, plain.d2h_copies, plain.h2d_bytes)
+
+
+@pytest.mark.parametrize("at", [400.0, 410.0])
+def test_a_sync_on_either_edge_of_the_fence_is_the_rounds_own(at):
+    events = [*cuda_round(), TraceEvent("cuda_runtime", "cudaDeviceSynchronize", at, 0.5, correlation=99)]
+    assert count_round(events, source="cuda").syncs == 3
+
+
+def test_a_dropped_device_record_is_named_in_full():
+    events = [e for e in cuda_round() if not (e.category == "kernel" and e.correlation in (4, 5))]
+    with pytest.raises(counters.IncompleteProfile) as err:
+        count_round(events, source="cuda")
+    assert str(err.value) == ("2 of 7 launches, copies or memsets of a round have no device record: the profiler "
+                              "dropped them (see pytorch#192021), the counts would be short")
+
+
+def test_combining_no_rounds_is_refused():
+    with pytest.raises(InputError) as err:
+        combine_rounds([], source="cpu", flops=0)
+    assert str(err.value) == "rounds: must hold at least one profiled round (got 0)"
+
+
+def test_the_profiler_records_device_activity_on_cuda_only(monkeypatch):
+    """The activities asked of torch.profiler: CPU, plus CUDA on a CUDA device (checked here with the
+    device synchronisation stubbed out, and the session run on the CPU whatever was asked)."""
+    asked = []
+    real_profile = counters.profile
+
+    def spy(*, activities):
+        asked.append(list(activities))
+        return real_profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    monkeypatch.setattr(counters, "profile", spy)
+    monkeypatch.setattr(counters, "synchronize", lambda device: None)
+    counters.record_rounds(small_work, CPU, 1)
+    counters.record_rounds(small_work, torch.device("cuda"), 1)
+    CPU_, CUDA_ = torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA
+    assert asked == [[CPU_], [CPU_, CUDA_]]
+
+
+def test_profile_rounds_names_the_device_and_rounds_rules():
+    with pytest.raises(InputError) as err:
+        profile_rounds(small_work, torch.device("meta"))
+    assert str(err.value) == "device: must be a cuda or cpu device (got 'meta')"
+    for rounds, warmup in ((0, 1), (1, -1)):
+        with pytest.raises(InputError) as err:
+            profile_rounds(small_work, CPU, rounds=rounds, warmup_rounds=warmup)
+        assert str(err.value) == f"rounds: needs rounds >= 1 and warmup_rounds >= 0 (got ({rounds}, {warmup}))"
+    assert profile_rounds(small_work, CPU, rounds=1, warmup_rounds=0).profiled_rounds == 1
+
+
+def test_a_trace_with_rounds_missing_is_incomplete(monkeypatch):
+    monkeypatch.setattr(counters, "split_rounds", lambda events: [[], []])
+    with pytest.raises(counters.IncompleteProfile) as err:
+        profile_rounds(small_work, CPU, rounds=3, warmup_rounds=1)
+    assert str(err.value) == "the trace holds 2 rounds, 4 ran"
+
+
+def test_no_device_work_on_cuda_says_what_to_check(monkeypatch):
+    def host_only(**kw):
+        return [e for e in cuda_round(**kw) if e.category in ("cpu_op", "user_annotation")]
+    monkeypatch.setattr(counters, "record_rounds", fake_record_rounds(host_only))
+    with pytest.raises(counters.IncompleteProfile) as err:
+        profile_rounds(small_work, torch.device("cuda:0"))
+    assert str(err.value) == ("torch.profiler recorded no CUDA kernels, copies or memsets in a round on cuda:0; "
+                              "is CUPTI activity tracing available to this process?")
