@@ -419,3 +419,93 @@ def test_check_compatible_names_what_differs(make_run, make_case, baseline_env, 
         check_compatible(make_run([make_case()]).environment, make_run([make_case()], **baseline_env).environment,
                          allow_device_mismatch=False)
     assert str(err.value) == message
+
+
+# ---- significance and size at their exact boundaries -------------------------------------------------
+
+
+def _exact(p_numerator: int):
+    """5 current vs 6 baseline samples: every one of the 462 orderings is equally likely, so the exact
+    one-sided Mann-Whitney p-value of an ordering is (orderings at least as extreme) / 462."""
+    return GateConfig(alpha=p_numerator / 462, noise_k=0.0)
+
+
+def test_faster_needs_p_strictly_below_alpha():
+    # All five current samples below the baseline's but the largest, which beats one baseline sample: p = 2/462.
+    cur, base = [5.0, 5.1, 5.2, 5.3, 10.05], [10.0, 10.1, 10.2, 10.3, 10.4, 10.5]
+    assert _p_value(np.array(cur), np.array(base), "less") == pytest.approx(2 / 462)
+    at = compare_samples("c", cur, base, [], 0.05, _exact(2))
+    assert at.verdict == "ok" and at.note == ""
+    assert compare_samples("c", cur, base, [], 0.05, _exact(3)).verdict == "faster"
+
+
+def test_a_significant_change_within_the_limit_is_noted_only_below_alpha():
+    cur, base = [10.2, 10.3, 10.4, 10.5, 10.25], [10.0, 10.05, 10.1, 10.15, 10.21, 10.01]
+    assert _p_value(np.array(cur), np.array(base), "greater") == pytest.approx(2 / 462)
+    at = compare_samples("c", cur, base, [], 0.05, _exact(2))
+    assert at.verdict == "ok" and at.note == ""
+    above = compare_samples("c", cur, base, [], 0.05, _exact(3))
+    assert above.verdict == "ok" and "significant but within the allowed +5.0%" in above.note
+
+
+def test_an_unchanged_median_is_never_noted_as_slower():
+    """Medians equal (ratio exactly 1), the rest of the current samples higher: significant, but not slower."""
+    cur, base = [10.0, 10.0, 10.0, 12.0, 12.0, 12.0, 10.0], [8.0, 8.0, 8.0, 10.0, 10.0, 10.0, 10.0]
+    result = compare_samples("c", cur, base, [], 0.05, GateConfig(alpha=0.05))
+    assert result.ratio == 1.0 and result.p_value < 0.05
+    assert result.verdict == "ok" and result.note == ""
+
+
+def test_device_time_needs_counters_on_both_sides(make_case, make_run):
+    from bench.records import KernelStat, WorkCounters
+
+    counters = WorkCounters(source="cuda", profiled_rounds=2, kernel_launches=1, h2d_copies=0, h2d_bytes=0,
+                            d2h_copies=0, d2h_bytes=0, syncs=0, flops=0, device_ms_samples=(1.0, 1.0),
+                            top_kernels=(KernelStat("k", 1, 1.0),))
+    with_counters, without = make_case(counters=counters), make_case()
+    assert gate_module.compare_device_time(with_counters, without, GateConfig()) is None
+    assert gate_module.compare_device_time(without, with_counters, GateConfig()) is None
+
+
+def test_unmeasured_memory_keeps_what_was_measured(make_case):
+    config = GateConfig(memory_threshold=0.02)
+    current = make_case(peak_mem_gib=3.0, resident_mem_gib=1.0)
+    baseline = make_case(peak_mem_gib=2.5)
+    m = gate_module.compare_memory(current, baseline, config)
+    assert m == gate_module.MemoryComparison(current.name, None, 2.0, None, "not measured", 0.02,
+                                             baseline_peak_gib=2.5, current_peak_gib=3.0)
+    measured = gate_module.compare_memory(current, make_case(peak_mem_gib=1.0, resident_mem_gib=1.0), config)
+    assert (measured.ratio, measured.verdict, measured.threshold) == (float("inf"), "regression", 0.02)
+
+
+def test_a_speedup_is_checked_in_every_group_that_has_both_strategies(make_case, make_run):
+    run = make_run([make_case(strategy="expand", num_frames=1, median_ms=20.0),  # a group without its pair
+                    make_case(strategy="single_frame", median_ms=10.0), make_case(strategy="expand", median_ms=20.0)])
+    checks = gate_module.speedup_checks(run, GateConfig())
+    assert [(c.resolution, c.num_frames, c.factor) for c in checks] == [("1280x720", 81, 2.0)]
+
+
+def test_the_report_keeps_the_baselines_environment(make_case, make_run):
+    baseline = make_run([make_case()], device="NVIDIA H200")
+    report = evaluate(make_run([make_case()]), baseline, GateConfig())
+    assert report.baseline_environment == baseline.environment
+    assert evaluate(make_run([make_case()]), None, GateConfig()).baseline_environment is None
+
+
+def test_an_equivalence_finding_carries_its_record(make_case, make_run):
+    from tests.conftest import equivalence
+
+    eq = equivalence()
+    run = make_run([make_case(equivalence=eq)])
+    (finding,) = evaluate(run, None, GateConfig()).of("equivalence")
+    assert finding.detail is eq
+
+
+def test_a_stage_exactly_at_its_allowance_is_consistent(make_case, make_run):
+    stage = make_case(median_ms=10.0, noise=0.0, rounds=5)
+    e2e = make_case("e2e", median_ms=100.0, noise=0.0, rounds=5, stage_samples_ms={"latent_preparation": (15.0,) * 5})
+    (finding,) = evaluate(make_run([stage, e2e]), None, GateConfig()).of("stage_consistency")
+    assert finding.verdict == "ok" and finding.row[-2:] == ("+-5.00 ms", "ok")
+    over = make_case("e2e", median_ms=100.0, noise=0.0, rounds=5, stage_samples_ms={"latent_preparation": (15.01,) * 5})
+    (finding,) = evaluate(make_run([stage, over]), None, GateConfig()).of("stage_consistency")
+    assert finding.verdict == "inconsistent"

@@ -100,3 +100,24 @@ def test_merged_counters_pool_device_time_and_flag_counts_that_differ():
     assert merged.profiled_rounds == 10 and len(merged.device_ms_samples) == 10
     assert merged.syncs == 1 and merged.varying_counters == ("syncs",)
     assert merge_counters([counters(), counters()]).varying_counters == ()
+
+
+def test_a_grown_counter_without_a_kernel_change_has_no_kernel_list(make_case, make_run):
+    report = gate(make_case, make_run, counters(syncs=1), counters())
+    assert report.failures == (f"{NAME}: +1 synchronization per round (syncs 0 -> 1)",)
+    (finding,) = report.of("counters")
+    assert finding.detail == (counters(), counters(syncs=1))  # (baseline, current)
+
+
+def test_a_passing_counter_finding_has_no_failure(make_case, make_run):
+    (finding,) = gate(make_case, make_run, counters(), counters()).of("counters")
+    assert finding.failure is None and finding.note == ""
+
+
+def test_every_fewer_and_every_varying_counter_is_listed(make_case, make_run):
+    (finding,) = gate(make_case, make_run, counters(kernel_launches=400, syncs=0, h2d_copies=0, h2d_bytes=0),
+                      counters()).of("counters")
+    assert finding.note == "fewer: kernel_launches 500 -> 400, h2d_copies 1 -> 0, h2d_bytes 4096 -> 0"
+    varying = dataclasses.replace(counters(), varying_counters=("syncs", "flops"))
+    (finding,) = gate(make_case, make_run, varying, counters()).of("counters")
+    assert finding.note == "counters that varied between rounds, not gated: flops, syncs"
