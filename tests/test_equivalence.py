@@ -310,3 +310,12 @@ def test_an_equivalent_report_says_nothing_of_the_noise():
         "EQUIVALENT: single_frame against fp32 oracle (single_frame) in float32: rms rel err 0 (limit 1e-05), "
         "max rel err 0 (limit 1e-05); single_frame's: 0 / 0")
     assert isinstance(report, OracleReport)
+
+
+def test_max_errors_refuses_tensors_of_unlike_shapes():
+    from cosmos3.equivalence import max_errors
+
+    with pytest.raises(ValueError) as err:
+        max_errors(torch.zeros(2, 3), torch.zeros(3))
+    assert str(err.value) == "max_errors needs tensors of one shape, not (2, 3) and (3,)"
+    assert max_errors(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 4.0])) == (1.0, 0.25, 4.0)
