@@ -380,8 +380,8 @@ def measure(
     record_case(
         benchmark,
         warmup_ms=tuple(warm_ms),
-        peak_mem_gib=peak,
-        resident_mem_gib=resident,
+        peak_mem_gib=peak,  # pragma: no mutate -- None on a CPU (set in the CUDA blocks above)
+        resident_mem_gib=resident,  # pragma: no mutate -- None on a CPU
         injected=((f"slowdown {slowdown:g}",) if slowdown else ()) + injected,
         counters=counters,
     )

@@ -392,6 +392,41 @@ def test_measure_profiles_a_long_round_three_times(benchmark, monkeypatch):
     assert benchmark.extra_info["counters"]["profiled_rounds"] == harness.PROFILED_ROUNDS_LONG == 3
 
 
+class _FixedTimer:
+    """A DeviceTimer whose every block lasts exactly LONG_ROUND_MS."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed_ms = harness.LONG_ROUND_MS
+
+
+def test_a_round_of_exactly_the_long_limit_is_not_long(benchmark, monkeypatch):
+    monkeypatch.delenv(CONTROLS_ENV, raising=False)
+    monkeypatch.setattr(harness, "DeviceTimer", _FixedTimer)
+    measure(benchmark, _work, device=CPU, case_name="case[a]", policy=RoundPolicy(1, 5, 5, 1e-3))
+    assert benchmark.extra_info["warmup_ms"] == [harness.LONG_ROUND_MS]
+    assert benchmark.extra_info["counters"]["profiled_rounds"] == harness.PROFILED_ROUNDS
+
+
+def test_cpu_busy_spins_until_its_time_is_up(monkeypatch):
+    """On the CPU, _busy(ms) reads the clock until `ms` have passed: not one reading more or fewer."""
+    readings = iter([0.0, 0.1249, 0.125, 0.2, 0.3])
+    seen = []
+
+    def clock():
+        seen.append(next(readings))
+        return seen[-1]
+
+    monkeypatch.setattr(harness.time, "perf_counter", clock)
+    harness._busy(CPU, 125.0)
+    assert seen == [0.0, 0.1249, 0.125]
+
+
 def test_measure_obeys_the_controls_of_its_parent(benchmark, monkeypatch):
     """The parent's round policy overrides the case's; the slowdown and the extra sync land in the
     rounds, are counted and are recorded."""
@@ -459,6 +494,8 @@ def test_inputs_land_on_the_device_asked_for():
 def test_smooth_image_is_clamped_to_minus_one_to_one():
     a = harness.smooth_image(64, 48, seed=5)  # a seed whose blobs overshoot
     assert float(a.max()) == 1.0 and int((a == 1.0).sum()) == 136 and float(a.min()) > -1
+    b = harness.smooth_image(64, 48, seed=15)  # ... and one whose blobs undershoot
+    assert float(b.min()) == -1.0 and int((b == -1.0).sum()) == 78 and float(b.max()) < 1
 
 
 def test_equivalence_for_checks_in_the_cases_dtype(monkeypatch):

@@ -98,6 +98,8 @@ RULES = [
      "k.device_ms: must be finite and >= 0 (got nan)"),
     (lambda: decode_record(KernelStat, {"name": "a", "launches": 1, "device_ms": -0.1}, "k"),
      "k.device_ms: must be finite and >= 0 (got -0.1)"),
+    (lambda: decode_record(WorkCounters, w(CPU_COUNTERS, top_kernels=3), "c"),
+     "c.top_kernels: must be a list (tuple[KernelStat, ...]) (got 3)"),  # a record type by its own name
     (lambda: decode_record(WorkCounters, w(CPU_COUNTERS, source="gpu"), "c"),
      "c.source: must be one of ('cuda', 'cpu') (got 'gpu')"),
     (lambda: decode_record(WorkCounters, w(CPU_COUNTERS, profiled_rounds=0), "c"),
@@ -193,6 +195,9 @@ RULES = [
      "pb.benchmarks[t1].extra_info.samples_ms[1]: must be a number (got True)"),
     (lambda: run_from_pytest_benchmark(bench_json(), source="pb"),
      "pb.cases: must hold at least one case (a run that measured nothing proves nothing)"),
+    (lambda: run_from_pytest_benchmark(bench_json({"extra_info": {"spec": SPEC}, "stats": {"data": [1e-3]}},
+                                                  {"extra_info": {"spec": SPEC}, "stats": {"data": [1e-3]}}), source="pb"),
+     f"pb.cases: must name each case once (got '{NAME}')"),
     (lambda: run_from_pytest_benchmark({"machine_info": {"cosmos3_environment": w(ENV, preset="")}, "benchmarks": []},
                                        source="pb"),
      "pb.machine_info.cosmos3_environment.preset: must be a non-empty name (got '')"),

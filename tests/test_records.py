@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -199,6 +200,15 @@ def test_merge_pools_samples_and_keeps_each_runs_median(tmp_path, make_case, mak
     assert len(again.cases[0].run_medians_ms) == 4 and len(again.environment.merged_runs) == 4
 
 
+def test_merge_keeps_each_case_apart(make_case, make_run):
+    runs = [make_run([make_case(seed=i, rounds=4), make_case(strategy="expand", median_ms=20.0, seed=i, rounds=4)])
+            for i in range(2)]
+    merged = merge_runs(runs)
+    assert [(c.name, c.rounds) for c in merged.cases] == [
+        ("latent_prep[single_frame-1280x720-81f]", 8), ("latent_prep[expand-1280x720-81f]", 8)]
+    assert merged.cases[1].run_medians_ms == tuple(r.cases[1].median_ms for r in runs)
+
+
 @pytest.mark.parametrize(
     ("other", "message"),
     [
@@ -298,3 +308,33 @@ def test_merging_runs_merges_their_counters(make_case, make_run):
     (case,) = merge_runs(runs).cases
     assert case.counters == merge_counters([_counters(device=(1.0, 1.0)), _counters(device=(3.0, 3.0))])
     assert case.run_device_medians_ms == (1.0, 3.0)
+
+
+def test_the_last_equals_sign_splits_a_pattern_value():
+    from bench.records import parse_pattern_values
+
+    assert parse_pattern_values(["latent_prep[a=b]=0.5"], "x") == {"latent_prep[a=b]": 0.5}
+
+
+def test_zero_device_time_and_one_step_are_allowed(make_case):
+    from bench.records import KernelStat
+
+    assert KernelStat("k", 1, 0.0).device_ms == 0.0
+    assert make_case("e2e", num_inference_steps=1).num_inference_steps == 1
+
+
+def test_a_json_file_is_staged_beside_its_target_as_a_hidden_tmp_file(tmp_path, monkeypatch):
+    import bench.records as records_module
+
+    staged = []
+    real_link = records_module.os.link
+
+    def link(src, dst):
+        staged.append(Path(src))
+        return real_link(src, dst)
+
+    monkeypatch.setattr(records_module.os, "link", link)
+    write_json_atomic(tmp_path / "sub" / "run.json", {"a": 1})
+    (tmp,) = staged
+    assert tmp.parent == tmp_path / "sub" and tmp.name.startswith(".run.json.") and tmp.name.endswith(".tmp")
+    assert not tmp.exists()
