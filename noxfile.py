@@ -243,7 +243,7 @@ MUTATION_SCORE_MIN = 0.90
 def mutants(session: nox.Session) -> None:
     """Mutation-test the modules listed in pyproject's [tool.mutmut]; fails unless 90% of mutants are killed."""
     session.install(TORCH_CPU)
-    session.install("-e", ".", "mutmut==3.8.1")
+    session.install("-e", ".[dev]", "mutmut==3.8.1")  # dev: the noxfile tests import nox
     # mutmut forks a worker per mutant; torch's OpenMP pool, once started, deadlocks a forked
     # child. One thread per worker also suits the parallel workers (one per core).
     session.env["OMP_NUM_THREADS"] = "1"
