@@ -509,3 +509,9 @@ def test_a_stage_exactly_at_its_allowance_is_consistent(make_case, make_run):
     over = make_case("e2e", median_ms=100.0, noise=0.0, rounds=5, stage_samples_ms={"latent_preparation": (15.01,) * 5})
     (finding,) = evaluate(make_run([stage, over]), None, GateConfig()).of("stage_consistency")
     assert finding.verdict == "inconsistent"
+
+
+def test_only_latent_prep_and_e2e_cases_are_paired_by_strategy(make_case, make_run):
+    run = make_run([make_case("vae_encode", strategy="single_frame", median_ms=10.0),
+                    make_case("vae_encode", strategy="expand", median_ms=20.0)])
+    assert gate_module.speedup_checks(run, GateConfig()) == ()
