@@ -239,6 +239,7 @@ def test_figure_draws_detection_per_timed_metric():
     fig = calibrate.figure(_calibration())
     assert tuple(fig.get_size_inches()) == (11, 4.5)
     latency, device = fig.axes
+    assert device.get_position().x0 > latency.get_position().x1  # side by side
     assert latency.get_shared_y_axes().joined(latency, device)
     assert [ax.get_title() for ax in fig.axes] == ["latency", "device_time"]
     assert {ax.get_xlabel() for ax in fig.axes} == {"injected GPU work, % of device time"}
@@ -279,6 +280,7 @@ def test_write_puts_table_json_and_plot_in_a_new_folder(tmp_path):
     assert (out / "calibration.md").read_text() == RENDERED
     data = json.loads((out / "calibration.json").read_text())
     assert data["aa_runs"] == 10 and data["rows"][0]["detections"][0] == {"size": 0.05, "detected": 10, "runs": 10}
+    assert calibrate.plot(_calibration(), tmp_path / "again.png") is True
     with Image.open(out / "detection_rate.png") as png:
         assert png.size == (11 * calibrate.PLOT_DPI, int(4.5 * calibrate.PLOT_DPI))
     with pytest.raises(InputError, match="report_dir: exists"):
@@ -309,3 +311,5 @@ def test_only_exact_step_names_are_grouped(make_case, make_run):
     baseline, aa, injected = calibrate.group_runs(
         [("baseline-10", run), ("aa-extra-1", run), ("report-1", run), ("gpu0.05-2", run), ("gpu0.05-3", run)])
     assert (len(baseline), len(aa), {k: len(v) for k, v in injected.items()}) == (1, 0, {0.05: 2})
+    other = make_run([make_case(strategy="expand")])
+    assert calibrate.group_runs([("baseline-1", run), ("aa-1", other), ("gpu0.1-1", run)]) == ([run], [other], {0.1: [run]})

@@ -463,3 +463,8 @@ def test_no_device_work_on_cuda_says_what_to_check(monkeypatch):
         profile_rounds(small_work, torch.device("cuda:0"))
     assert str(err.value) == ("torch.profiler recorded no CUDA kernels, copies or memsets in a round on cuda:0; "
                               "is CUPTI activity tracing available to this process?")
+
+
+def test_every_value_read_back_on_the_cpu_is_a_sync():
+    events = [TraceEvent("cpu_op", counters.CPU_SYNC_OP, float(t), 1.0) for t in range(3)]
+    assert count_round(events, source="cpu").syncs == 3

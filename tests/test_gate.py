@@ -474,6 +474,8 @@ def test_unmeasured_memory_keeps_what_was_measured(make_case):
     m = gate_module.compare_memory(current, baseline, config)
     assert m == gate_module.MemoryComparison(current.name, None, 2.0, None, "not measured", 0.02,
                                              baseline_peak_gib=2.5, current_peak_gib=3.0)
+    unmeasured_now = gate_module.compare_memory(baseline, current, config)
+    assert (unmeasured_now.baseline_gib, unmeasured_now.current_gib) == (2.0, None)
     measured = gate_module.compare_memory(current, make_case(peak_mem_gib=1.0, resident_mem_gib=1.0), config)
     assert (measured.ratio, measured.verdict, measured.threshold) == (float("inf"), "regression", 0.02)
 
