@@ -45,6 +45,8 @@ def test_every_decoding_rule_names_the_source_and_the_line():
         "(got 'Loading weights...')")
     long = "x" * 300
     assert _error(long).endswith(f"char 0)) (got '{'x' * 200}')")  # the first 200 characters
+    padded = json.dumps({"type": "Round", "pad": "y" * 300})
+    assert _error(padded) == f"worker[head]: must send {{'type', 'body'}} objects (got {padded[:200]!r})"
     assert _error("[1, 2]") == "worker[head]: must send {'type', 'body'} objects (got '[1, 2]')"
     assert _error('{"type": "Round"}') == "worker[head]: must send {'type', 'body'} objects (got '{\"type\": \"Round\"}')"
     assert _error('{"type": "Round", "body": {}, "x": 1}').startswith("worker[head]: must send {'type', 'body'}")
