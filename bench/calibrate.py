@@ -4,9 +4,11 @@ of a given size is caught, per case and metric. It reads run records; it never t
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -26,6 +28,8 @@ METRICS = (LatencyRule.name, DeviceTimeRule.name, CounterRule.name)
 DETECTION_GOAL = 0.95
 DEFAULT_SIZES = (0.02, 0.03, 0.05, 0.10)
 DEFAULT_CASES = ("latent_prep[single_frame-*]", "vae_encode[*-1f]")
+# The extra-work negative controls, by the run label that names them: what each adds to every round.
+CONTROLS = {"sync": "one more host-device synchronisation", "kernel": "one more small kernel"}
 CALIBRATION_MD, CALIBRATION_JSON, CALIBRATION_PNG = "calibration.md", "calibration.json", "detection_rate.png"
 PLOT_DPI = 120
 
@@ -67,6 +71,17 @@ class Determinism:
 
 
 @dataclass(frozen=True)
+class ControlRow:
+    """One case and negative control: how many of its runs the counters rule failed, and what it said."""
+
+    case: str
+    control: str  # a key of CONTROLS
+    caught: int
+    runs: int
+    message: str | None  # the counters rule's failure in the first caught run; None when none was caught
+
+
+@dataclass(frozen=True)
 class Calibration:
     rows: tuple[CalibrationRow, ...]
     determinism: tuple[Determinism, ...]
@@ -74,12 +89,18 @@ class Calibration:
     aa_runs: int
     device_name: str
     config: GateConfig
+    controls: tuple[ControlRow, ...] = ()
+
+
+def failures(run: RunRecord, baseline: RunRecord, config: GateConfig) -> dict[tuple[str, str], str]:
+    """The failure message of each (case, metric) whose rule failed in this run."""
+    report = evaluate(run, baseline, config)
+    return {(f.subject, f.rule): f.failure for f in report.findings if f.rule in METRICS and f.failure}
 
 
 def flagged(run: RunRecord, baseline: RunRecord, config: GateConfig) -> set[tuple[str, str]]:
     """(case, metric) pairs whose rule failed in this run."""
-    report = evaluate(run, baseline, config)
-    return {(f.subject, f.rule) for f in report.findings if f.rule in METRICS and f.failure}
+    return set(failures(run, baseline, config))
 
 
 def analyse(
@@ -87,8 +108,9 @@ def analyse(
     aa_runs: Sequence[RunRecord],
     injected: Mapping[float, Sequence[RunRecord]],
     config: GateConfig | None = None,
+    controls: Mapping[str, Sequence[RunRecord]] | None = None,
 ) -> Calibration:
-    """Gate every A/A and injected run against the baseline merged from `baseline_runs`; count."""
+    """Gate every A/A, injected and control run against the baseline merged from `baseline_runs`; count."""
     if not baseline_runs:
         raise InputError("baseline_runs", "needs at least one run to merge into the baseline")
     if not aa_runs:
@@ -116,8 +138,14 @@ def analyse(
         found = [r.by_name()[case.name].counters for r in unchanged if case.name in r.by_name()]
         if found and all(c is not None for c in found):
             determinism.append(Determinism(case.name, len(found), merge_counters(found).varying_counters))
+    control_rows = []
+    for control, runs in sorted((controls or {}).items()):
+        found = [failures(run, baseline, config) for run in runs]
+        for case in baseline.cases:
+            caught = [f[(case.name, CounterRule.name)] for f in found if (case.name, CounterRule.name) in f]
+            control_rows.append(ControlRow(case.name, control, len(caught), len(runs), caught[0] if caught else None))
     return Calibration(tuple(rows), tuple(determinism), len(baseline_runs), len(aa_runs),
-                       baseline.environment.device_name, config)
+                       baseline.environment.device_name, config, tuple(control_rows))
 
 
 def render(cal: Calibration) -> str:
@@ -145,10 +173,18 @@ def render(cal: Calibration) -> str:
                   "| case | runs | identical in every run |", "|---|---|---|"]
         lines += [f"| {code(d.case)} | {d.runs} | " + ("yes" if not d.varying_counters else
                   f"no: {', '.join(d.varying_counters)} varied") + " |" for d in cal.determinism]
+    if cal.controls:
+        lines += ["", "## Negative controls: extra work the counters rule must name", "",
+                  "| case | control | caught | the counters rule's message |", "|---|---|---|---|"]
+        lines += [f"| {code(c.case)} | {CONTROLS[c.control]} per round | {c.caught}/{c.runs} | "
+                  f"{DASH if c.message is None else c.message} |" for c in cal.controls]
+    on_gpu = any(row.metric == DeviceTimeRule.name for row in cal.rows)
     lines += [
         "",
         ("The counters rule sees the injected work's own kernel (one `torch.cuda._sleep` launch), so it catches "
-        "every injected run whatever its size; its A/A column is the one that matters."),
+         "every injected run whatever its size; its A/A column is the one that matters." if on_gpu else
+         "Without a GPU the injected work is a host spin, which no counter sees; the counters rule's A/A column "
+         "is the one that matters."),
         "",
     ]
     return "\n".join(lines)
@@ -205,15 +241,69 @@ def step_label(size: float | None) -> str:
     return f"gpu{size:g}"
 
 
-def group_runs(runs: Iterable[tuple[str, RunRecord]]) -> tuple[list[RunRecord], list[RunRecord], dict[float, list[RunRecord]]]:
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a calibration: its folder name ('<label>-<i>') and what it injects."""
+
+    run_id: str
+    size: float | None = None  # injected GPU work (step gpu)
+    control: str | None = None  # a key of CONTROLS (step controls)
+
+
+def schedule(
+    steps: Iterable[str],
+    *,
+    baseline_runs: int,
+    aa_runs: int,
+    sizes: Sequence[float],
+    runs_per_size: int,
+    runs_per_control: int,
+    seed: int = 0,
+) -> list[PlannedRun]:
+    """Every run of the chosen steps, in the order to measure them.
+
+    The baseline's runs come first: everything else is gated against them. The A/A, injected and
+    control runs are then interleaved in blocks, block i holding run i of each of them in a seeded
+    random order (as asv and pyperf interleave what they compare). A call that stops early thus leaves
+    every condition about equally measured, and a drift of the runner over a call falls on all alike.
+    """
+    steps = set(steps)
+    conditions = []  # (label, runs, PlannedRun fields)
+    if "aa" in steps:
+        conditions.append(("aa", aa_runs, {}))
+    if "gpu" in steps:
+        conditions += [(step_label(size), runs_per_size, {"size": size}) for size in sizes]
+    if "controls" in steps:
+        conditions += [(control, runs_per_control, {"control": control}) for control in CONTROLS]
+    planned = [PlannedRun(f"baseline-{i}") for i in range(1, baseline_runs + 1)] if "baseline" in steps else []
+    rng = random.Random(seed)
+    for i in range(1, max((count for _, count, _ in conditions), default=0) + 1):
+        block = [PlannedRun(f"{label}-{i}", **fields) for label, count, fields in conditions if i <= count]
+        rng.shuffle(block)
+        planned += block
+    return planned
+
+
+class CalibrationRuns(NamedTuple):
+    """A calibration folder's runs, sorted by their step."""
+
+    baseline: list[RunRecord]
+    aa: list[RunRecord]
+    injected: dict[float, list[RunRecord]]  # by injected size
+    controls: dict[str, list[RunRecord]]  # by CONTROLS key
+
+
+def group_runs(runs: Iterable[tuple[str, RunRecord]]) -> CalibrationRuns:
     """Sort a calibration folder's runs by their step, from their folder names."""
-    baseline, aa, injected = [], [], {}
+    grouped = CalibrationRuns([], [], {}, {})
     for name, run in runs:
         step = name.rsplit("-", 1)[0]
         if step == "baseline":
-            baseline.append(run)
+            grouped.baseline.append(run)
         elif step == "aa":
-            aa.append(run)
+            grouped.aa.append(run)
+        elif step in CONTROLS:
+            grouped.controls.setdefault(step, []).append(run)
         elif step.startswith("gpu"):
-            injected.setdefault(float(step.removeprefix("gpu")), []).append(run)
-    return baseline, aa, injected
+            grouped.injected.setdefault(float(step.removeprefix("gpu")), []).append(run)
+    return grouped

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -144,13 +145,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cal.add_argument("--calibration-dir", type=Path,
                      help="folder of the calibration's runs (default results/calibration-<UTC>); name an existing "
                           "one to add runs to it: steps split over several calls add up")
-    cal.add_argument("--step", action="append", choices=("baseline", "aa", "gpu", "report"), default=[],
+    cal.add_argument("--step", action="append", choices=("baseline", "aa", "gpu", "controls", "report"), default=[],
                      help="measure only these steps (default: all, then the report); repeatable")
     cal.add_argument("--baseline-runs", type=int, default=3, help="runs merged into the baseline (default %(default)s)")
     cal.add_argument("--aa-runs", type=int, default=10, help="unchanged runs gated against it (default %(default)s)")
     cal.add_argument("--runs-per-size", type=int, default=10, help="runs per injected size (default %(default)s)")
     cal.add_argument("--sizes", default=",".join(f"{s:g}" for s in calibrate_mod.DEFAULT_SIZES),
                      help="injected GPU work, fractions of device time (default %(default)s)")
+    cal.add_argument("--runs-per-control", type=int, default=3,
+                     help="runs with one extra sync, and with one extra kernel, per round (default %(default)s)")
+    cal.add_argument("--time-budget-s", type=float, default=None, metavar="SECONDS",
+                     help="start no run after SECONDS of this call; a later call naming the same folder measures "
+                          "the rest (default: no limit)")
     add_run_options(cal)
     add_gate_options(cal)
     ab = sub.add_parser("compare", help="measure the working tree against a git ref, interleaved in one job; "
@@ -474,13 +480,37 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def measure_calibration_run(args: argparse.Namespace, planned: calibrate_mod.PlannedRun, folder: Path) -> None:
+    """One calibration run in its own process, into folder/runs/<run id>/, with the work it injects."""
+    runs_dir = folder / "runs"
+    run_args = argparse.Namespace(**{
+        **vars(args), "run_id": planned.run_id, "results_dir": runs_dir,
+        "inject_gpu_work": [f"*={planned.size:g}"] if planned.size else [],
+        "inject_sync": ["*"] if planned.control == "sync" else [],
+        "inject_kernel": ["*"] if planned.control == "kernel" else []})
+    run_dir = runs_dir / planned.run_id
+    if run_dir.exists():  # a run an earlier call did not finish (stopped, killed): kept aside, measured again
+        stale = unused_name(folder / "incomplete", planned.run_id)
+        stale.parent.mkdir(exist_ok=True)
+        run_dir.rename(stale)
+        print(f"{planned.run_id}: unfinished by an earlier call, moved to {display_path(stale)}")
+    plan = plan_run(run_args)
+    run_dir.mkdir(parents=True)
+    run, failed = run_benchmarks(run_args, plan, run_dir)
+    if run is None or failed:
+        raise InputError("calibrate", f"run {planned.run_id} had failing benchmarks: {failed}")
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure the missing runs of each step into the calibration folder, then report on all of them."""
     config = gate_config(args)
+    started = time.monotonic()
     sizes = calibrate_mod.parse_sizes(args.sizes)
-    for name in ("baseline_runs", "aa_runs", "runs_per_size"):
+    for name in ("baseline_runs", "aa_runs", "runs_per_size", "runs_per_control"):
         if getattr(args, name) < 1:
             raise InputError(name, "must be >= 1", getattr(args, name))
+    if args.time_budget_s is not None and not (math.isfinite(args.time_budget_s) and args.time_budget_s > 0):
+        raise InputError("time_budget_s", "must be a finite number of seconds > 0", args.time_budget_s)
     if args.inject_slowdown or args.inject_gpu_work or args.inject_sync or args.inject_kernel or args.revert_single_frame \
             or args.revert_first_frame:
         raise InputError("calibrate", "injects its own GPU work; other negative controls are refused")
@@ -488,32 +518,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     check_output_dir("calibration_dir", folder)
     if args.case == [] and args.keyword is None:
         args.case = list(calibrate_mod.DEFAULT_CASES)
-    steps = args.step or ["baseline", "aa", "gpu", "report"]
-    wanted = {"baseline": [(None, args.baseline_runs)], "aa": [(None, args.aa_runs)],
-              "gpu": [(size, args.runs_per_size) for size in sizes]}
+    steps = args.step or ["baseline", "aa", "gpu", "controls", "report"]
     runs_dir = folder / "runs"
-    for step in (s for s in ("baseline", "aa", "gpu") if s in steps):
-        for size, count in wanted[step]:
-            label = step if size is None else calibrate_mod.step_label(size)
-            for i in range(1, count + 1):
-                run_id = f"{label}-{i}"
-                if (runs_dir / run_id / RUN_RECORD).is_file():
-                    continue  # measured by an earlier call
-                run_args = argparse.Namespace(**{**vars(args), "run_id": run_id, "results_dir": runs_dir,
-                                                 "inject_gpu_work": [f"*={size:g}"] if size else []})
-                plan = plan_run(run_args)
-                run_dir = runs_dir / run_id
-                run_dir.mkdir(parents=True)
-                run, failed = run_benchmarks(run_args, plan, run_dir)
-                if run is None or failed:
-                    raise InputError("calibrate", f"run {run_id} had failing benchmarks: {failed}")
+    planned = calibrate_mod.schedule(
+        steps, baseline_runs=args.baseline_runs, aa_runs=args.aa_runs, sizes=sizes,
+        runs_per_size=args.runs_per_size, runs_per_control=args.runs_per_control)
+    missing = [p for p in planned if not (runs_dir / p.run_id / RUN_RECORD).is_file()]  # else measured earlier
+    for i, planned_run in enumerate(missing):
+        if args.time_budget_s is not None and time.monotonic() - started > args.time_budget_s:
+            left = missing[i:]
+            print(f"time budget of {args.time_budget_s:g} s spent: {len(left)} run(s) not started "
+                  f"({', '.join(p.run_id for p in left)}); name the same --calibration-dir again to measure them")
+            break
+        measure_calibration_run(args, planned_run, folder)
     records = sorted((p.parent.name, load_run(p)) for p in runs_dir.glob(f"*/{RUN_RECORD}"))
-    baseline, aa, injected = calibrate_mod.group_runs(records)
+    runs = calibrate_mod.group_runs(records)
     if "report" not in steps:
-        print(f"calibration runs in {display_path(runs_dir)}: {len(baseline)} baseline, {len(aa)} A/A, "
-              + ", ".join(f"{len(r)} at +{s:.0%}" for s, r in sorted(injected.items())))
+        print(f"calibration runs in {display_path(runs_dir)}: {len(runs.baseline)} baseline, {len(runs.aa)} A/A, "
+              + ", ".join([*(f"{len(r)} at +{s:.0%}" for s, r in sorted(runs.injected.items())),
+                           *(f"{len(r)} {c}" for c, r in sorted(runs.controls.items()))]))
         return EXIT_PASS
-    cal = calibrate_mod.analyse(baseline, aa, injected, config)
+    cal = calibrate_mod.analyse(runs.baseline, runs.aa, runs.injected, config, runs.controls)
     report = calibrate_mod.write(cal, unused_name(folder, "report"))
     print(report.read_text())
     print(f"report: {display_path(report)}")

@@ -64,9 +64,11 @@ def test_sizes_are_fractions(raw):
 
 def test_steps_are_read_back_from_folder_names(make_case, make_run):
     run = make_run([make_case()])
-    baseline, aa, injected = calibrate.group_runs(
-        [("baseline-1", run), ("aa-1", run), ("aa-2", run), ("gpu0.03-1", run), ("gpu0.1-1", run)])
+    baseline, aa, injected, controls = calibrate.group_runs(
+        [("baseline-1", run), ("aa-1", run), ("aa-2", run), ("gpu0.03-1", run), ("gpu0.1-1", run), ("sync-1", run),
+         ("kernel-1", run), ("kernel-2", run)])
     assert len(baseline) == 1 and len(aa) == 2 and sorted(injected) == [0.03, 0.1]
+    assert {k: len(v) for k, v in controls.items()} == {"sync": 1, "kernel": 2}
 
 
 @pytest.mark.slow
@@ -77,16 +79,25 @@ def test_the_command_produces_its_table_on_the_tiny_preset(tmp_path, capsys):
     # lifts the p-value of a 10x slowdown with 5 vs 10 samples to 0.02, above alpha.
     common = ["calibrate", "--preset", "tiny", "--rounds", "1,10,10,1", "--case", "vae_encode[64x48-1f]",
               "--calibration-dir", str(folder), "--baseline-runs", "2", "--aa-runs", "1", "--runs-per-size", "1",
-              "--sizes", "8", "--threshold", "3.0"]
+              "--sizes", "8", "--threshold", "3.0", "--runs-per-control", "1"]
     # Steps in separate calls add up, as they would in separate 10-minute GPU calls.
     assert main([*common, "--step", "baseline", "--step", "aa"]) == 0
-    assert main([*common, "--step", "gpu", "--step", "report"]) == 0
+    assert main([*common, "--step", "gpu", "--step", "controls", "--step", "report"]) == 0
     out = capsys.readouterr().out
     assert "# cosmos3-bench: gate calibration" in out
     assert "| `vae_encode[64x48-1f]` | latency | 0 | 1/1 |" in out  # +800% host work is caught on the CPU
+    # On the CPU the extra sync is an .item() (a local scalar read) and the extra kernel an aten op.
+    (sync,) = [line for line in out.splitlines() if "one more host-device synchronisation per round" in line]
+    assert sync.startswith("| `vae_encode[64x48-1f]` |") and "| 1/1 | vae_encode[64x48-1f]: " in sync
+    assert "+1 synchronization per round (syncs 0 -> 1)" in sync
+    (kernel,) = [line for line in out.splitlines() if "one more small kernel per round" in line]
+    assert kernel.startswith("| `vae_encode[64x48-1f]` |") and "| 1/1 | vae_encode[64x48-1f]: " in kernel
+    assert kernel.endswith(" +1 kernel launch per round (kernel_launches " + kernel.split("(kernel_launches ")[1])
+    assert "the injected work is a host spin, which no counter sees" in out
     (report,) = folder.glob("report-*/calibration.md")
     assert (report.parent / "calibration.json").is_file()
-    assert sorted(p.name for p in (folder / "runs").iterdir()) == ["aa-1", "baseline-1", "baseline-2", "gpu8-1"]
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == [
+        "aa-1", "baseline-1", "baseline-2", "gpu8-1", "kernel-1", "sync-1"]
 
 
 # --- analyse: what is counted, and against what ----------------------------------------------------
@@ -311,8 +322,167 @@ def test_step_label(size, label):
 
 def test_only_exact_step_names_are_grouped(make_case, make_run):
     run = make_run([make_case()])
-    baseline, aa, injected = calibrate.group_runs(
-        [("baseline-10", run), ("aa-extra-1", run), ("report-1", run), ("gpu0.05-2", run), ("gpu0.05-3", run)])
-    assert (len(baseline), len(aa), {k: len(v) for k, v in injected.items()}) == (1, 0, {0.05: 2})
+    baseline, aa, injected, controls = calibrate.group_runs(
+        [("baseline-10", run), ("aa-extra-1", run), ("report-1", run), ("gpu0.05-2", run), ("gpu0.05-3", run),
+         ("syncs-1", run), ("kernels-1", run)])
+    assert (len(baseline), len(aa), {k: len(v) for k, v in injected.items()}, controls) == (1, 0, {0.05: 2}, {})
     other = make_run([make_case(strategy="expand")])
-    assert calibrate.group_runs([("baseline-1", run), ("aa-1", other), ("gpu0.1-1", run)]) == ([run], [other], {0.1: [run]})
+    assert calibrate.group_runs([("baseline-1", run), ("aa-1", other), ("gpu0.1-1", run)]) == (
+        [run], [other], {0.1: [run]}, {})
+
+
+# --- the schedule: which runs, in which order ------------------------------------------------------
+
+
+def _schedule(steps=("baseline", "aa", "gpu", "controls"), **counts):
+    counts = {"baseline_runs": 2, "aa_runs": 3, "sizes": (0.02, 0.1), "runs_per_size": 2, "runs_per_control": 1,
+              **counts}
+    return calibrate.schedule(steps, **counts)
+
+
+def test_the_baseline_comes_first_then_blocks_hold_one_run_of_each_condition():
+    planned = _schedule()
+    ids = [p.run_id for p in planned]
+    assert ids[:2] == ["baseline-1", "baseline-2"]
+    blocks = [sorted(ids[2:7]), sorted(ids[7:10]), ids[10:]]
+    assert blocks == [["aa-1", "gpu0.02-1", "gpu0.1-1", "kernel-1", "sync-1"], ["aa-2", "gpu0.02-2", "gpu0.1-2"],
+                      ["aa-3"]]
+    by_id = {p.run_id: p for p in planned}
+    assert by_id["gpu0.1-2"] == calibrate.PlannedRun("gpu0.1-2", size=0.1)
+    assert by_id["sync-1"] == calibrate.PlannedRun("sync-1", control="sync")
+    assert by_id["kernel-1"] == calibrate.PlannedRun("kernel-1", control="kernel")
+    assert by_id["aa-2"] == by_id["baseline-1"].__class__("aa-2") and by_id["baseline-1"].size is None
+
+
+def test_the_order_inside_a_block_is_shuffled_but_seeded():
+    orders = {tuple(p.run_id for p in _schedule(aa_runs=1, runs_per_size=1, seed=seed)) for seed in range(8)}
+    assert len(orders) > 1  # shuffled: conditions do not always run in the same order
+    assert _schedule(seed=3) == _schedule(seed=3)  # seeded: a later call plans the same order
+
+
+def test_a_schedule_cut_anywhere_leaves_conditions_equally_measured():
+    planned = _schedule(baseline_runs=1, aa_runs=4, runs_per_size=4, runs_per_control=4)
+    for cut in range(1, len(planned) + 1):
+        labels = [p.run_id.rsplit("-", 1)[0] for p in planned[1:cut]]
+        counts = [labels.count(label) for label in ("aa", "gpu0.02", "gpu0.1", "sync", "kernel")]
+        assert max(counts) - min(counts) <= 1, (cut, counts)
+
+
+def test_only_the_chosen_steps_are_scheduled():
+    assert [p.run_id for p in _schedule(steps=("baseline",))] == ["baseline-1", "baseline-2"]
+    assert sorted(p.run_id for p in _schedule(steps=("controls", "report"))) == ["kernel-1", "sync-1"]
+    assert sorted(p.run_id for p in _schedule(steps=("gpu",), runs_per_size=1)) == ["gpu0.02-1", "gpu0.1-1"]
+    assert _schedule(steps=("report",)) == []
+
+
+# --- negative controls: the counters rule must catch them and say what changed -----------------------
+
+
+def test_controls_are_counted_per_case_with_the_counters_message(make_case, make_run):
+    base = run_with(make_case, make_run, device_ms=10.0, seed=0)
+    more = run_with(make_case, make_run, device_ms=10.0, seed=1, launches=501)
+    cal = calibrate.analyse([base], [base], {}, GateConfig(), {"kernel": [base, more], "sync": [base]})
+    assert cal.controls == (
+        calibrate.ControlRow(NAME, "kernel", 1, 2, calibrate.failures(more, base, GateConfig())[(NAME, "counters")]),
+        calibrate.ControlRow(NAME, "sync", 0, 1, None),
+    )
+    assert "+1 kernel launch per round" in cal.controls[0].message
+    assert calibrate.analyse([base], [base], {}).controls == ()
+
+
+def test_failures_carry_each_failing_rule_message(make_case, make_run):
+    base = run_with(make_case, make_run, device_ms=10.0, seed=0)
+    slow = run_with(make_case, make_run, device_ms=20.0, seed=1, wall_ms=20.0, launches=600)
+    found = calibrate.failures(slow, base, GateConfig())
+    assert set(found) == calibrate.flagged(slow, base, GateConfig()) == {
+        (NAME, "latency"), (NAME, "device_time"), (NAME, "counters")}
+    assert all(message.startswith(NAME) for message in found.values()), found
+
+
+def test_render_lists_the_controls_after_the_determinism_table():
+    cal = _calibration()
+    with_controls = calibrate.Calibration(
+        cal.rows, cal.determinism, cal.baseline_runs, cal.aa_runs, cal.device_name, cal.config,
+        (calibrate.ControlRow(NAME, "sync", 3, 3, f"{NAME}: +1 synchronization per round (syncs 0 -> 1)"),
+         calibrate.ControlRow(NAME, "kernel", 0, 3, None)))
+    head, tail = RENDERED.split("\n\nThe counters rule sees")
+    assert calibrate.render(with_controls) == head + """
+
+## Negative controls: extra work the counters rule must name
+
+| case | control | caught | the counters rule's message |
+|---|---|---|---|
+| `latent_prep[single_frame-1280x720-81f]` | one more host-device synchronisation per round | 3/3 | \
+latent_prep[single_frame-1280x720-81f]: +1 synchronization per round (syncs 0 -> 1) |
+| `latent_prep[single_frame-1280x720-81f]` | one more small kernel per round | 0/3 | — |
+
+The counters rule sees""" + tail
+
+
+# --- the command: a time budget, and calls that add up ----------------------------------------------
+
+
+def test_a_time_budget_stops_starting_runs_and_a_later_call_measures_the_rest(tmp_path, monkeypatch, capsys,
+                                                                                make_case, make_run):
+    """run_benchmarks is replaced by one that writes a record and advances a fake clock by 60 s per run."""
+    from bench import cli
+    from bench.records import save_run
+
+    clock, measured = [0.0], []
+
+    def fake_run(args, plan, run_dir):
+        clock[0] += 60.0
+        measured.append((args.run_id, tuple(args.inject_gpu_work), tuple(args.inject_sync), tuple(args.inject_kernel)))
+        run = make_run([make_case()])
+        save_run(run, run_dir / cli.RUN_RECORD)
+        return run, []
+
+    monkeypatch.setattr(cli, "run_benchmarks", fake_run)
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    folder = tmp_path / "cal"
+    (folder / "runs" / "aa-2").mkdir(parents=True)  # what a killed call leaves: a run folder without run.json
+    (folder / "runs" / "aa-2" / "interrupted.json").write_text("{}")
+    common = ["calibrate", "--preset", "tiny", "--calibration-dir", str(folder), "--baseline-runs", "1",
+              "--aa-runs", "2", "--sizes", "0.05", "--runs-per-size", "1", "--runs-per-control", "1",
+              "--step", "baseline", "--step", "aa", "--step", "gpu", "--step", "controls"]
+    assert main([*common, "--time-budget-s", "100"]) == 0  # starts at 0 s and 60 s; not at 120 s
+    out = capsys.readouterr().out
+    assert len(measured) == 2 and measured[0][0] == "baseline-1"
+    assert "time budget of 100 s spent: 4 run(s) not started (" in out
+    assert "name the same --calibration-dir again to measure them" in out
+    assert main(common) == 0  # no budget: the rest, none twice
+    ids = [m[0] for m in measured]
+    assert sorted(ids) == ["aa-1", "aa-2", "baseline-1", "gpu0.05-1", "kernel-1", "sync-1"] and len(set(ids)) == 6
+    injected = {m[0]: m[1:] for m in measured}
+    assert injected["gpu0.05-1"] == (("*=0.05",), (), ())
+    assert injected["sync-1"] == ((), ("*",), ())
+    assert injected["kernel-1"] == ((), (), ("*",))
+    assert injected["aa-2"] == ((), (), ())
+    out = capsys.readouterr().out
+    assert "1 baseline, 2 A/A, 1 at +5%, 1 kernel, 1 sync" in out
+    (stale,) = (folder / "incomplete").iterdir()
+    assert stale.name.startswith("aa-2-") and (stale / "interrupted.json").is_file()
+    assert f"aa-2: unfinished by an earlier call, moved to {stale}" in out
+
+
+@pytest.mark.parametrize("budget", ["0", "-5", "nan", "inf"])
+def test_a_time_budget_must_be_positive_and_finite(budget, tmp_path, capsys):
+    assert main(["calibrate", "--preset", "tiny", "--calibration-dir", str(tmp_path / "c"),
+                 "--time-budget-s", budget]) == 2
+    assert f"error: time_budget_s: must be a finite number of seconds > 0 (got {float(budget)!r})" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_runs_per_control_must_be_positive(tmp_path, capsys):
+    assert main(["calibrate", "--preset", "tiny", "--calibration-dir", str(tmp_path / "c"),
+                 "--runs-per-control", "0"]) == 2
+    assert "error: runs_per_control: must be >= 1 (got 0)" in capsys.readouterr().err
+
+
+def test_render_says_what_the_counters_see_of_the_injected_work_on_each_device():
+    cal = _calibration()
+    assert "one `torch.cuda._sleep` launch" in calibrate.render(cal)
+    cpu = calibrate.Calibration(tuple(r for r in cal.rows if r.metric != "device_time"), (), 1, 3, "cpu", cal.config)
+    assert calibrate.render(cpu).endswith(
+        "\n\nWithout a GPU the injected work is a host spin, which no counter sees; the counters rule's A/A column "
+        "is the one that matters.\n")
