@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from _pytest.mark.expression import Expression  # pytest's own -k grammar (and, or, not, parentheses)
 
-from bench.records import CaseSpec
+from bench.records import CaseSpec, matches
 from cosmos3.errors import InputError
 from cosmos3.stages import ENCODE_STRATEGIES
 
@@ -136,3 +136,19 @@ def select(specs: list[CaseSpec], expression: str | None) -> list[CaseSpec]:
         return compiled.evaluate(matcher)
 
     return [spec for spec in specs if selected(spec)]
+
+
+def chosen(preset: str, grid: str, keyword: str | None, patterns: list[str]) -> list[CaseSpec]:
+    """The cases a run measures: the grid's, narrowed by -k and by --case (any pattern), as the benchmark
+    child will select them. A pattern that names no case of the grid, or a selection of none, is an error:
+    a typo would otherwise measure less than asked, silently."""
+    specs = all_cases(preset, grid)
+    for pattern in patterns:
+        if not any(matches(spec.name, pattern) for spec in specs):
+            raise InputError("case", f"matches no case of preset {preset}, grid {grid}", pattern)
+    specs = select(specs, keyword)
+    if patterns:
+        specs = [spec for spec in specs if any(matches(spec.name, pattern) for pattern in patterns)]
+    if not specs:
+        raise InputError("case", f"selects no case of preset {preset}, grid {grid}, with -k {keyword!r}", patterns)
+    return specs

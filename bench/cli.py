@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from bench import calibrate as calibrate_mod
+from bench import cases as cases_mod
 from bench import compare as compare_mod
 from bench import gate as gate_mod
 from bench.cases import GRID_NAMES
@@ -234,6 +235,7 @@ def plan_run(args: argparse.Namespace, *, suffix: str = "") -> RunPlan:
     if args.weights_dir is not None:
         check_weights_dir(args.weights_dir)
     controls = run_controls(args)
+    controls.check_applies(cases_mod.chosen(preset, args.grid, args.keyword, args.case))
     name, slug = device_identity(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_id = args.run_id if args.run_id is not None else f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}{suffix}"
     if not RUN_ID_RULE.fullmatch(run_id):

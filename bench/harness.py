@@ -9,14 +9,14 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from bench.counters import profile_rounds
-from bench.records import CASE_INFO_FIELDS, EquivalenceRecord, decode_record, encode_record, matches
+from bench.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, decode_record, encode_record, matches
 from cosmos3.equivalence import check_against_oracle, check_encode_equivalence, fp32_oracle
 from cosmos3.errors import InputError
 from cosmos3.timing import DeviceTimer, synchronize
@@ -98,6 +98,21 @@ class RunControls:
             for pattern in patterns:
                 if not pattern:
                     raise InputError(option, "must be a case name or pattern, e.g. 'latent_prep[*]'", pattern)
+
+    def check_applies(self, specs: Sequence[CaseSpec]) -> None:
+        """Each control must change at least one of the cases the run measures: one that applies to none
+        would leave the run unchanged, and a gate that passes it would seem blind."""
+        names = [spec.name for spec in specs]
+        for option, patterns in (("inject_slowdown", self.slowdowns), ("inject_gpu_work", self.gpu_work),
+                                 ("inject_sync", self.syncs), ("inject_kernel", self.kernels)):
+            for pattern in patterns:
+                if not any(matches(name, pattern) for name in names):
+                    raise InputError(option, f"matches none of the {len(names)} cases this run measures", pattern)
+        for option, label, wanted in (("revert_single_frame", "single_frame", self.revert_single_frame),
+                                      ("revert_first_frame", "first_frame_2d", self.revert_first_frame)):
+            if wanted and not any(spec.strategy == label for spec in specs):
+                raise InputError(option, f"needs a {label} case among the {len(names)} cases this run measures",
+                                 True)
 
     def to_env(self) -> str:
         return json.dumps(encode_record(self))

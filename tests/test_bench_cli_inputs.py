@@ -48,6 +48,22 @@ def never_measure(monkeypatch):
         (["--require-baseline"], "baseline: no baseline for"),
         (["--noise-k", "-1"], "noise_k: must be >= 0"),
         (["--min-speedup", "0.5"], "min_speedup: must be >= 1"),
+        # A pattern that names nothing would measure less than asked, or a control that changes nothing.
+        (["--case", "e2e[single-frame-*]"], "case: matches no case of preset tiny, grid default (got 'e2e[single-frame-*]')"),
+        (["-k", "test_vae_encode and expand"],
+         "case: selects no case of preset tiny, grid default, with -k 'test_vae_encode and expand' (got [])"),
+        (["--inject-slowdown", "latent_prep[single-frame-*]=0.1"],
+         "inject_slowdown: matches none of the 24 cases this run measures (got 'latent_prep[single-frame-*]')"),
+        (["-k", "test_vae_encode", "--inject-gpu-work", "e2e[*]=0.1"],
+         "inject_gpu_work: matches none of the 4 cases this run measures (got 'e2e[*]')"),
+        (["--case", "vae_encode[*]", "--inject-sync", "latent_prep[*]"],
+         "inject_sync: matches none of the 4 cases this run measures (got 'latent_prep[*]')"),
+        (["--case", "vae_encode[*]", "--inject-kernel", "e2e[*]"],
+         "inject_kernel: matches none of the 4 cases this run measures (got 'e2e[*]')"),
+        (["-k", "test_vae_encode", "--revert-single-frame"],
+         "revert_single_frame: needs a single_frame case among the 4 cases this run measures (got True)"),
+        (["--case", "latent_prep[expand-*]", "--revert-first-frame"],
+         "revert_first_frame: needs a first_frame_2d case among the 6 cases this run measures (got True)"),
     ],
 )
 def test_bad_options_exit_2_before_anything_exists(tmp_path, argv, message, capsys):

@@ -1,0 +1,52 @@
+"""The cases a run measures: -k and --case select them before anything is built, as the benchmark child will."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import cases
+from cosmos3.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def names(specs) -> list[str]:
+    return [spec.name for spec in specs]
+
+
+def test_case_patterns_narrow_the_keyword_selection():
+    assert names(cases.chosen("tiny", "extended", "test_e2e", ["e2e[single_frame-*]", "e2e[expand-64x48-*]"])) == [
+        "e2e[single_frame-96x64-17f]", "e2e[single_frame-64x48-17f]", "e2e[expand-64x48-17f]"]
+    assert cases.chosen("tiny", "default", None, []) == cases.all_cases("tiny")
+
+
+def test_a_pattern_that_names_no_case_of_the_grid_is_an_error_even_beside_good_ones():
+    with pytest.raises(InputError) as err:
+        cases.chosen("tiny", "default", None, ["vae_encode[*]", "e2e[first_frame_2d-*]"])
+    assert str(err.value) == "case: matches no case of preset tiny, grid default (got 'e2e[first_frame_2d-*]')"
+    assert names(cases.chosen("tiny", "extended", None, ["e2e[first_frame_2d-*]"])) == [
+        "e2e[first_frame_2d-96x64-17f]", "e2e[first_frame_2d-64x48-17f]"]
+
+
+def test_a_selection_of_nothing_is_an_error():
+    with pytest.raises(InputError) as err:
+        cases.chosen("tiny", "default", "test_e2e", ["vae_encode[*]"])
+    assert str(err.value) == (
+        "case: selects no case of preset tiny, grid default, with -k 'test_e2e' (got ['vae_encode[*]'])")
+
+
+@pytest.mark.slow
+def test_case_patterns_select_what_pytest_collects():
+    keyword, patterns = "not expand", ["latent_prep[*-64x48-*]", "e2e[*]"]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "bench/benchmarks",
+         "--preset=tiny", "--grid=extended", "-k", keyword, *(f"--case={p}" for p in patterns)],
+        cwd=REPO, capture_output=True, text=True, check=False)
+    collected = re.findall(r"::(test_\w+\[[^\]]+\])", out.stdout)
+    mine = [f"test_{s.benchmark}[{cases.param_id(s)}]" for s in cases.chosen("tiny", "extended", keyword, patterns)]
+    assert len(mine) == 10 and sorted(mine) == sorted(collected), out.stdout + out.stderr
