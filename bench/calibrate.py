@@ -57,8 +57,14 @@ class CalibrationRow:
 
     @property
     def smallest_reliable(self) -> float | None:
-        """The smallest injected size caught in at least DETECTION_GOAL of its runs."""
-        return min((d.size for d in self.detections if d.rate >= DETECTION_GOAL), default=None)
+        """The smallest injected size from which every size up was caught in at least DETECTION_GOAL of its
+        runs. A small size caught by chance below a larger one that was missed is not a detection limit."""
+        reliable = None
+        for d in sorted(self.detections, key=lambda d: d.size, reverse=True):
+            if d.rate < DETECTION_GOAL:
+                break
+            reliable = d.size
+        return reliable
 
 
 @dataclass(frozen=True)

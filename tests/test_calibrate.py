@@ -191,6 +191,14 @@ def test_reliable_means_caught_in_95_percent(detected, smallest):
     assert calibrate.Detection(0.02, detected, 20).rate == detected / 20
 
 
+def test_reliable_needs_every_larger_size_caught_too():
+    """Seen on the CPU: 4/4 caught at +3% by chance, 1/3 at +5%: +3% is no detection limit."""
+    d = calibrate.Detection
+    row = calibrate.CalibrationRow("c", "latency", 3, 4, (d(0.02, 0, 3), d(0.03, 4, 4), d(0.05, 1, 3), d(0.1, 3, 3)))
+    assert row.smallest_reliable == 0.1
+    assert calibrate.CalibrationRow("c", "latency", 0, 4, (d(0.03, 4, 4), d(0.1, 2, 3))).smallest_reliable is None
+
+
 def test_never_reliable_is_none():
     assert calibrate.CalibrationRow("c", "latency", 0, 5, (calibrate.Detection(0.1, 1, 2),)).smallest_reliable is None
     assert calibrate.CalibrationRow("c", "latency", 0, 5, ()).smallest_reliable is None
