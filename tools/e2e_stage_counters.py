@@ -66,7 +66,7 @@ def describe(events: list, source: str) -> dict:
     }
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="auto")
     p.add_argument("--strategy", default="single_frame")
@@ -75,7 +75,11 @@ def main() -> int:
     p.add_argument("--num-frames", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--json", type=Path, help="also write the table as JSON here")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
     preset = get_preset(resolve_preset_name(args.preset))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     real = preset.name == "wan22"

@@ -1,51 +1,113 @@
 #!/usr/bin/env bash
-# The GPU evidence issues 2-4 ask for, in steps that each fit one 10-minute device call.
-#   bash tools/gpu-evidence.sh baseline   # record baselines/<gpu>/wan22.json (full suite) + a profiled trace
-#   bash tools/gpu-evidence.sh unchanged[N] # full suite against that baseline: must pass
-#   bash tools/gpu-evidence.sh controls   # +10% on single_frame, then expand as single_frame: both must fail
-#   bash tools/gpu-evidence.sh repeatN    # latent prep + VAE encode again against the baseline (false-positive check)
-# Issue 9 (counters, device time, calibration); CAL names one calibration folder across calls:
-#   bash tools/gpu-evidence.sh calib-baseline  # 3 runs of the calibration subset merged into its baseline
-#   bash tools/gpu-evidence.sh calib-aaN       # 5 more unchanged runs (call twice: 10 A/A runs)
-#   bash tools/gpu-evidence.sh calib-gpu       # 10 runs per injected size 2, 3, 5, 10% (split by SIZES=0.02 ...)
-#   bash tools/gpu-evidence.sh calib-report    # calibration.md: false alarms, detection, counters identical across runs
-#   bash tools/gpu-evidence.sh counter-controls  # --inject-sync and --inject-kernel, 3 runs each: must fail naming the counter
-# Issue 11 (e2e fidelity):
-#   bash tools/gpu-evidence.sh e2e-stages      # one e2e request profiled per stage, beside the latent-prep stage alone
-#   bash tools/gpu-evidence.sh extended        # e2e with --grid extended (the upstream 832x480 case, first_frame_2d)
-#   bash tools/gpu-evidence.sh dit30           # e2e at full TI2V-5B depth, both sizes, its own baseline label
-# Issue 12 (first_frame_2d):
-#   bash tools/gpu-evidence.sh first-frame     # speed options, FLOPs, roofline, bf16 errors against the fp32 oracle
-#   bash tools/gpu-evidence.sh revert-2d       # single_frame under the first_frame_2d label: the 1.5x check must fail
-#   bash tools/gpu-evidence.sh compare-aa[N]   # N (default 5) A/A compares of the single_frame latent-prep cases
-#   bash tools/gpu-evidence.sh compare-inject[N] # N (default 10) compares with +2% injected on single_frame
-# The compare steps print, per case, the spread of the median paired ratio over the runs, the CI half-width,
-# the per-trial IQR, and the smallest effect flagged (tools/compare-spread.py). THRESHOLD (default 0.01) is
-# their --threshold: an effect exactly at the threshold is flagged half the time by construction, so the +2%
-# injection is judged at 1%, and the A/A runs at the same 1%, the stricter test of false alarms.
-# Merge the baseline with later unchanged runs so that the gate sees run-to-run noise (>= 3 runs):
-#   python -m bench baseline --from-run results/baseline --from-run results/unchanged --from-run results/repeat1 --force
-# Needs the wheels from tools/gpu-wheels.sh in .whl/ (carried to the device, which is offline); with them
-# on PYTHONPATH the sessions find every dependency present and install nothing. Everything it writes
-# lands in results/ and baselines/, and is packed into $OUT/evidence-<step>.tar.gz when $OUT is set.
-# A step whose gate fails (as the controls must) does not stop the script: each exit status is in its log.
+# The GPU evidence of the open issues, in resumable steps sized to the device budget.
+#
+# The budget: a task that draws a GPU gets 15 minutes of device time, the machine's start (1-2 minutes)
+# included, and one command runs at most 10 minutes. So a drawn task gets one call, made with the device
+# tool's `run` (timeout_s 590, carry [".whl"]; fetch the wheels first with `bash tools/gpu-wheels.sh .whl`):
+#
+#     bash tools/gpu-evidence.sh session
+#
+# It runs the steps of PLAN in order. It skips a step marked done by an earlier call (results/evidence/done/),
+# and starts none that its estimate says would end after SESSION_S seconds (default 530). A step that counts
+# runs (calib, compare-aa, compare-inject) starts while one more run fits and stops starting runs when time
+# is up. Each step runs under `timeout` at the session's end, and results/evidence/ is packed into
+# $OUT/evidence.tar.gz after every step, so a step cut short still leaves what came before.
+# results/evidence/ is tracked: unpack it into the checkout and commit it after the call, so that the next
+# drawn task resumes where this one stopped (the calibration and compare steps add the runs still missing).
+#
+#     bash tools/gpu-evidence.sh STEP          # one step alone, whatever its marker says (SESSION_S still ends it)
+#     DRY_RUN=1 bash tools/gpu-evidence.sh ... # print the commands, run nothing (tests/test_gpu_evidence.py)
+#
+# Steps: the issue they serve, the estimated seconds on one H100/H200 (from the H100 logs of 2026-11-23, where
+# the same work ran, and per-request times; every log here corrects them), and what the issue asks of them.
+#   first-frame       12  420  speed options, capture cost, FLOPs and roofline, bf16 errors against the fp32 oracle
+#   revert-2d         12   90  single_frame under the first_frame_2d label: the in-run 1.5x check must fail (exit 1)
+#   full-1, full-2  9 12  360  the default suite, e2e included; with no baseline yet for the GPU, it passes
+#   extended          11  360  e2e on the extended grid: the upstream 832x480 case, all three strategies
+#   baseline        9 12   20  merge full-* and fast-* into baselines/<gpu>/wan22.json (replaces it: more runs)
+#   e2e-stages        11  180  one profiled e2e request per size, counted per stage: the extra latent-prep time
+#   compare-aa        10  5x100  A/A compares of the single_frame latent-prep cases, judged at THRESHOLD (0.01)
+#   compare-inject    10 10x100  the same with +2% injected into the head: the detection rate at 1%
+#   fast-1..3          9  150  the suite less e2e: with full-1/2, five unchanged runs of every profiled case
+#   dit30-480, dit30-720-single_frame, dit30-720-expand   11   240, 420, 420   e2e at full depth (30 layers)
+#   baseline-dit30    11   20  merge the three into baselines/<gpu>/wan22-dit30.json
+#   calib              9  59x60  calibration: 3 baseline, 10 A/A, 10 at each of +2/3/5/10%, 3 sync, 3 kernel runs
+#   calib-report       9   30  calibration.md, calibration.json and the plot, from every calibration run so far
+# In all about 8,500 s: sixteen calls of 530 s. The default PLAN puts first the steps that complete an issue
+# soonest (12, then 11's cheaper parts and 10), and the 59 calibration runs of issue 9 last.
 set -uo pipefail
-step=${1:?usage: gpu-evidence.sh STEP (the steps are listed at the top of this file)}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 2
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+E=${EVIDENCE:-results/evidence}
+SESSION_S=${SESSION_S:-530}
+PLAN=${PLAN:-"first-frame revert-2d full-1 full-2 baseline extended e2e-stages compare-aa compare-inject fast-1 \
+fast-2 fast-3 baseline dit30-480 dit30-720-single_frame dit30-720-expand baseline-dit30 calib calib-report"}
+CAL=$E/calibration
+CAL_RUNS=(--baseline-runs 3 --aa-runs 10 --runs-per-size 10 --sizes 0.02,0.03,0.05,0.1 --runs-per-control 3)
+CAL_TOTAL=59  # 3 + 10 + 4 x 10 + 2 x 3
+declare -A EST=([first-frame]=420 [revert-2d]=90 [full-1]=360 [full-2]=360 [extended]=360 [baseline]=20
+  [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [fast-1]=150 [fast-2]=150 [fast-3]=150
+  [dit30-480]=240 [dit30-720-single_frame]=420 [dit30-720-expand]=420 [baseline-dit30]=20 [calib]=60
+  [calib-report]=30)  # for a counting step: one run
+step=${1:?usage: gpu-evidence.sh session | STEP (the steps are listed at the top of this file)}
+dry=${DRY_RUN:-}
+if [ "$step" = session ]; then
+  for s in $PLAN; do  # all checked before anything runs
+    if [ -z "${EST[$s]:-}" ]; then echo "unknown step in PLAN: $s" >&2; exit 2; fi
+  done
+fi
+if [ -z "$dry" ]; then
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 2
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+  fi
+  mkdir -p "$E/logs" "$E/done"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$E/logs/gpu.txt"
 fi
 export PYTHONUNBUFFERED=1
-mkdir -p results/logs
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee results/logs/gpu.txt
-run() {  # run NAME CMD...: log the output, keep the exit status
+left() { echo $(( SESSION_S - SECONDS )); }
+# run NAME CMD...: log the output and the exit status, stopped (SIGTERM, then KILL) at the session's end.
+quoted() { printf '%q ' "$@" | sed 's/ $//'; echo; }
+run() {
   local name=$1; shift
-  echo "\$ $*" | tee "results/logs/$name.log"
-  "$@" 2>&1 | tee -a "results/logs/$name.log"
+  if [ -n "$dry" ]; then quoted "$@"; return 0; fi
+  echo "\$ $(quoted "$@")" | tee "$E/logs/$name.log"
+  timeout -k 20 "$(( $(left) > 30 ? $(left) : 30 ))" "$@" 2>&1 | tee -a "$E/logs/$name.log"
   local rc=${PIPESTATUS[0]}
-  echo "exit status: $rc" | tee -a "results/logs/$name.log"
+  echo "exit status: $rc" | tee -a "$E/logs/$name.log"
+  return "$rc"
 }
-# A/A base: a commit holding exactly this working tree's tracked files (a copied tree may come without .git).
+# done_if NAME RC EXPECTED: a verdict (exit 0 or 1) marks NAME done, with a warning where it is not the one the
+# issue expects (a control must fail): evidence to read, not a reason to spend another call. Any other status
+# (2: bad input or a dead worker; 124, 137: cut at the session's end) leaves it for a later call.
+done_if() {
+  if [ -n "$dry" ]; then return; fi
+  if [ "$2" != 0 ] && [ "$2" != 1 ]; then echo "$1: exit $2: not done, a later call runs it again"; return; fi
+  echo "exit $2 (expected $3) $(date -u +%FT%TZ)" > "$E/done/$1"
+  if [ "$2" != "$3" ]; then echo "WARNING: $1 exited $2, expected $3: read its log"; fi
+}
+pack() {
+  if [ -n "$dry" ] || [ -z "${OUT:-}" ]; then return; fi
+  tar czf "$OUT/evidence.tar.gz.tmp" "$E" baselines && mv "$OUT/evidence.tar.gz.tmp" "$OUT/evidence.tar.gz"
+}
+# fresh NAME: move aside what a call cut short left of run NAME (run ids are never reused), keeping it.
+fresh() { if [ -z "$dry" ] && [ -e "$E/$1" ]; then mkdir -p "$E/stale" && mv "$E/$1" "$E/stale/$1-$(date -u +%s)"; fi; }
+bench() { fresh "$1"; run "$1" python3 -m nox -s bench -- --results-dir "$E" --run-id "$1" "${@:2}"; }
+finished() { ls -d "$E"/"$1"-*/compare.json 2>/dev/null | wc -l; }  # compare runs of one step so far
+# compares NAME N ARGS...: A/A compares of the single_frame latent-prep cases until N exist or time is up,
+# then the spread of their paired ratios (tools/compare-spread.py).
+compares() {
+  local name=$1 n=$2 base i; shift 2
+  base=$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)
+  for i in $(seq "$(( $(finished "$name") + 1 ))" "$n"); do
+    if [ -z "$dry" ] && (( $(left) < ${EST[$name]} )); then echo "$name: time is up after $(finished "$name") of $n"; break; fi
+    fresh "$name-$i"
+    run "$name-$i" python3 -m nox -s compare -- --base "$base" -k 'test_latent_prep and single_frame' \
+      --threshold "${THRESHOLD:-0.01}" --results-dir "$E" --run-id "$name-$i" "$@"
+    pack
+  done
+  run "$name-spread" env PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 tools/compare-spread.py "$E/$name"-*
+  if (( $(finished "$name") >= n )); then done_if "$name" 0 0; fi
+}
+# The A/A base: a commit holding exactly this working tree's tracked files (a copied tree may come without .git).
 snapshot() {
   if ! git rev-parse --verify -q HEAD >/dev/null 2>&1; then
     git init -q && git add -A && git -c user.email=bench@localhost -c user.name=bench commit -qm "evidence snapshot"
@@ -54,71 +116,64 @@ snapshot() {
   stash=$(git stash create 2>/dev/null)  # the uncommitted changes as a commit, HEAD and the tree untouched
   echo "${stash:-$(git rev-parse HEAD)}"
 }
-# compares NAME N ARGS...: up to N A/A compares of the single_frame latent-prep cases, none started after
-# COMPARE_WALL_S (so that the step fits a 10-minute call), then their summary.
-compares() {
-  local name=$1 n=$2 base tag=$(date -u +%H%M%S); shift 2
-  base=$(snapshot)
-  local start=$SECONDS
-  for i in $(seq 1 "$n"); do
-    if (( SECONDS - start > ${COMPARE_WALL_S:-480} )); then echo "stopping after $((i - 1)) compares (time)"; break; fi
-    run "$name-$tag-$i" python3 -m nox -s compare -- --base "$base" -k 'test_latent_prep and single_frame' \
-      --threshold "${THRESHOLD:-0.01}" --run-id "$name-$tag-$i" "$@"
-  done
-  PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 tools/compare-spread.py results/"$name-$tag"-* \
-    | tee "results/logs/$name-$tag-spread.log"
+merge() {  # merge NAME RUN...: the runs that exist (two at least), merged into the baseline of their label
+  local name=$1 from=() r; shift
+  for r in "$@"; do if [ -f "$E/$r/run.json" ] || [ -n "$dry" ]; then from+=(--from-run "$E/$r"); fi; done
+  if (( ${#from[@]} < 4 )); then echo "$name: needs at least two of $*"; return 1; fi
+  run "$name" python3 -m bench baseline "${from[@]}" --force  # it logs the file it wrote and the runs merged
 }
-case $step in
-  compare-aa*)
-    n=${step#compare-aa}
-    compares compare-aa "${n:-5}" ;;
-  compare-inject*)
-    n=${step#compare-inject}
-    compares compare-inject "${n:-10}" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
-  baseline)
-    run baseline python3 -m nox -s baseline -- --run-id baseline
-    run profile python3 -m nox -s profile -- --num-profiled-timesteps 3 --trace-dir results/traces ;;
-  unchanged*)
-    run "$step" python3 -m nox -s bench -- --run-id "$step" --require-baseline ;;
-  controls)
-    run slowed python3 -m nox -s bench -- --run-id slowed --require-baseline -k test_latent_prep \
-      --exclude 'vae_encode[*]' --exclude 'e2e[*]' --inject-slowdown 'latent_prep[single_frame-*]=0.10'
-    run reverted python3 -m nox -s bench -- --run-id reverted --require-baseline -k test_latent_prep \
-      --exclude 'vae_encode[*]' --exclude 'e2e[*]' --revert-single-frame ;;
-  repeat*)  # another unchanged run of the fast (launch-bound) cases: how often does unchanged code pass?
-    run "$step" python3 -m nox -s bench -- --run-id "$step" --require-baseline -k 'not test_e2e' --exclude 'e2e[*]' ;;
-  calib-baseline)
-    run "$step" python3 -m nox -s calibrate -- --calibration-dir "results/${CAL:-calibration}" --step baseline ;;
-  calib-aa*)
-    run "$step" python3 -m nox -s calibrate -- --calibration-dir "results/${CAL:-calibration}" --step aa \
-      --aa-runs "${AA_RUNS:-10}" ;;
-  calib-gpu)
-    run "$step" python3 -m nox -s calibrate -- --calibration-dir "results/${CAL:-calibration}" --step gpu \
-      --sizes "${SIZES:-0.02,0.03,0.05,0.1}" --runs-per-size "${RUNS_PER_SIZE:-10}" ;;
-  calib-report)
-    run "$step" python3 -m nox -s calibrate -- --calibration-dir "results/${CAL:-calibration}" --step report ;;
-  counter-controls)
-    for i in 1 2 3; do
-      run "sync$i" python3 -m nox -s bench -- --run-id "sync$i" --require-baseline --case 'latent_prep[single_frame-*]' \
-        --exclude '*' --inject-sync 'latent_prep[single_frame-*]'
-      run "kernel$i" python3 -m nox -s bench -- --run-id "kernel$i" --require-baseline --case 'latent_prep[single_frame-*]' \
-        --exclude '*' --inject-kernel 'latent_prep[single_frame-*]'
-    done ;;
-  e2e-stages)
-    run e2e-stages-720p python3 tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81
-    run e2e-stages-480p python3 tools/e2e_stage_counters.py --preset wan22 --height 480 --width 832 --num-frames 81 ;;
-  extended)
-    run "$step" python3 -m nox -s bench -- --run-id "$step" --grid extended -k test_e2e --exclude '*' ;;
-  dit30)
-    run "$step" python3 -m nox -s bench -- --run-id "$step" --grid extended --dit-layers 30 -k test_e2e \
-      --case 'e2e[single_frame-*]' --case 'e2e[expand-*]' ;;
-  first-frame)
-    run "$step" python3 tools/first_frame_speed.py ;;
-  revert-2d)
-    run "$step" python3 -m nox -s bench -- --run-id "$step" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame ;;
-  *) echo "unknown step: $step" >&2; exit 2 ;;
-esac
-if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/evidence-$step.tar.gz" --exclude='*.json.gz' results baselines
-  cp results/traces/*.json.gz "$OUT/" 2>/dev/null || true
+one() {  # one STEP: run it; its exit status is its verdict
+  local s=$1 rc
+  case $s in
+    first-frame)
+      run "$s" python3 tools/first_frame_speed.py --budget-s "$(( $(left) > 120 ? $(left) - 60 : 60 ))" \
+        --json "$E/first_frame_speed.json"; done_if "$s" $? 0 ;;
+    revert-2d)
+      bench "$s" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame; done_if "$s" $? 1 ;;
+    full-[0-9]*)
+      bench "$s"; done_if "$s" $? 0 ;;
+    fast-[0-9]*)
+      bench "$s" -k 'not test_e2e'; done_if "$s" $? 0 ;;
+    baseline)
+      merge "$s" full-1 full-2 fast-1 fast-2 fast-3; rc=$?
+      if [ -f "$E/fast-3/run.json" ]; then done_if "$s" $rc 0; fi ;;
+    extended)
+      bench "$s" --grid extended -k test_e2e --exclude '*'; done_if "$s" $? 0 ;;
+    e2e-stages)
+      run "$s-720p" python3 tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81 \
+        --json "$E/e2e-stages-720p.json"; rc=$?
+      run "$s-480p" python3 tools/e2e_stage_counters.py --preset wan22 --height 480 --width 832 --num-frames 81 \
+        --json "$E/e2e-stages-480p.json"; done_if "$s" $(( rc | $? )) 0 ;;
+    compare-aa)
+      compares "$s" "${AA_COMPARES:-5}" ;;
+    compare-inject)
+      compares "$s" "${INJECT_COMPARES:-10}" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
+    dit30-480)
+      bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' \
+        --case 'e2e[single_frame-832x480-81f]' --case 'e2e[expand-832x480-81f]'; done_if "$s" $? 0 ;;
+    dit30-720-*)
+      bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' --case "e2e[${s#dit30-720-}-1280x720-81f]"
+      done_if "$s" $? 0 ;;
+    baseline-dit30)
+      merge "$s" dit30-480 dit30-720-single_frame dit30-720-expand; done_if "$s" $? 0 ;;
+    calib)
+      run "$s" python3 -m nox -s calibrate -- --calibration-dir "$CAL" "${CAL_RUNS[@]}" --step baseline --step aa \
+        --step gpu --step controls --time-budget-s "$(( $(left) > ${EST[calib]} + 30 ? $(left) - ${EST[calib]} - 30 : 1 ))"
+      if [ -z "$dry" ] && (( $(ls "$CAL"/runs/*/run.json 2>/dev/null | wc -l) >= CAL_TOTAL )); then done_if "$s" 0 0; fi ;;
+    calib-report)
+      run "$s" python3 -m nox -s calibrate -- --calibration-dir "$CAL" "${CAL_RUNS[@]}" --step report; rc=$?
+      if [ -f "$E/done/calib" ]; then done_if "$s" $rc 0; fi ;;
+    *) echo "unknown step: $s" >&2; return 2 ;;
+  esac
+}
+if [ "$step" != session ]; then
+  one "$step"; rc=$?; pack; exit $(( rc == 2 ? 2 : 0 ))
 fi
+for s in $PLAN; do
+  if [ -f "$E/done/$s" ]; then echo "== $s: done in an earlier call ($(cat "$E/done/$s"))"; continue; fi
+  if [ -z "$dry" ] && (( $(left) < ${EST[$s]} )); then echo "== $s: not started (needs ~${EST[$s]} s, $(left) s left)"; continue; fi
+  echo "== $s ($(left) s left)"
+  one "$s"
+  pack
+done
+echo "session over after ${SECONDS} s"

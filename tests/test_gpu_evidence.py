@@ -1,0 +1,154 @@
+"""tools/gpu-evidence.sh: every step's commands parse and select real cases, so that a scarce GPU call
+(one 10-minute call per drawn task) never ends on a typo. DRY_RUN=1 prints the commands and runs none."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import cases, cli
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tools" / "gpu-evidence.sh"
+TEXT = SCRIPT.read_text()
+STEPS = re.findall(r"\[([a-z0-9_-]+)\]=\d+", TEXT[TEXT.index("declare -A EST"):TEXT.index("step=${1")])
+HEADER = TEXT[:TEXT.index("set -uo pipefail")]
+SESSIONS = {"bench": "run", "compare": "compare", "calibrate": "calibrate"}
+
+
+def dry(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={**os.environ, "DRY_RUN": "1", "EVIDENCE": str(tmp_path / "evidence"), **env})
+
+
+def tool(name: str):
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), REPO / "tools" / name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def check(argv: list[str]) -> None:
+    """Parse one printed command as its program would; for a benchmark run, select its cases on the GPU
+    preset as the child will, and check that each negative control applies to one of them."""
+    if argv[:4] == ["python3", "-m", "nox", "-s"]:
+        assert argv[5] == "--", argv
+        args = cli.parse_args([SESSIONS[argv[4]], *argv[6:]])
+    elif argv[:3] == ["python3", "-m", "bench"]:
+        args = cli.parse_args(argv[3:])
+    elif argv[:2] == ["python3", "tools/first_frame_speed.py"]:
+        tool("first_frame_speed.py").parse_args(argv[2:])
+        return
+    elif argv[:2] == ["python3", "tools/e2e_stage_counters.py"]:
+        tool("e2e_stage_counters.py").parse_args(argv[2:])
+        return
+    else:
+        assert argv[0] == "env" and argv[2:4] == ["python3", "tools/compare-spread.py"], argv
+        assert (REPO / argv[3]).is_file()
+        return
+    if args.command in ("run", "compare", "calibrate"):
+        patterns = args.case or (["latent_prep[single_frame-*]", "vae_encode[*-1f]"] if args.command == "calibrate"
+                                 else [])
+        cli.run_controls(args).check_applies(cases.chosen("wan22", args.grid, args.keyword, patterns))
+
+
+def test_the_script_is_valid_bash_and_every_step_is_documented():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], check=False).returncode == 0
+    assert len(STEPS) == 18
+    for step in STEPS:
+        assert re.search(rf"#   .*{re.escape(step.split('-')[0])}", HEADER), step
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_each_step_prints_commands_that_parse(step, tmp_path):
+    done = dry(step, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines() if line]
+    assert commands, done.stdout
+    for argv in commands:
+        check(argv)
+    assert not (tmp_path / "evidence").exists()  # a dry run writes nothing
+
+
+def test_counting_steps_plan_their_runs():
+    out = dry("compare-inject", tmp_path=Path("/nonexistent"), INJECT_COMPARES="3").stdout.splitlines()
+    assert [shlex.split(line)[-3] for line in out[:3]] == ["compare-inject-1", "compare-inject-2", "compare-inject-3"]
+    assert "--inject-slowdown" in out[0] and out[3].endswith("compare-inject-\\*")
+
+
+def test_a_session_runs_the_plan_in_order_and_skips_what_is_done(tmp_path):
+    (tmp_path / "evidence" / "done").mkdir(parents=True)
+    (tmp_path / "evidence" / "done" / "full-1").write_text("exit 0 2026-11-29T00:00:00Z\n")
+    done = dry("session", tmp_path=tmp_path, PLAN="revert-2d full-1 calib")
+    assert done.returncode == 0, done.stderr
+    heads = [line for line in done.stdout.splitlines() if line.startswith("== ")]
+    assert heads[0].startswith("== revert-2d (") and heads[2].startswith("== calib (")
+    assert heads[1] == "== full-1: done in an earlier call (exit 0 2026-11-29T00:00:00Z)"
+    assert "--revert-first-frame" in done.stdout and "--run-id full-1" not in done.stdout
+
+
+def test_unknown_steps_are_refused():
+    assert dry("bogus", tmp_path=Path("/nonexistent")).returncode == 2
+    refused = dry("session", tmp_path=Path("/nonexistent"), PLAN="revert-2d bogus")
+    assert refused.returncode == 2 and "unknown step in PLAN: bogus" in refused.stderr
+
+
+def stubbed(tmp_path: Path, rc: int, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """The script for real, with python3 and nvidia-smi replaced by stubs that log their arguments and
+    exit with `rc`: what it marks done, what it leaves for a later call, and what it packs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python3").write_text(
+        f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\necho "$*" >> {tmp_path}/calls\nexit {rc}\n')
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'name, driver_version, memory.total'\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, check=False,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "EVIDENCE": str(tmp_path / "evidence"),
+             "OUT": str(tmp_path / "out"), **env})
+
+
+def test_a_verdict_marks_a_step_done_and_says_when_it_is_not_the_expected_one(tmp_path):
+    done = stubbed(tmp_path, 1, "session", PLAN="revert-2d full-1")
+    assert done.returncode == 0, done.stderr
+    marks = tmp_path / "evidence" / "done"
+    assert (marks / "revert-2d").read_text().startswith("exit 1 (expected 1) ")
+    assert (marks / "full-1").read_text().startswith("exit 1 (expected 0) ")
+    assert "WARNING: full-1 exited 1, expected 0: read its log" in done.stdout
+    assert "WARNING: revert-2d" not in done.stdout
+    log = (tmp_path / "evidence" / "logs" / "revert-2d.log").read_text()
+    assert log.startswith("$ python3 -m nox -s bench -- ") and log.endswith("exit status: 1\n")
+    import tarfile
+    with tarfile.open(tmp_path / "out" / "evidence.tar.gz") as packed:
+        assert any(name.endswith("evidence/done/full-1") for name in packed.getnames())
+    again = stubbed(tmp_path, 0, "session", PLAN="revert-2d full-1")
+    assert again.stdout.count("done in an earlier call") == 2
+    assert (tmp_path / "calls").read_text().count("--run-id full-1") == 1  # not measured again
+
+
+def test_a_crash_or_a_cut_leaves_the_step_for_a_later_call(tmp_path):
+    done = stubbed(tmp_path, 2, "session", PLAN="revert-2d")
+    assert "revert-2d: exit 2: not done, a later call runs it again" in done.stdout
+    assert not (tmp_path / "evidence" / "done" / "revert-2d").exists()
+    (tmp_path / "evidence" / "revert-2d").mkdir()  # what a run cut short leaves
+    stubbed(tmp_path, 0, "session", PLAN="revert-2d")
+    (stale,) = (tmp_path / "evidence" / "stale").iterdir()  # kept aside: run ids are never reused
+    assert stale.name.startswith("revert-2d-")
+    assert (tmp_path / "evidence" / "done" / "revert-2d").read_text().startswith("exit 0 (expected 1) ")
+
+
+def test_a_step_whose_estimate_does_not_fit_is_not_started(tmp_path):
+    done = stubbed(tmp_path, 0, "session", PLAN="full-1 revert-2d", SESSION_S="200")
+    assert "== full-1: not started (needs ~360 s, " in done.stdout
+    assert "== revert-2d (" in done.stdout
+    assert "full-1" not in (tmp_path / "calls").read_text()
