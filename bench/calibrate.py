@@ -3,6 +3,7 @@ of a given size is caught, per case and metric. It reads run records; it never t
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -282,9 +283,10 @@ def schedule(
     if "controls" in steps:
         conditions += [(control, runs_per_control, {"control": control}) for control in CONTROLS]
     planned = [PlannedRun(f"baseline-{i}") for i in range(1, baseline_runs + 1)] if "baseline" in steps else []
+    runs_of = [[PlannedRun(f"{label}-{i}", **fields) for i in range(1, count + 1)] for label, count, fields in conditions]
     rng = random.Random(seed)
-    for i in range(1, max((count for _, count, _ in conditions), default=0) + 1):
-        block = [PlannedRun(f"{label}-{i}", **fields) for label, count, fields in conditions if i <= count]
+    for row in itertools.zip_longest(*runs_of):  # row i: run i of each condition that has one
+        block = [run for run in row if run is not None]
         rng.shuffle(block)
         planned += block
     return planned

@@ -69,6 +69,8 @@ def test_steps_are_read_back_from_folder_names(make_case, make_run):
          ("kernel-1", run), ("kernel-2", run)])
     assert len(baseline) == 1 and len(aa) == 2 and sorted(injected) == [0.03, 0.1]
     assert {k: len(v) for k, v in controls.items()} == {"sync": 1, "kernel": 2}
+    other = make_run([make_case(strategy="expand")])
+    assert calibrate.group_runs([("kernel-1", run), ("kernel-2", other)]).controls == {"kernel": [run, other]}
 
 
 @pytest.mark.slow
@@ -366,6 +368,11 @@ def test_the_order_inside_a_block_is_shuffled_but_seeded():
     orders = {tuple(p.run_id for p in _schedule(aa_runs=1, runs_per_size=1, seed=seed)) for seed in range(8)}
     assert len(orders) > 1  # shuffled: conditions do not always run in the same order
     assert _schedule(seed=3) == _schedule(seed=3)  # seeded: a later call plans the same order
+    # The command's default seed, pinned: a newer version of this code must plan the same order for a
+    # calibration folder that an older one began.
+    assert [p.run_id for p in _schedule()] == [
+        "baseline-1", "baseline-2", "gpu0.1-1", "gpu0.02-1", "aa-1", "kernel-1", "sync-1", "aa-2", "gpu0.02-2",
+        "gpu0.1-2", "aa-3"]
 
 
 def test_a_schedule_cut_anywhere_leaves_conditions_equally_measured():
