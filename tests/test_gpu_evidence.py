@@ -93,6 +93,8 @@ def test_a_session_runs_the_plan_in_order_and_skips_what_is_done(tmp_path):
     assert heads[0].startswith("== revert-2d (") and heads[2].startswith("== calib (")
     assert heads[1] == "== full-1: done in an earlier call (exit 0 2026-11-29T00:00:00Z)"
     assert "--revert-first-frame" in done.stdout and "--run-id full-1" not in done.stdout
+    assert done.stdout.splitlines()[-1] == (
+        "still to do: revert-2d, calib x59 (about 3630 s of device time, 7 calls of 530 s)")
 
 
 def test_unknown_steps_are_refused():

@@ -177,3 +177,17 @@ for s in $PLAN; do
   pack
 done
 echo "session over after ${SECONDS} s"
+# What the next calls still have to do, by the same estimates (a counting step: its missing runs).
+todo=() total=0
+for s in $(printf '%s\n' $PLAN | awk '!seen[$0]++'); do
+  if [ -f "$E/done/$s" ]; then continue; fi
+  case $s in
+    calib) n=$(( CAL_TOTAL - $(ls "$CAL"/runs/*/run.json 2>/dev/null | wc -l) )) ;;
+    compare-aa) n=$(( ${AA_COMPARES:-5} - $(finished compare-aa) )) ;;
+    compare-inject) n=$(( ${INJECT_COMPARES:-10} - $(finished compare-inject) )) ;;
+    *) n=1 ;;
+  esac
+  todo+=("$s$( (( n > 1 )) && echo " x$n")"); total=$(( total + n * ${EST[$s]} ))
+done
+echo "still to do: $(IFS=,; echo "${todo[*]:-nothing}" | sed 's/,/, /g') (about ${total} s of device time, \
+$(( (total + SESSION_S - 1) / SESSION_S )) calls of ${SESSION_S} s)"
