@@ -389,3 +389,6 @@ def test_speed_tool_smoke_on_the_cpu(tmp_path, monkeypatch):
     assert 2.5 < flops_3d / flops_2d < 3.0  # the zero taps are gone; 1x1 convs and the rest remain
     assert {e["path"] for e in result["errors"]} >= {"expand", "single_frame", "first_frame_2d eager"}
     assert all(e["equivalent"] for e in result["errors"])
+    assert json.loads(out.read_text())["datasheet_bf16_dense_tflops"] is None  # no datasheet peak for a CPU
+    assert tool.datasheet_peak_tflops("NVIDIA H200") == tool.datasheet_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert tool.datasheet_peak_tflops("NVIDIA H100 PCIe") is None

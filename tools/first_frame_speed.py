@@ -40,9 +40,15 @@ from cosmos3.presets import get_preset
 from cosmos3.request import Req
 from cosmos3.vae import encode_latents
 
-# Dense bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet, without sparsity). The measured matmul peak
-# is printed beside it: the fraction of the datasheet peak is the roofline figure, the matmul one is reachable.
-H100_SXM_BF16_DENSE_TFLOPS = 989.0
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (without sparsity), by the device name torch reports;
+# the SXM parts only (PCIe and NVL parts have other clocks and peaks: their % datasheet is left empty). The
+# measured matmul peak is printed beside it: the fraction of the datasheet peak is the roofline figure, the
+# matmul one is what is reachable.
+DATASHEET_BF16_DENSE_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0}
+
+
+def datasheet_peak_tflops(device_name: str) -> float | None:
+    return DATASHEET_BF16_DENSE_TFLOPS.get(device_name)
 MIN_ROUNDS = 30
 ORACLE_NUM_FRAMES = 5  # expand encodes this many frames for its error; frame 0 does not depend on it
 SETUP_FAILED = "setup failed"
@@ -265,11 +271,12 @@ def environment(args) -> dict:
     return env
 
 
-def markdown(results: list[dict], matmul_tflops: float, args) -> str:
+def markdown(results: list[dict], matmul_tflops: float, args, device_name: str) -> str:
+    datasheet = datasheet_peak_tflops(device_name)
     peak = (
         f"matmul peak measured ({args.matmul_n}^3, {str(args.dtype).removeprefix('torch.')}): "
         f"{matmul_tflops:.4g} TFLOP/s; datasheet dense bf16 peak used for the roofline: "
-        f"{H100_SXM_BF16_DENSE_TFLOPS:g} TFLOP/s (H100 SXM)"
+        + (f"{datasheet:g} TFLOP/s ({device_name})" if datasheet else f"none known for {device_name}")
     )
     lines = [peak, ""]
     for res in results:
@@ -294,7 +301,7 @@ def markdown(results: list[dict], matmul_tflops: float, args) -> str:
                 f"{'' if v.setup_ms is None else f'{v.setup_ms:.0f}'} | "
                 f"{'' if v.setup_mem_gib is None else f'{v.setup_mem_gib:.2f}'} | "
                 f"{'' if v.peak_mem_gib is None else f'{v.peak_mem_gib:.2f}'} | {gflop} | "
-                f"{'' if rate is None else f'{100 * rate / H100_SXM_BF16_DENSE_TFLOPS:.3g}'} | "
+                f"{'' if rate is None or not datasheet else f'{100 * rate / datasheet:.3g}'} | "
                 f"{'' if rate is None else f'{100 * rate / matmul_tflops:.3g}'} |"
             )
         lines += [
@@ -321,12 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     vae = build_vae(preset, args.device, dtype=args.dtype)
     matmul = matmul_peak_tflops(args.matmul_n, args.dtype, args.device)
     results = [measure_resolution(vae, w, h, args, started) for w, h in args.resolutions]
-    print(markdown(results, matmul, args))
+    env = environment(args)
+    device_name = env.get("gpu") or env.get("cpu") or "cpu"
+    print(markdown(results, matmul, args, device_name))
     out = {
-        "environment": environment(args),
+        "environment": env,
         "rounds": args.rounds,
         "warmup": args.warmup,
-        "datasheet_bf16_dense_tflops": H100_SXM_BF16_DENSE_TFLOPS,
+        "datasheet_bf16_dense_tflops": datasheet_peak_tflops(device_name),
         "matmul_tflops": matmul,
         "wall_s": time.perf_counter() - started,
         "results": [{k: v for k, v in r.items() if k != "_variants"} for r in results],
