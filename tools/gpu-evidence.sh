@@ -33,7 +33,7 @@
 #   baseline-dit30    11   20  merge the three into baselines/<gpu>/wan22-dit30.json
 #   calib              9  59x60  calibration: 3 baseline, 10 A/A, 10 at each of +2/3/5/10%, 3 sync, 3 kernel runs
 #   calib-report       9   30  calibration.md, calibration.json and the plot, from every calibration run so far
-# In all about 8,500 s: sixteen calls of 530 s. The default PLAN puts first the steps that complete an issue
+# In all about 8,400 s: sixteen calls of 530 s. The default PLAN puts first the steps that complete an issue
 # soonest (12, then 11's cheaper parts and 10), and the 59 calibration runs of issue 9 last.
 set -uo pipefail
 E=${EVIDENCE:-results/evidence}
