@@ -128,6 +128,9 @@ def test_a_verdict_marks_a_step_done_and_says_when_it_is_not_the_expected_one(tm
     assert (marks / "full-1").read_text().startswith("exit 1 (expected 0) ")
     assert "WARNING: full-1 exited 1, expected 0: read its log" in done.stdout
     assert "WARNING: revert-2d" not in done.stdout
+    durations = (tmp_path / "evidence" / "logs" / "durations.txt").read_text().splitlines()
+    assert [line.split()[0] for line in durations] == ["revert-2d", "full-1"]
+    assert all(re.fullmatch(r"\S+ \d+ s \d{4}-\d\d-\d\dT\S+Z", line) for line in durations), durations
     log = (tmp_path / "evidence" / "logs" / "revert-2d.log").read_text()
     assert log.startswith("$ python3 -m nox -s bench -- ") and log.endswith("exit status: 1\n")
     import tarfile

@@ -166,14 +166,21 @@ one() {  # one STEP: run it; its exit status is its verdict
     *) echo "unknown step: $s" >&2; return 2 ;;
   esac
 }
+# timed STEP: run it, and log how long it took (the data that corrects the estimates in EST).
+timed() {
+  local t0=$SECONDS rc
+  one "$1"; rc=$?
+  if [ -z "$dry" ]; then echo "$1 $(( SECONDS - t0 )) s $(date -u +%FT%TZ)" >> "$E/logs/durations.txt"; fi
+  return "$rc"
+}
 if [ "$step" != session ]; then
-  one "$step"; rc=$?; pack; exit $(( rc == 2 ? 2 : 0 ))
+  timed "$step"; rc=$?; pack; exit $(( rc == 2 ? 2 : 0 ))
 fi
 for s in $PLAN; do
   if [ -f "$E/done/$s" ]; then echo "== $s: done in an earlier call ($(cat "$E/done/$s"))"; continue; fi
   if [ -z "$dry" ] && (( $(left) < ${EST[$s]} )); then echo "== $s: not started (needs ~${EST[$s]} s, $(left) s left)"; continue; fi
   echo "== $s ($(left) s left)"
-  one "$s"
+  timed "$s"
   pack
 done
 echo "session over after ${SECONDS} s"
