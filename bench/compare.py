@@ -597,7 +597,8 @@ class WorkerProcess:
                                        f"the end of its stderr:\n{self.stderr_tail()}")
 
     def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
-        self._log.flush()
+        # The worker writes the file itself; the coordinator's handle is closed once the worker is stopped
+        # (a hang or a protocol error stops it before this reads the tail).
         text = self.log_path.read_text(errors="replace").rstrip().splitlines()
         return "\n".join(f"  | {line}" for line in text[-lines:]) or "  | (empty)"
 
