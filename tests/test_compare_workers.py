@@ -35,32 +35,31 @@ def test_a_reply_in_pieces_is_read_whole_and_quit_ends_the_worker(tmp_path):
     w.stop()
 
 
-def test_a_worker_that_dies_is_named_with_its_status_and_stderr(tmp_path):
-    w = worker(tmp_path, "print('Traceback: boom', file=sys.stderr)\nsys.exit(3)\n")
+WRONG_KIND = """
+sys.stdout.write('{"type": "RoundDone", "body": {"case": "x", "ms": 1.0}}\\n'); sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize(("body", "timeout_s", "message", "returncode"), [
+    pytest.param("print('Traceback: boom', file=sys.stderr)\nsys.exit(3)\n", 10,
+                 "died before answering Quit and exited with status 3; the end of its stderr:\n  | Traceback: boom",
+                 3, id="dies"),
+    pytest.param("print('still thinking', file=sys.stderr, flush=True)\ntime.sleep(60)\n", 1,
+                 "sent no reply to Quit within 1 s and was killed by SIGTERM; the end of its stderr:\n"
+                 "  | still thinking", -signal.SIGTERM, id="hangs"),
+    pytest.param(WRONG_KIND, 10,
+                 "sent RoundDone where Bye was due and was killed by SIGTERM; the end of its stderr:\n  | (empty)",
+                 -signal.SIGTERM, id="wrong-kind"),
+])
+def test_a_failed_worker_is_named_with_how_it_ended_and_its_stderr(tmp_path, body, timeout_s, message, returncode):
+    """A hang or a wrong reply stops the worker first (before the fix, reading its stderr then raised
+    'ValueError: flush of closed file' instead)."""
+    w = worker(tmp_path, body)
     with pytest.raises(cmp.WorkerError) as err:
-        w.request(Quit(), (Bye,), timeout_s=10)
-    assert str(err.value) == (f"{LABEL}: worker died before answering Quit and exited with status 3; "
-                              "the end of its stderr:\n  | Traceback: boom")
-
-
-def test_a_worker_that_hangs_is_stopped_after_the_deadline(tmp_path):
-    w = worker(tmp_path, "print('still thinking', file=sys.stderr, flush=True)\ntime.sleep(60)\n")
-    with pytest.raises(cmp.WorkerError) as err:
-        w.request(Quit(), (Bye,), timeout_s=1)
-    assert str(err.value) == (f"{LABEL}: worker sent no reply to Quit within 1 s and was killed by SIGTERM; "
-                              "the end of its stderr:\n  | still thinking")
-    assert w.proc.returncode == -signal.SIGTERM
-
-
-def test_a_reply_of_the_wrong_kind_stops_the_worker(tmp_path):
-    w = worker(tmp_path, """
-        sys.stdout.write('{"type": "RoundDone", "body": {"case": "x", "ms": 1.0}}\\n'); sys.stdout.flush()
-        sys.stdin.read()
-    """)
-    with pytest.raises(cmp.WorkerError) as err:
-        w.request(Quit(), (Bye,), timeout_s=10)
-    assert str(err.value) == (f"{LABEL}: worker sent RoundDone where Bye was due and was killed by SIGTERM; "
-                              "the end of its stderr:\n  | (empty)")
+        w.request(Quit(), (Bye,), timeout_s=timeout_s)
+    assert str(err.value) == f"{LABEL}: worker {message}"
+    assert w.proc.returncode == returncode
 
 
 def test_a_line_that_is_not_a_message_is_a_protocol_error(tmp_path):
