@@ -5,9 +5,6 @@ Like bench.report, it only reads the record and its verdict; it never measures a
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,9 +29,8 @@ from bench.compare import (
     judge,
 )
 from bench.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci
-from bench.records import encode_record, umask, write_json_atomic
+from bench.records import encode_record, new_folder, write_json_atomic
 from bench.report import ENV_ROWS, PLOT_DPI, SUMMARY_NAME, table
-from cosmos3.errors import InputError
 
 REPORT_DIR = "report"
 PAIRED_RATIO_PLOT = "paired_ratio.png"
@@ -206,18 +202,7 @@ def plot_paired_ratio(report: CompareReport, path: Path) -> bool:
 
 def write_compare_report(report: CompareReport, out_dir: Path) -> Path:
     """summary.md and the plot in the new folder `out_dir`, all or nothing (as bench.report.write_report)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise InputError("report_dir", "exists; a report is never overwritten", str(out_dir))
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
-        os.chmod(staging, 0o777 & ~umask())
+    with new_folder(out_dir) as staging:
         plots = [PAIRED_RATIO_PLOT] if plot_paired_ratio(report, staging / PAIRED_RATIO_PLOT) else []
         (staging / SUMMARY_NAME).write_text(render_summary(report, plots))
-        if out_dir.exists():
-            raise InputError("report_dir", "appeared while the report was written; never overwritten", str(out_dir))
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return out_dir / SUMMARY_NAME
+    return Path(out_dir) / SUMMARY_NAME
