@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bench import collector
 from bench.counters import profile_rounds
 from bench.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, decode_record, encode_record, matches
 from cosmos3.equivalence import check_against_oracle, check_encode_equivalence, fp32_oracle
@@ -365,8 +367,11 @@ def measure(
         work()  # the injected kernels are warm too
     rounds = policy.rounds_for(min(warm_ms))
 
+    round_gc = contextlib.ExitStack()
+
     def setup() -> None:
         synchronize(device)  # each round starts with nothing queued
+        round_gc.enter_context(collector.no_collection())
 
     last: list[Any] = []
 
@@ -378,6 +383,7 @@ def measure(
             time.sleep((time.perf_counter() - start) * slowdown)
 
     def teardown() -> None:  # outside the timed region
+        round_gc.close()  # collects the round's garbage
         if on_round is not None:
             on_round(last[0])
 
@@ -385,7 +391,9 @@ def measure(
     if device.type == "cuda":  # pragma: no mutate block -- CUDA only
         torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device) / _GIB
-    benchmark.pedantic(target, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=0, iterations=1)
+    # The collector stays out of the rounds (bench.collector); a round that fails leaves it as it was.
+    with collector.frozen_heap(), round_gc:
+        benchmark.pedantic(target, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=0, iterations=1)
     if device.type == "cuda":  # pragma: no mutate block -- CUDA only
         peak = torch.cuda.max_memory_allocated(device) / _GIB
     counters = None

@@ -9,6 +9,7 @@ coordinator keeps and shows when the worker dies.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import torch
 
 import bench
 import cosmos3
-from bench import cases, workloads
+from bench import cases, collector, workloads
 from bench.counters import profile_rounds
 from bench.environment import collect_environment, run_label
 from bench.harness import RoundPolicy, die_with_parent, single_thread_on_cpu
@@ -113,6 +114,9 @@ class Worker:
         self.environment = collect_environment(self.device, run_label(preset.name, start.dit_layers), preset.dtype,
                                                start.controls.active)
         self.current: _Prepared | None = None
+        # From a case's warm-up to its end, the heap alive then is frozen out of garbage collection, and
+        # its rounds run with none (bench.collector), as the pytest benchmarks' rounds do.
+        self._frozen = contextlib.ExitStack()
         log(self.side, f"cosmos3 from {os.path.realpath(cosmos3.__file__)}, bench from "
                        f"{os.path.realpath(bench.__file__)}, {self.environment.device_name}, preset {preset.name}")
 
@@ -128,13 +132,19 @@ class Worker:
         )
 
     def close(self) -> None:
+        self._release()
         self._scratch.cleanup()
+
+    def _release(self) -> None:
+        """No case prepared: its heap unfrozen."""
+        self.current = None
+        self._frozen.close()
 
     # ---- requests ----
 
     def prepare(self, request: Prepare) -> Prepared | Unavailable:
         spec = request.case
-        self.current = None
+        self._release()
         try:
             work = workloads.build(spec, self.models, self.start.controls)
             rounds = request.warmup_rounds or (work.policy or RoundPolicy()).warmup_rounds
@@ -148,6 +158,7 @@ class Worker:
             torch.cuda.reset_peak_memory_stats(self.device)
             resident = torch.cuda.memory_allocated(self.device)
         slowdown = self.start.controls.slowdown_for(spec.name)
+        self._frozen.enter_context(collector.frozen_heap())
         self.current = _Prepared(spec, work, warm, slowdown, resident)
         log(self.side, f"{spec.name}: warm-up {', '.join(f'{ms:.2f}' for ms in warm)} ms")
         return Prepared(spec.name, warm)
@@ -159,14 +170,14 @@ class Worker:
             if current.work.on_round is not None:
                 current.work.on_round(output)
         except Exception as exc:  # noqa: BLE001 -- reported, as in prepare
-            self.current = None
+            self._release()
             return self._unavailable(request.case, exc)
         current.samples_ms.append(ms)
         return RoundDone(request.case, ms)
 
     def finish(self, request: Finish) -> Finished | Unavailable:
         current = self._expect(request.case)
-        self.current = None
+        self._release()
         cuda = self.device.type == "cuda"
         peak = torch.cuda.max_memory_allocated(self.device) / _GIB if cuda else None
         try:

@@ -24,6 +24,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan
 
+from bench import collector
 from bench.cases import Grid
 from bench.harness import RoundPolicy, RunControls, equivalence_for, seeded_image
 from bench.records import CaseSpec, EquivalenceRecord
@@ -137,15 +138,18 @@ def timed_round(fn: Callable[[], Any], device: torch.device, slowdown: float = 0
     """One device-synchronised round outside pytest-benchmark: (ms, result).
 
     The same round as bench.harness.measure times: it starts with nothing queued, ends when the
-    device is idle, and an injected slowdown sleeps that fraction of the round's own time inside it.
+    device is idle, no garbage collection runs inside it (bench.collector), and an injected slowdown
+    sleeps that fraction of the round's own time inside it.
     """
     synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    if slowdown:
-        time.sleep((time.perf_counter() - start) * slowdown)
-    return (time.perf_counter() - start) * 1e3, result
+    with collector.no_collection():
+        start = time.perf_counter()
+        result = fn()
+        synchronize(device)
+        if slowdown:
+            time.sleep((time.perf_counter() - start) * slowdown)
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+    return elapsed_ms, result
 
 
 class Models:

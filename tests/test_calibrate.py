@@ -76,9 +76,10 @@ def test_steps_are_read_back_from_folder_names(make_case, make_run):
 @pytest.mark.slow
 def test_the_command_produces_its_table_on_the_tiny_preset(tmp_path, capsys):
     folder = tmp_path / "cal"
-    # Ten rounds a run, not five: on a shared 2-core runner one round in five has been seen to stall for
-    # ~230 ms (the host, not the code: the same at older commits), and one such outlier per baseline run
-    # lifts the p-value of a 10x slowdown with 5 vs 10 samples to 0.02, above alpha.
+    # Ten rounds a run, not five: one ~230 ms outlier per baseline run lifts the p-value of a 10x slowdown
+    # with 5 vs 10 samples to 0.02, above alpha. Such an outlier was in every 5-round run here until
+    # bench.collector kept garbage collection out of the rounds (a full collection of the test process);
+    # the ten rounds stay, as margin against the 2-core runner's own noise.
     common = ["calibrate", "--preset", "tiny", "--rounds", "1,10,10,1", "--case", "vae_encode[64x48-1f]",
               "--calibration-dir", str(folder), "--baseline-runs", "2", "--aa-runs", "1", "--runs-per-size", "1",
               "--sizes", "8", "--threshold", "3.0", "--runs-per-control", "1"]

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import gc
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
 import pytest
 
 from bench.cases import e2e_cases, grid_for
 from bench.gate import GateConfig, evaluate
 from bench.report import render_summary
 from cosmos3.errors import InputError
+from cosmos3.stages import Cosmos3LatentPreparationStage
 from tests.conftest import equivalence
+
+REPO = Path(__file__).resolve().parent.parent
 
 STAGES = ("preprocess", "latent_preparation", "timestep_preparation", "denoising", "decoding")
 
@@ -67,3 +76,27 @@ def test_e2e_equivalence_failure_fails_the_gate(make_case, make_run):
 
     report = evaluate(make_run([dataclasses.replace(case, equivalence=bad)]), None, GateConfig())
     assert report.failures and report.failures[0].startswith("e2e[single_frame-1280x720-81f]: outputs differ")
+
+
+def test_the_stage_tool_names_a_collection_inside_latent_preparation(tmp_path, monkeypatch):
+    """tools/e2e_stage_counters.py on the tiny preset: one row per e2e stage and the stage alone, and a
+    garbage collection planted inside latent preparation is counted there, with its time."""
+    spec = importlib.util.spec_from_file_location("e2e_stage_counters", REPO / "tools" / "e2e_stage_counters.py")
+    tool = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, tool)
+    spec.loader.exec_module(tool)
+    forward = Cosmos3LatentPreparationStage.forward
+
+    def collecting(self, req):
+        gc.collect()
+        return forward(self, req)
+
+    monkeypatch.setattr(Cosmos3LatentPreparationStage, "forward", collecting)
+    out = tmp_path / "stages.json"
+    assert tool.main(["--preset", "tiny", "--height", "32", "--width", "48", "--num-frames", "5", "--steps", "2",
+                      "--json", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert list(table) == [f"e2e {stage}" for stage in STAGES] + ["latent_preparation alone"]
+    for name in ("e2e latent_preparation", "latent_preparation alone"):
+        assert table[name]["gc_collections"] >= 1 and table[name]["gc_ms"] > 0, table[name]
+    assert table["e2e latent_preparation"]["kernels"] == table["latent_preparation alone"]["kernels"] > 0

@@ -3,8 +3,10 @@
 Issue 11 asks why latent preparation costs 25-60 ms more inside the pipeline than in its stage
 benchmark. This profiles one e2e request (after a warm-up request) and, for comparison, the
 latent-preparation stage run alone as its benchmark runs it, and prints per stage: wall and device
-time, kernels, host-to-device copies (pageable or pinned), syncs and caching-allocator calls
-(cudaMalloc / cudaFree: the allocator growing or returning memory).
+time, kernels, host-to-device copies (pageable or pinned), syncs, caching-allocator calls
+(cudaMalloc / cudaFree: the allocator growing or returning memory) and Python's garbage collections
+(how many started inside the stage, and their ms). The request runs with the collector as a serving
+process has it, on; the benchmarks keep it out of their rounds (bench.collector).
 
     python tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81
 """
@@ -24,7 +26,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.counters import CAT_MEMCPY, CAT_RUNTIME, count_round, split_rounds, trace_events
+from bench.collector import GC_EVENT, GcPauses
+from bench.counters import CAT_ANNOTATION, CAT_MEMCPY, CAT_RUNTIME, count_round, split_rounds, trace_events
 from bench.harness import seeded_image
 from cosmos3.__main__ import seeded_image_file
 from cosmos3.components import build_components
@@ -41,7 +44,7 @@ ALONE_EVENT = "cosmos3.alone.latent_preparation"
 def profiled(fn, device: torch.device) -> list:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
-    with tempfile.TemporaryDirectory() as tmp, profile(activities=activities) as prof:
+    with profile(activities=activities) as prof, GcPauses(annotate=True):
         fn()
         synchronize(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,6 +58,7 @@ def describe(events: list, source: str) -> dict:
     counts = count_round(events, source=source)
     runtime = Counter(e.name.split("_v")[0] for e in events if e.category == CAT_RUNTIME)
     pageable = sum(1 for e in events if e.category == CAT_MEMCPY and "Pageable" in e.name)
+    collections = [e for e in events if e.category == CAT_ANNOTATION and e.name.startswith(GC_EVENT)]
     return {
         "device_ms": counts.device_ms,
         "kernels": counts.kernel_launches,
@@ -63,6 +67,8 @@ def describe(events: list, source: str) -> dict:
         "pageable_copies": pageable,
         "syncs": counts.syncs,
         **{call: runtime.get(call, 0) for call in ALLOCATOR_CALLS},
+        "gc_collections": len(collections),
+        "gc_ms": sum(e.duration_us for e in collections) / 1e3,
     }
 
 
@@ -78,8 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     preset = get_preset(resolve_preset_name(args.preset))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     real = preset.name == "wan22"
@@ -117,7 +123,7 @@ def main() -> int:
     (alone_events,) = split_rounds(profiled(alone, device), annotation=ALONE_EVENT)
     table["latent_preparation alone"] = {"wall_ms": out["alone_ms"], **describe(alone_events, device.type)}
     columns = ["wall_ms", "device_ms", "kernels", "h2d_copies", "h2d_bytes", "pageable_copies", "syncs",
-               *ALLOCATOR_CALLS]
+               *ALLOCATOR_CALLS, "gc_collections", "gc_ms"]
     print(f"{device} {torch.cuda.get_device_name(device) if device.type == 'cuda' else ''} preset {preset.name} "
           f"{width}x{height} {frames}f {steps} steps, {args.strategy}, torch {torch.__version__} (profiled: "
           "wall times include the profiler's overhead)")

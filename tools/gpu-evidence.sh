@@ -25,7 +25,7 @@
 #   full-1, full-2  9 12  360  the default suite, e2e included; with no baseline yet for the GPU, it passes
 #   extended          11  360  e2e on the extended grid: the upstream 832x480 case, all three strategies
 #   baseline        9 12   20  merge full-* and fast-* into baselines/<gpu>/wan22.json (replaces it: more runs)
-#   e2e-stages        11  180  one profiled e2e request per size, counted per stage: the extra latent-prep time
+#   e2e-stages        11  180  one profiled e2e request per size, counted per stage (GC included): the extra latent-prep time
 #   compare-aa        10  5x100  A/A compares of the single_frame latent-prep cases, judged at THRESHOLD (0.01)
 #   compare-inject    10 10x100  the same with +2% injected into the head: the detection rate at 1%
 #   fast-1..3          9  150  the suite less e2e: with full-1/2, five unchanged runs of every profiled case
