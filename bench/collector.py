@@ -86,8 +86,7 @@ class GcPauses:
     pauses: list[tuple[float, float, int]] = field(default_factory=list)
 
     def __enter__(self) -> Self:
-        self._start: float | None = None
-        self._range: record_function | None = None
+        self._open: tuple[float, record_function | None] | None = None  # a collection under way
         gc.callbacks.append(self._callback)
         return self
 
@@ -97,13 +96,13 @@ class GcPauses:
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         now = time.perf_counter()
         if phase == "start":
-            self._start = now
-            if self.annotate:
-                self._range = record_function(f"{GC_EVENT}{info['generation']}")
-                self._range.__enter__()
-        elif self._start is not None:
-            if self._range is not None:
-                self._range.__exit__(None, None, None)
-                self._range = None
-            self.pauses.append((self._start, (now - self._start) * 1e3, int(info["generation"])))
-            self._start = None
+            mark = record_function(f"{GC_EVENT}{info['generation']}") if self.annotate else None
+            if mark is not None:
+                mark.__enter__()
+            self._open = (now, mark)
+        elif self._open is not None:  # a stop whose start came before the block is not counted
+            start, mark = self._open
+            if mark is not None:
+                mark.__exit__(None, None, None)
+            self.pauses.append((start, (now - start) * 1e3, int(info["generation"])))
+            self._open = None

@@ -161,3 +161,23 @@ def test_gc_pauses_times_each_collection_and_marks_it_in_a_trace(tmp_path):
     prof.export_chrome_trace(str(tmp_path / "trace.json"))
     events = trace_events(json.loads((tmp_path / "trace.json").read_text()))
     assert f"{GC_EVENT}2" in {e.name for e in events if e.category == CAT_ANNOTATION}
+
+
+def test_gc_pauses_pairs_each_start_with_its_stop_on_the_clock(monkeypatch):
+    """Scripted: a stop before any start is not counted, nor a second stop; each pause is (start, ms, gen);
+    nothing is marked in a trace unless asked."""
+    readings = iter([0.5, 1.0, 1.25, 1.5, 2.0, 2.002])
+    monkeypatch.setattr(collector.time, "perf_counter", lambda: next(readings))
+    monkeypatch.setattr(collector, "record_function", lambda name: pytest.fail(f"{name} marked, unasked"))
+    gc.disable()  # no real collection may take a reading
+    try:
+        with GcPauses() as pauses:
+            pauses._callback("stop", {"generation": 0})
+            pauses._callback("start", {"generation": 2})
+            pauses._callback("stop", {"generation": 2})
+            pauses._callback("stop", {"generation": 2})
+            pauses._callback("start", {"generation": 0})
+            pauses._callback("stop", {"generation": 0})
+    finally:
+        gc.enable()
+    assert pauses.pauses == [(1.0, 250.0, 2), (2.0, pytest.approx(2.0), 0)]
