@@ -62,7 +62,7 @@ def check(argv: list[str]) -> None:
 
 def test_the_script_is_valid_bash_and_every_step_is_documented():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], check=False).returncode == 0
-    assert len(STEPS) == 18
+    assert len(STEPS) == 19
     for step in STEPS:
         assert re.search(rf"#   .*{re.escape(step.split('-')[0])}", HEADER), step
 
@@ -81,7 +81,19 @@ def test_each_step_prints_commands_that_parse(step, tmp_path):
 def test_counting_steps_plan_their_runs():
     out = dry("compare-inject", tmp_path=Path("/nonexistent"), INJECT_COMPARES="3").stdout.splitlines()
     assert [shlex.split(line)[-3] for line in out[:3]] == ["compare-inject-1", "compare-inject-2", "compare-inject-3"]
-    assert "--inject-slowdown" in out[0] and out[3].endswith("compare-inject-\\*")
+    assert "--inject-slowdown" in out[0] and out[3].endswith("compare-inject-\\[0-9\\]\\*")
+
+
+def test_a_counting_step_counts_its_own_runs_only(tmp_path):
+    """compare-inject-gpu-<i> runs are not compare-inject's: each step still plans all of its own."""
+    for i in (1, 2):
+        (tmp_path / "evidence" / f"compare-inject-gpu-{i}").mkdir(parents=True)
+        (tmp_path / "evidence" / f"compare-inject-gpu-{i}" / "compare.json").write_text("{}")
+    slow = dry("compare-inject", tmp_path=tmp_path, INJECT_COMPARES="2").stdout.splitlines()
+    assert [shlex.split(line)[-3] for line in slow[:2]] == ["compare-inject-1", "compare-inject-2"]
+    gpu = dry("compare-inject-gpu", tmp_path=tmp_path, INJECT_COMPARES="3").stdout.splitlines()
+    assert shlex.split(gpu[0])[-4:] == ["--run-id", "compare-inject-gpu-3", "--inject-gpu-work",
+                                        "latent_prep[single_frame-*]=0.02"]  # 1 and 2 exist
 
 
 def test_a_session_runs_the_plan_in_order_and_skips_what_is_done(tmp_path):

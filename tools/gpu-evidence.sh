@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU evidence of the open issues, in resumable steps sized to the device budget.
+# The GPU evidence of issues 9-12, in resumable steps sized to the device budget.
 #
 # The budget: a task that draws a GPU gets 15 minutes of device time, the machine's start (1-2 minutes)
 # included, and one command runs at most 10 minutes. So a drawn task gets one call, made with the device
@@ -9,7 +9,7 @@
 #
 # It runs the steps of PLAN in order. It skips a step marked done by an earlier call (results/evidence/done/),
 # and starts none that its estimate says would end after SESSION_S seconds (default 530). A step that counts
-# runs (calib, compare-aa, compare-inject) starts while one more run fits and stops starting runs when time
+# runs (calib, compare-aa, compare-inject, compare-inject-gpu) starts while one more run fits and stops starting runs when time
 # is up. Each step runs under `timeout` at the session's end, and results/evidence/ is packed into
 # $OUT/evidence.tar.gz after every step, so a step cut short still leaves what came before.
 # results/evidence/ is tracked: unpack it into the checkout and commit it after the call, so that the next
@@ -26,25 +26,26 @@
 #   extended          11  360  e2e on the extended grid: the upstream 832x480 case, all three strategies
 #   baseline        9 12   20  merge full-* and fast-* into baselines/<gpu>/wan22.json (replaces it: more runs)
 #   e2e-stages        11  180  one profiled e2e request per size, counted per stage (GC included): the extra latent-prep time
-#   compare-aa        10  5x100  A/A compares of the single_frame latent-prep cases, judged at THRESHOLD (0.01)
-#   compare-inject    10 10x100  the same with +2% injected into the head: the detection rate at 1%
+#   compare-aa        10 10x100  A/A compares of the single_frame latent-prep cases, judged at THRESHOLD (0.01)
+#   compare-inject    10 10x100  the same with a +2% host slowdown in the head: the detection rate at 1%
+#   compare-inject-gpu 10 10x100 the same with +2% GPU work in the head (--inject-gpu-work)
 #   fast-1..3          9  150  the suite less e2e: with full-1/2, five unchanged runs of every profiled case
 #   dit30-480, dit30-720-single_frame, dit30-720-expand   11   240, 420, 420   e2e at full depth (30 layers)
 #   baseline-dit30    11   20  merge the three into baselines/<gpu>/wan22-dit30.json
 #   calib              9  59x60  calibration: 3 baseline, 10 A/A, 10 at each of +2/3/5/10%, 3 sync, 3 kernel runs
 #   calib-report       9   30  calibration.md, calibration.json and the plot, from every calibration run so far
-# In all about 8,400 s: sixteen calls of 530 s. The default PLAN puts first the steps that complete an issue
+# In all about 9,900 s: nineteen calls of 530 s. The default PLAN puts first the steps that complete an issue
 # soonest (12, then 11's cheaper parts and 10), and the 59 calibration runs of issue 9 last.
 set -uo pipefail
 E=${EVIDENCE:-results/evidence}
 SESSION_S=${SESSION_S:-530}
-PLAN=${PLAN:-"first-frame revert-2d full-1 full-2 baseline extended e2e-stages compare-aa compare-inject fast-1 \
-fast-2 fast-3 baseline dit30-480 dit30-720-single_frame dit30-720-expand baseline-dit30 calib calib-report"}
+PLAN=${PLAN:-"first-frame revert-2d full-1 full-2 baseline extended e2e-stages compare-aa compare-inject \
+compare-inject-gpu fast-1 fast-2 fast-3 baseline dit30-480 dit30-720-single_frame dit30-720-expand baseline-dit30 calib calib-report"}
 CAL=$E/calibration
 CAL_RUNS=(--baseline-runs 3 --aa-runs 10 --runs-per-size 10 --sizes 0.02,0.03,0.05,0.1 --runs-per-control 3)
 CAL_TOTAL=59  # 3 + 10 + 4 x 10 + 2 x 3
 declare -A EST=([first-frame]=420 [revert-2d]=90 [full-1]=360 [full-2]=360 [extended]=360 [baseline]=20
-  [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [fast-1]=150 [fast-2]=150 [fast-3]=150
+  [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [compare-inject-gpu]=100 [fast-1]=150 [fast-2]=150 [fast-3]=150
   [dit30-480]=240 [dit30-720-single_frame]=420 [dit30-720-expand]=420 [baseline-dit30]=20 [calib]=60
   [calib-report]=30)  # for a counting step: one run
 step=${1:?usage: gpu-evidence.sh session | STEP (the steps are listed at the top of this file)}
@@ -91,7 +92,8 @@ pack() {
 # fresh NAME: move aside what a call cut short left of run NAME (run ids are never reused), keeping it.
 fresh() { if [ -z "$dry" ] && [ -e "$E/$1" ]; then mkdir -p "$E/stale" && mv "$E/$1" "$E/stale/$1-$(date -u +%s)"; fi; }
 bench() { fresh "$1"; run "$1" python3 -m nox -s bench -- --results-dir "$E" --run-id "$1" "${@:2}"; }
-finished() { ls -d "$E"/"$1"-*/compare.json 2>/dev/null | wc -l; }  # compare runs of one step so far
+# The compare runs of one step so far: NAME-<i>, never another step's NAME-gpu-<i>.
+finished() { ls -d "$E"/"$1"-[0-9]*/compare.json 2>/dev/null | wc -l; }
 # compares NAME N ARGS...: A/A compares of the single_frame latent-prep cases until N exist or time is up,
 # then the spread of their paired ratios (tools/compare-spread.py).
 compares() {
@@ -104,7 +106,7 @@ compares() {
       --threshold "${THRESHOLD:-0.01}" --results-dir "$E" --run-id "$name-$i" "$@"
     pack
   done
-  run "$name-spread" env PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 tools/compare-spread.py "$E/$name"-*
+  run "$name-spread" env PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 tools/compare-spread.py "$E/$name"-[0-9]*
   if (( $(finished "$name") >= n )); then done_if "$name" 0 0; fi
 }
 # The A/A base: a commit holding exactly this working tree's tracked files (a copied tree may come without .git).
@@ -145,9 +147,11 @@ one() {  # one STEP: run it; its exit status is its verdict
       run "$s-480p" python3 tools/e2e_stage_counters.py --preset wan22 --height 480 --width 832 --num-frames 81 \
         --json "$E/e2e-stages-480p.json"; done_if "$s" $(( rc | $? )) 0 ;;
     compare-aa)
-      compares "$s" "${AA_COMPARES:-5}" ;;
+      compares "$s" "${AA_COMPARES:-10}" ;;
     compare-inject)
       compares "$s" "${INJECT_COMPARES:-10}" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
+    compare-inject-gpu)
+      compares "$s" "${INJECT_COMPARES:-10}" --inject-gpu-work 'latent_prep[single_frame-*]=0.02' ;;
     dit30-480)
       bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' \
         --case 'e2e[single_frame-832x480-81f]' --case 'e2e[expand-832x480-81f]'; done_if "$s" $? 0 ;;
@@ -190,8 +194,8 @@ for s in $(printf '%s\n' $PLAN | awk '!seen[$0]++'); do
   if [ -f "$E/done/$s" ]; then continue; fi
   case $s in
     calib) n=$(( CAL_TOTAL - $(ls "$CAL"/runs/*/run.json 2>/dev/null | wc -l) )) ;;
-    compare-aa) n=$(( ${AA_COMPARES:-5} - $(finished compare-aa) )) ;;
-    compare-inject) n=$(( ${INJECT_COMPARES:-10} - $(finished compare-inject) )) ;;
+    compare-aa) n=$(( ${AA_COMPARES:-10} - $(finished compare-aa) )) ;;
+    compare-inject|compare-inject-gpu) n=$(( ${INJECT_COMPARES:-10} - $(finished "$s") )) ;;
     *) n=1 ;;
   esac
   todo+=("$s$( (( n > 1 )) && echo " x$n")"); total=$(( total + n * ${EST[$s]} ))
