@@ -169,3 +169,35 @@ def test_a_step_whose_estimate_does_not_fit_is_not_started(tmp_path):
     assert "== full-1: not started (needs ~360 s, " in done.stdout
     assert "== revert-2d (" in done.stdout
     assert "full-1" not in (tmp_path / "calls").read_text()
+
+
+def test_a_baseline_is_done_only_once_every_run_is_merged_into_it(tmp_path):
+    """After full-1 and full-2 the baseline merges those two and stays to do; where it comes again in PLAN,
+    after fast-1..3, it merges all five and is done. A merge that fails is a verdict, not a pass."""
+    def runs(*names):
+        for name in names:
+            (tmp_path / "evidence" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "evidence" / name / "run.json").write_text("{}")
+
+    assert "baseline: needs at least two of" in stubbed(tmp_path, 0, "session", PLAN="baseline").stdout
+    runs("full-1", "full-2")
+    early = stubbed(tmp_path, 0, "session", PLAN="baseline")
+    assert "baseline: merged 2 of 5 runs; merged again once all exist" in early.stdout
+    assert not (tmp_path / "evidence" / "done" / "baseline").exists()
+    runs("fast-1", "fast-2", "fast-3")
+    stubbed(tmp_path, 0, "session", PLAN="baseline")
+    merges = [line for line in (tmp_path / "calls").read_text().splitlines() if line.startswith("-m bench baseline")]
+    assert [line.count("--from-run") for line in merges] == [2, 5]
+    assert (tmp_path / "evidence" / "done" / "baseline").read_text().startswith("exit 0 (expected 0) ")
+    (tmp_path / "evidence" / "done" / "baseline").unlink()
+    failed = stubbed(tmp_path, 1, "session", PLAN="baseline")
+    assert "WARNING: baseline exited 1, expected 0" in failed.stdout
+
+
+def test_a_full_depth_baseline_waits_for_its_three_runs(tmp_path):
+    for name in ("dit30-480", "dit30-720-single_frame"):
+        (tmp_path / "evidence" / name).mkdir(parents=True)
+        (tmp_path / "evidence" / name / "run.json").write_text("{}")
+    early = stubbed(tmp_path, 0, "session", PLAN="baseline-dit30")
+    assert "baseline-dit30: merged 2 of 3 runs" in early.stdout
+    assert not (tmp_path / "evidence" / "done" / "baseline-dit30").exists()

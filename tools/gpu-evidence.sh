@@ -118,11 +118,17 @@ snapshot() {
   stash=$(git stash create 2>/dev/null)  # the uncommitted changes as a commit, HEAD and the tree untouched
   echo "${stash:-$(git rev-parse HEAD)}"
 }
-merge() {  # merge NAME RUN...: the runs that exist (two at least), merged into the baseline of their label
-  local name=$1 from=() r; shift
-  for r in "$@"; do if [ -f "$E/$r/run.json" ] || [ -n "$dry" ]; then from+=(--from-run "$E/$r"); fi; done
-  if (( ${#from[@]} < 4 )); then echo "$name: needs at least two of $*"; return 1; fi
-  run "$name" python3 -m bench baseline "${from[@]}" --force  # it logs the file it wrote and the runs merged
+# merge NAME RUN...: the runs that exist (two at least) merged into the baseline of their label (the command
+# logs the file it wrote and the runs merged). Exit 3, not done, until every run named is in it: the step is
+# then merged again where it next comes in PLAN, or in a later call.
+merge() {
+  local name=$1 from=() r missing=0; shift
+  for r in "$@"; do
+    if [ -f "$E/$r/run.json" ] || [ -n "$dry" ]; then from+=(--from-run "$E/$r"); else missing=$(( missing + 1 )); fi
+  done
+  if (( ${#from[@]} < 4 )); then echo "$name: needs at least two of $*"; return 3; fi
+  run "$name" python3 -m bench baseline "${from[@]}" --force || return $?
+  if (( missing )); then echo "$name: merged $(( $# - missing )) of $# runs; merged again once all exist"; return 3; fi
 }
 one() {  # one STEP: run it; its exit status is its verdict
   local s=$1 rc
@@ -137,8 +143,7 @@ one() {  # one STEP: run it; its exit status is its verdict
     fast-[0-9]*)
       bench "$s" -k 'not test_e2e'; done_if "$s" $? 0 ;;
     baseline)
-      merge "$s" full-1 full-2 fast-1 fast-2 fast-3; rc=$?
-      if [ -f "$E/fast-3/run.json" ]; then done_if "$s" $rc 0; fi ;;
+      merge "$s" full-1 full-2 fast-1 fast-2 fast-3; done_if "$s" $? 0 ;;
     extended)
       bench "$s" --grid extended -k test_e2e --exclude '*'; done_if "$s" $? 0 ;;
     e2e-stages)
