@@ -479,7 +479,21 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     merged = f", merged from {len(runs)} runs" if len(runs) > 1 else ""
     print(f"baseline written: {display_path(path)} ({len(run.cases)} benchmarks{merged}, {env.device_name}, "
           f"commit {env.commit})")
+    if len(runs) > 1:
+        print(counter_agreement(run, len(runs)))
     return EXIT_PASS
+
+
+def counter_agreement(merged: RunRecord, runs: int) -> str:
+    """Whether each profiled benchmark's work counters were the same in every run merged (and every
+    profiled round): the determinism the counter rules rest on. The gate does not judge a varying one."""
+    profiled = [c for c in merged.cases if c.counters is not None]
+    varying = [f"{c.name}: {', '.join(c.counters.varying_counters)}" for c in profiled if c.counters.varying_counters]
+    line = (f"work counters identical in all {runs} runs and every profiled round: "
+            f"{len(profiled) - len(varying)} of {len(profiled)} profiled benchmarks")
+    if varying:
+        line += "; these varied, and the gate will not judge them:\n- " + "\n- ".join(varying)
+    return line
 
 
 def measure_calibration_run(args: argparse.Namespace, planned: calibrate_mod.PlannedRun, folder: Path) -> None:

@@ -101,7 +101,10 @@ def test_baseline_merges_several_runs(workspace, capsys):
     out_dir = root / "merged"
     args = ["baseline", "--from-run", runs[0], "--from-run", runs[1], "--baselines-dir", str(out_dir)]
     assert main(args) == 0
-    assert "merged from 2 runs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "merged from 2 runs" in out
+    # Two processes, the same aten op counts in every profiled round of each (the counters' determinism).
+    assert "work counters identical in all 2 runs and every profiled round: 3 of 3 profiled benchmarks\n" in out
     (path,) = out_dir.glob("*/tiny.json")
     baseline = load_run(path)
     assert all(len(c.run_medians_ms) == 2 and c.rounds == 16 for c in baseline.cases)

@@ -121,3 +121,20 @@ def test_every_fewer_and_every_varying_counter_is_listed(make_case, make_run):
     varying = dataclasses.replace(counters(), varying_counters=("syncs", "flops"))
     (finding,) = gate(make_case, make_run, varying, counters()).of("counters")
     assert finding.note == "counters that varied between rounds, not gated: flops, syncs"
+
+
+def test_a_merged_baseline_says_whose_counters_agreed_in_every_run(make_case, make_run):
+    """`bench baseline` from several runs prints this line: the determinism the counter rules rest on."""
+    from bench.cli import counter_agreement
+
+    same = [make_case(counters=counters()), make_case(num_frames=33, counters=counters()),
+            make_case("vae_encode", None)]
+    merged = merge_runs([make_run(same), make_run(same)])
+    assert counter_agreement(merged, 2) == ("work counters identical in all 2 runs and every profiled round: "
+                                            "2 of 2 profiled benchmarks")
+    other = [make_case(counters=counters(syncs=1)), make_case(num_frames=33, counters=counters()),
+             make_case("vae_encode", None)]
+    merged = merge_runs([make_run(same), make_run(other), make_run(same)])
+    assert counter_agreement(merged, 3) == (
+        "work counters identical in all 3 runs and every profiled round: 1 of 2 profiled benchmarks; these varied, "
+        f"and the gate will not judge them:\n- {NAME}: syncs")
