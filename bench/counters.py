@@ -34,7 +34,10 @@ from bench.records import COUNTS, SOURCES, KernelStat, WorkCounters
 from cosmos3.errors import InputError
 from cosmos3.timing import synchronize
 
-PROFILED_ROUNDS = 3
+# Profiled rounds per case, whatever its round time, in the pytest benchmarks and compare's worker alike
+# (bench.harness.CaseRun): five against a one-run baseline's five let a one-sided rank test on device
+# time reach p = 1/252 < 0.01, where three against three can never go below 1/20.
+PROFILED_ROUNDS = 5
 # Profiled rounds run and thrown away first, in the same profiler session: first-call work
 # (cuDNN/cuBLAS heuristics, lazy module state, allocator growth) stays out of the counts, and so
 # do the first device records of a session, which some Kineto versions drop (see record_rounds).

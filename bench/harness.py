@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bench import collector
-from bench.counters import profile_rounds
+from bench.counters import PROFILED_ROUNDS, profile_rounds
 from bench.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, decode_record, encode_record, matches
 from cosmos3.equivalence import check_against_oracle, check_encode_equivalence, fp32_oracle
 from cosmos3.errors import InputError
@@ -329,12 +329,100 @@ def record_case(benchmark: Any, **fields: Any) -> None:
     benchmark.extra_info.update({name: encode_record(value) for name, value in fields.items()})
 
 
-# Profiled rounds per case for the work counters and device time (bench.counters), beside the timed
-# rounds. Five let a one-sided rank test on device time reach p < 0.01 against a single-run baseline;
-# a case whose round takes longer than LONG_ROUND_MS gets three, to keep the suite's time in bounds.
-PROFILED_ROUNDS = 5
-PROFILED_ROUNDS_LONG = 3
-LONG_ROUND_MS = 200.0
+class CaseRun:
+    """One case being measured: THE measuring loop, shared by the pytest benchmarks and compare's worker.
+
+    `start` runs the warm-up rounds (the collector as it is, never recorded), wraps `fn` in the case's
+    negative controls (bench.harness.inject), freezes the heap out of garbage collection and notes the
+    memory resident on the device. Each timed round is three phases, so that pytest-benchmark (which
+    times `body` itself) and the worker (`timed_round`) run the same code:
+
+    - `before_round`: nothing queued on the device, the collector off (bench.collector);
+    - `body`: the round itself; it ends when the device is idle, and an injected slowdown sleeps its
+      fraction of the round's own time inside it;
+    - `after_round`: the round's garbage collected, `on_round` shown its result, outside the timing.
+
+    `finish` releases the heap, runs the profiled rounds and returns the CaseResult fields measured
+    beside the timed rounds; `close` releases the heap without measuring (a failed case).
+    """
+
+    def __init__(self, fn: Callable[[], Any], *, device: torch.device, case_name: str, controls: RunControls,
+                 policy: RoundPolicy | None = None, warmup_rounds: int | None = None,
+                 on_round: Callable[[Any], None] | None = None, profile: bool = True) -> None:
+        self.device = torch.device(device)
+        self.case_name = case_name
+        self.policy = controls.rounds or policy or RoundPolicy()
+        self.on_round = on_round
+        self.profile = profile
+        self.slowdown = controls.slowdown_for(case_name)
+        warm_ms = []
+        for _ in range(warmup_rounds or self.policy.warmup_rounds):
+            with DeviceTimer(self.device) as timer:
+                fn()
+            warm_ms.append(timer.elapsed_ms)
+        self.warmup_ms = tuple(warm_ms)
+        self.work, injected = inject(fn, case_name, self.device, controls, min(warm_ms))
+        if injected:
+            self.work()  # the injected kernels are warm too
+        self.injected = ((f"slowdown {self.slowdown:g}",) if self.slowdown else ()) + injected
+        self.rounds = self.policy.rounds_for(min(warm_ms))  # what the pytest benchmarks run
+        self._resident_gib = None
+        if self.device.type == "cuda":  # pragma: no mutate block -- CUDA only
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._resident_gib = torch.cuda.memory_allocated(self.device) / _GIB
+        self._held = contextlib.ExitStack()  # the frozen heap, until finish or close
+        self._held.enter_context(collector.frozen_heap())
+        self._round_gc = contextlib.ExitStack()
+
+    def before_round(self) -> None:
+        synchronize(self.device)  # each round starts with nothing queued
+        self._round_gc.enter_context(collector.no_collection())
+
+    def body(self) -> Any:
+        start = time.perf_counter()
+        out = self.work()
+        synchronize(self.device)
+        if self.slowdown:
+            time.sleep((time.perf_counter() - start) * self.slowdown)
+        return out
+
+    def after_round(self, out: Any) -> None:
+        self._round_gc.close()  # collects the round's garbage
+        if self.on_round is not None:
+            self.on_round(out)
+
+    def timed_round(self) -> tuple[float, Any]:
+        """One round outside pytest-benchmark, timed around `body` alone: (ms, its result)."""
+        self.before_round()
+        try:
+            start = time.perf_counter()
+            out = self.body()
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+        except BaseException:
+            self._round_gc.close()
+            raise
+        self.after_round(out)
+        return elapsed_ms, out
+
+    def close(self) -> None:
+        """The collector as it was before the case (idempotent)."""
+        self._round_gc.close()
+        self._held.close()
+
+    def finish(self) -> dict[str, Any]:
+        """The CaseResult fields measured beside the timed rounds: warm-up, memory, controls, counters."""
+        self.close()
+        peak = None
+        if self.device.type == "cuda":  # pragma: no mutate block -- CUDA only
+            peak = torch.cuda.max_memory_allocated(self.device) / _GIB
+        counters = profile_rounds(self.work, self.device, rounds=PROFILED_ROUNDS) if self.profile else None
+        return {
+            "warmup_ms": self.warmup_ms,
+            "peak_mem_gib": peak,  # pragma: no mutate -- None on a CPU (set in the CUDA block above)
+            "resident_mem_gib": self._resident_gib,  # pragma: no mutate -- None on a CPU
+            "injected": self.injected,
+            "counters": counters,
+        }
 
 
 def measure(
@@ -347,64 +435,32 @@ def measure(
     on_round: Callable[[Any], None] | None = None,
     profile: bool = True,
 ) -> None:
-    """Time `fn` with pytest-benchmark; every timed round ends when the device is idle.
+    """Time `fn` with pytest-benchmark through CaseRun's rounds; record what was measured beside them.
 
     Samples land in pytest-benchmark's stats (raw data kept by --benchmark-json); warm-up times,
     peak and resident memory, the work counters of profiled rounds run after the timed ones
     (`profile`), and any injected control are recorded with record_case. `on_round` sees each
     timed round's result (warm-up rounds excluded), e.g. to keep per-stage times.
     """
-    controls = RunControls.from_env()
-    policy = controls.rounds or policy or RoundPolicy()
-    slowdown = controls.slowdown_for(case_name)
-    warm_ms = []
-    for _ in range(policy.warmup_rounds):
-        with DeviceTimer(device) as timer:
-            fn()
-        warm_ms.append(timer.elapsed_ms)
-    work, injected = inject(fn, case_name, device, controls, min(warm_ms))
-    if injected:
-        work()  # the injected kernels are warm too
-    rounds = policy.rounds_for(min(warm_ms))
-
-    round_gc = contextlib.ExitStack()
-
-    def setup() -> None:
-        synchronize(device)  # each round starts with nothing queued
-        round_gc.enter_context(collector.no_collection())
-
+    run = CaseRun(fn, device=device, case_name=case_name, controls=RunControls.from_env(), policy=policy,
+                  on_round=on_round, profile=profile)
     last: list[Any] = []
+    try:
+        benchmark.pedantic(lambda: last.__setitem__(slice(None), [run.body()]), setup=run.before_round,
+                           teardown=lambda: run.after_round(last[0]), rounds=run.rounds, warmup_rounds=0,
+                           iterations=1)
+    finally:
+        run.close()  # a round that fails leaves the collector as it was
+    record_case(benchmark, **run.finish())
 
-    def target() -> None:
-        start = time.perf_counter()
-        last[:] = [work()]
-        synchronize(device)
-        if slowdown:
-            time.sleep((time.perf_counter() - start) * slowdown)
 
-    def teardown() -> None:  # outside the timed region
-        round_gc.close()  # collects the round's garbage
-        if on_round is not None:
-            on_round(last[0])
-
-    peak = resident = None
-    if device.type == "cuda":  # pragma: no mutate block -- CUDA only
-        torch.cuda.reset_peak_memory_stats(device)
-        resident = torch.cuda.memory_allocated(device) / _GIB
-    # The collector stays out of the rounds (bench.collector); a round that fails leaves it as it was.
-    with collector.frozen_heap(), round_gc:
-        benchmark.pedantic(target, setup=setup, teardown=teardown, rounds=rounds, warmup_rounds=0, iterations=1)
-    if device.type == "cuda":  # pragma: no mutate block -- CUDA only
-        peak = torch.cuda.max_memory_allocated(device) / _GIB
-    counters = None
-    if profile:
-        profiled = PROFILED_ROUNDS if min(warm_ms) <= LONG_ROUND_MS else PROFILED_ROUNDS_LONG
-        counters = profile_rounds(work, device, rounds=profiled)
-    record_case(
-        benchmark,
-        warmup_ms=tuple(warm_ms),
-        peak_mem_gib=peak,  # pragma: no mutate -- None on a CPU (set in the CUDA blocks above)
-        resident_mem_gib=resident,  # pragma: no mutate -- None on a CPU
-        injected=((f"slowdown {slowdown:g}",) if slowdown else ()) + injected,
-        counters=counters,
-    )
+def benchmark_case(benchmark: Any, spec: CaseSpec, work: Any, *, device: torch.device) -> None:
+    """A pytest benchmark of one case: its bench.workloads.Workload measured, its record kept, and the
+    optimisation's equivalence checked on the same request, outside the timed rounds."""
+    record_case(benchmark, spec=spec)
+    measure(benchmark, work.fn, device=device, case_name=spec.name, policy=work.policy, on_round=work.on_round,
+            profile=work.profile)
+    record_case(benchmark, **work.result_fields())
+    equivalence = work.equivalence()
+    if equivalence is not None:
+        record_case(benchmark, equivalence=equivalence)

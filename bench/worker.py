@@ -9,7 +9,6 @@ coordinator keeps and shows when the worker dies.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import tempfile
@@ -23,10 +22,9 @@ import torch
 
 import bench
 import cosmos3
-from bench import cases, collector, workloads
-from bench.counters import profile_rounds
+from bench import cases, workloads
 from bench.environment import collect_environment, run_label
-from bench.harness import RoundPolicy, die_with_parent, single_thread_on_cpu
+from bench.harness import CaseRun, die_with_parent, single_thread_on_cpu
 from bench.protocol import (
     REQUESTS,
     Bye,
@@ -46,7 +44,6 @@ from bench.protocol import (
 from bench.records import CaseResult, CaseSpec
 from cosmos3.presets import get_preset
 
-_GIB = 2**30
 # Lines of a case's traceback kept in an Unavailable reply (the whole one goes to stderr).
 TRACEBACK_TAIL_LINES = 6
 
@@ -71,24 +68,13 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{tail}"
 
 
-def measured_beside(work: workloads.Workload, device: torch.device) -> dict[str, Any]:
-    """CaseResult fields measured beside the timed rounds, never inside them: the work counters and
-    device time of the same profiled rounds the pytest benchmarks take (none for e2e), which the
-    coordinator compares with the stored-baseline rules (bench.compare.PAIR_RULES)."""
-    if not work.profile:
-        return {}
-    return {"counters": profile_rounds(work.fn, device)}
-
-
 @dataclass
 class _Prepared:
-    """The case being measured: its workload, and what its rounds have recorded so far."""
+    """The case being measured: its workload, its run (bench.harness.CaseRun), and its samples so far."""
 
     spec: CaseSpec
     work: workloads.Workload
-    warmup_ms: tuple[float, ...]
-    slowdown: float
-    resident_bytes: int | None
+    run: CaseRun
     samples_ms: list[float] = field(default_factory=list)
 
 
@@ -113,10 +99,9 @@ class Worker:
         self.models.vae  # noqa: B018 -- built now, once, before any case is timed
         self.environment = collect_environment(self.device, run_label(preset.name, start.dit_layers), preset.dtype,
                                                start.controls.active)
+        # From a case's warm-up to its end it holds the heap frozen out of garbage collection, and its
+        # rounds run with none (bench.collector), as the pytest benchmarks' rounds do: one CaseRun.
         self.current: _Prepared | None = None
-        # From a case's warm-up to its end, the heap alive then is frozen out of garbage collection, and
-        # its rounds run with none (bench.collector), as the pytest benchmarks' rounds do.
-        self._frozen = contextlib.ExitStack()
         log(self.side, f"cosmos3 from {os.path.realpath(cosmos3.__file__)}, bench from "
                        f"{os.path.realpath(bench.__file__)}, {self.environment.device_name}, preset {preset.name}")
 
@@ -137,38 +122,34 @@ class Worker:
 
     def _release(self) -> None:
         """No case prepared: its heap unfrozen."""
+        if self.current is not None:
+            self.current.run.close()
         self.current = None
-        self._frozen.close()
 
     # ---- requests ----
 
     def prepare(self, request: Prepare) -> Prepared | Unavailable:
+        """Build the case's workload and start its CaseRun: warm-up, negative controls (the head's only)."""
         spec = request.case
         self._release()
         try:
             work = workloads.build(spec, self.models, self.start.controls)
-            rounds = request.warmup_rounds or (work.policy or RoundPolicy()).warmup_rounds
-            warm = tuple(workloads.timed_round(work.fn, self.device)[0] for _ in range(rounds))
+            run = CaseRun(work.fn, device=self.device, case_name=spec.name, controls=self.start.controls,
+                          policy=work.policy, warmup_rounds=request.warmup_rounds, on_round=work.on_round,
+                          profile=work.profile)
         # Not swallowed: the error and its traceback go to the coordinator, which reports the case as not
         # comparable (base) or failed (head), and to stderr; whatever a base lacks, it surfaces here.
         except Exception as exc:  # noqa: BLE001
             return self._unavailable(spec.name, exc)
-        resident = None
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            resident = torch.cuda.memory_allocated(self.device)
-        slowdown = self.start.controls.slowdown_for(spec.name)
-        self._frozen.enter_context(collector.frozen_heap())
-        self.current = _Prepared(spec, work, warm, slowdown, resident)
-        log(self.side, f"{spec.name}: warm-up {', '.join(f'{ms:.2f}' for ms in warm)} ms")
-        return Prepared(spec.name, warm)
+        self.current = _Prepared(spec, work, run)
+        log(self.side, f"{spec.name}: warm-up {', '.join(f'{ms:.2f}' for ms in run.warmup_ms)} ms"
+                       + (f"; injected: {', '.join(run.injected)}" if run.injected else ""))
+        return Prepared(spec.name, run.warmup_ms)
 
     def round(self, request: Round) -> RoundDone | Unavailable:
         current = self._expect(request.case)
         try:
-            ms, output = workloads.timed_round(current.work.fn, self.device, current.slowdown)
-            if current.work.on_round is not None:
-                current.work.on_round(output)
+            ms, _ = current.run.timed_round()
         except Exception as exc:  # noqa: BLE001 -- reported, as in prepare
             self._release()
             return self._unavailable(request.case, exc)
@@ -177,26 +158,15 @@ class Worker:
 
     def finish(self, request: Finish) -> Finished | Unavailable:
         current = self._expect(request.case)
-        self._release()
-        cuda = self.device.type == "cuda"
-        peak = torch.cuda.max_memory_allocated(self.device) / _GIB if cuda else None
+        self.current = None
         try:
-            beside = measured_beside(current.work, self.device)
+            beside = current.run.finish()  # releases the heap, then the profiled rounds
         except Exception as exc:  # noqa: BLE001 -- reported, as in prepare
+            current.run.close()
             return self._unavailable(request.case, exc)
-        spec = current.spec
-        result = CaseResult(
-            spec=spec,
-            samples_ms=tuple(current.samples_ms),
-            peak_mem_gib=peak,
-            resident_mem_gib=current.resident_bytes / _GIB if current.resident_bytes is not None else None,
-            warmup_ms=current.warmup_ms,
-            stage_samples_ms=current.work.stage_samples_ms(),
-            injected=(f"slowdown {current.slowdown:g}",) if current.slowdown else (),
-            num_inference_steps=self.models.grid.e2e_steps if spec.benchmark == "e2e" else None,
-            **beside,
-        )
-        log(self.side, f"{spec.name}: {result.rounds} rounds, median {result.median_ms:.2f} ms")
+        result = CaseResult(spec=current.spec, samples_ms=tuple(current.samples_ms), **current.work.result_fields(),
+                            **beside)
+        log(self.side, f"{current.spec.name}: {result.rounds} rounds, median {result.median_ms:.2f} ms")
         return Finished(result)
 
     def _expect(self, name: str) -> _Prepared:

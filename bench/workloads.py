@@ -12,7 +12,6 @@ measures inside its own function: a base without the pipeline loses the end-to-e
 from __future__ import annotations
 
 import functools
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +23,10 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan
 
-from bench import collector
 from bench.cases import Grid
 from bench.harness import RoundPolicy, RunControls, equivalence_for, seeded_image
 from bench.records import CaseSpec, EquivalenceRecord
 from cosmos3.errors import InputError
-from cosmos3.timing import synchronize
 
 if TYPE_CHECKING:
     from cosmos3.components import Components
@@ -53,9 +50,14 @@ class Workload:
     profile: bool = True  # profiled rounds for counters and device time beside the timed ones
     # The optimisation's equivalence check on the same request, run outside the timed rounds.
     equivalence: Callable[[], EquivalenceRecord | None] = lambda: None
+    num_inference_steps: int | None = None  # denoising steps of each request (end-to-end cases)
 
     def stage_samples_ms(self) -> dict[str, tuple[float, ...]]:
         return {stage: tuple(values) for stage, values in self.stage_ms.items()}
+
+    def result_fields(self) -> dict[str, Any]:
+        """The CaseResult fields the workload itself keeps (after its timed rounds)."""
+        return {"stage_samples_ms": self.stage_samples_ms(), "num_inference_steps": self.num_inference_steps}
 
 
 def i2v_request(case: CaseSpec, pixels: torch.Tensor) -> Req:
@@ -106,7 +108,8 @@ def e2e(case: CaseSpec, components: Components, *, image_path: Path, steps: int,
         return equivalence_for(components.vae, req, case.strategy, strategy, components.dtype)
 
     # No profiled rounds: a whole request under the profiler costs a minute of GPU time per case.
-    workload = Workload(lambda: pipeline(request()), policy=E2E_ROUNDS, profile=False, equivalence=equivalence)
+    workload = Workload(lambda: pipeline(request()), policy=E2E_ROUNDS, profile=False, equivalence=equivalence,
+                        num_inference_steps=steps)
 
     def keep_stage_times(output: Any) -> None:
         for stage, ms in output.stage_ms.items():
@@ -132,24 +135,6 @@ def write_condition_image(path: Path, width: int, height: int) -> Path:
     pixels = rng.integers(0, 256, size=(height * 5 // 4, width * 5 // 4, 3), dtype=np.uint8)
     PIL.Image.fromarray(pixels).save(path)
     return path
-
-
-def timed_round(fn: Callable[[], Any], device: torch.device, slowdown: float = 0.0) -> tuple[float, Any]:
-    """One device-synchronised round outside pytest-benchmark: (ms, result).
-
-    The same round as bench.harness.measure times: it starts with nothing queued, ends when the
-    device is idle, no garbage collection runs inside it (bench.collector), and an injected slowdown
-    sleeps that fraction of the round's own time inside it.
-    """
-    synchronize(device)
-    with collector.no_collection():
-        start = time.perf_counter()
-        result = fn()
-        synchronize(device)
-        if slowdown:
-            time.sleep((time.perf_counter() - start) * slowdown)
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-    return elapsed_ms, result
 
 
 class Models:

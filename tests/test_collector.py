@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench import collector, workloads
+from bench import collector
 from bench.collector import GC_EVENT, GcPauses, frozen_heap, no_collection
 from bench.counters import CAT_ANNOTATION, trace_events
-from bench.harness import CONTROLS_ENV, RoundPolicy, measure
+from bench.harness import CONTROLS_ENV, CaseRun, RoundPolicy, RunControls, measure
 from bench.protocol import Finish, Prepare, Round, Start
 from bench.records import CaseSpec
 from bench.worker import Worker
@@ -127,9 +127,14 @@ def test_a_failing_round_leaves_the_collector_on(benchmark, monkeypatch, rounds)
 def test_timed_round_keeps_collections_out(rounds, monkeypatch, left_alone):
     if left_alone:
         monkeypatch.setattr(collector, "no_collection", contextlib.nullcontext)
-    ms, result = workloads.timed_round(rounds, CPU)
+    run = CaseRun(rounds, device=CPU, case_name="case[a]", controls=RunControls(), policy=RoundPolicy(1, 5, 5, 1e-3),
+                  profile=False)
+    try:
+        ms, result = run.timed_round()
+    finally:
+        run.close()
     assert ms > 0 and result == CYCLES
-    assert (rounds.collections[0] > 0) is left_alone
+    assert (rounds.collections[1] > 0) is left_alone  # [0]: the warm-up round, the collector as it is
 
 
 def test_a_compare_worker_freezes_the_heap_from_warm_up_to_finish(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench import workloads
-from bench.harness import RunControls, measure, record_case
+from bench.harness import RunControls, benchmark_case
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,4 @@ def image_path(tmp_path_factory, case):
 def test_e2e(benchmark, case, components, grid, image_path, device):
     work = workloads.e2e(case, components, image_path=image_path, steps=grid.e2e_steps,
                          controls=RunControls.from_env())
-    record_case(benchmark, spec=case, num_inference_steps=grid.e2e_steps)
-    measure(benchmark, work.fn, device=device, case_name=case.name, policy=work.policy, on_round=work.on_round,
-            profile=work.profile)
-    record_case(benchmark, stage_samples_ms=work.stage_samples_ms())
-    equivalence = work.equivalence()
-    if equivalence is not None:
-        record_case(benchmark, equivalence=equivalence)
+    benchmark_case(benchmark, case, work, device=device)
