@@ -49,6 +49,9 @@ FASTER = "faster"
 REGRESSION = "regression"
 NOT_SIGNIFICANT = "not significant"  # slower than the threshold, but within the noise
 TOO_FEW = "too few samples"
+# Device time is a second opinion beside latency: where its samples could never reach alpha (a baseline
+# profiled 3 rounds a case), the rule says so and passes, and latency still judges the case.
+CANNOT_JUDGE = "cannot judge"
 NOT_MEASURED = "not measured"
 MISSING = "missing"
 NEW = "new"
@@ -274,7 +277,10 @@ def compare_samples(
             f"{what}: only {len(cur)} samples in this run and {len(base)} in the baseline; too few for a "
             f"one-sided test at alpha={config.alpha:g}"
         )
-        return LatencyComparison(**common, ci_low=None, ci_high=None, p_value=None, verdict=TOO_FEW, note=note)
+        verdict = TOO_FEW
+        if what != "latency":
+            verdict, note = CANNOT_JUDGE, f"{note}, so this rule cannot judge it ({fmt_change(ratio)}; latency does)"
+        return LatencyComparison(**common, ci_low=None, ci_high=None, p_value=None, verdict=verdict, note=note)
 
     p_slower = _p_value(cur, base, "greater")
     ci_low, ci_high = _ratio_ci(cur, base, config)
