@@ -97,5 +97,5 @@ class Cosmos3Pipeline:
             expected = req.num_inference_steps
             if profiler.expected_steps is not None:
                 expected = min(profiler.expected_steps, expected)
-            coverage = check_coverage(trace_path, expected)
+            coverage = check_coverage(trace_path, expected, profiler.steps_taken)
         return PipelineOutput(req, stage_ms, total.elapsed_ms, trace_path, coverage)

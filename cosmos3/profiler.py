@@ -158,21 +158,34 @@ def count_denoise_steps(path: Path | str) -> int:
 
 @dataclass(frozen=True)
 class Coverage:
-    """How many denoising steps a trace holds against how many were asked for."""
+    """How many denoising steps a trace holds, and how often the loop advanced the profiler, against how
+    many steps were asked for.
+
+    The trace alone cannot tell a loop that steps the profiler from one that never does whenever the
+    recording window holds every step (N = -1, or N = the request's steps): the un-stepped profiler then
+    records them all in its first step. So the loop's own stepping is checked too: at least one
+    profiler step per expected denoising step.
+    """
 
     trace_path: Path
     expected_steps: int
     found_steps: int
+    profiler_steps: int  # RequestProfiler.step() calls made by the denoise loop while recording
 
     @property
     def ok(self) -> bool:
-        return self.found_steps == self.expected_steps
+        return self.found_steps == self.expected_steps and self.profiler_steps >= self.expected_steps
 
     def __str__(self) -> str:
         verdict = "OK" if self.ok else "FAIL"
-        return f"{verdict}: {self.found_steps} of {self.expected_steps} expected denoising steps in {self.trace_path}"
+        text = f"{verdict}: {self.found_steps} of {self.expected_steps} expected denoising steps in {self.trace_path}"
+        if self.profiler_steps < self.expected_steps:
+            text += (f"; the denoise loop advanced the profiler {self.profiler_steps} times, "
+                     f"not once per step ({self.expected_steps})")
+        return text
 
 
-def check_coverage(path: Path | str, expected_steps: int) -> Coverage:
-    """The trace must hold exactly `expected_steps` denoising steps, no fewer and no more."""
-    return Coverage(Path(path), expected_steps, count_denoise_steps(path))
+def check_coverage(path: Path | str, expected_steps: int, profiler_steps: int) -> Coverage:
+    """The trace must hold exactly `expected_steps` denoising steps, no fewer and no more, and the loop
+    must have stepped the profiler once for each."""
+    return Coverage(Path(path), expected_steps, count_denoise_steps(path), profiler_steps)

@@ -95,15 +95,25 @@ class PreFixDenoiser(Cosmos3DenoisingStage):
         pass
 
 
-def test_loop_without_profiler_step_fails_coverage(tmp_path):
-    """Negative control: the un-fixed loop records every step in one profiler step; coverage says so."""
-    pipe = pipeline(tmp_path, 3)
+@pytest.mark.parametrize("n", [3, STEPS, -1])
+def test_loop_without_profiler_step_fails_coverage(tmp_path, n):
+    """Negative control: the un-fixed loop records every step in one profiler step; coverage says so
+    whatever N is, also where the window holds every step (N = -1, the command line's default, or N = the
+    request's steps) and the trace alone looks complete."""
+    pipe = pipeline(tmp_path, n)
     pipe.denoising = PreFixDenoiser(tiny.components().transformer, tiny.components().text_embeds)
     pipe.stages[3] = pipe.denoising
     out = pipe(request(profile=True))
+    expected = STEPS if n == -1 else n
     assert not out.coverage.ok
-    assert out.coverage.found_steps == STEPS and out.coverage.expected_steps == 3
-    assert str(out.coverage).startswith("FAIL: 6 of 3")
+    assert (out.coverage.found_steps, out.coverage.expected_steps, out.coverage.profiler_steps) == (STEPS, expected, 0)
+    assert str(out.coverage).startswith(f"FAIL: 6 of {expected}")
+    assert str(out.coverage).endswith(f"the denoise loop advanced the profiler 0 times, not once per step ({expected})")
+
+
+def test_coverage_wants_a_profiler_step_per_denoising_step(tmp_path):
+    path = write_trace(tmp_path / "t.json.gz", [step_event()] * 3)
+    assert [check_coverage(path, 3, k).ok for k in (0, 2, 3, 4)] == [False, False, True, True]
 
 
 def test_a_failing_stage_does_not_leave_the_profiler_running(tmp_path):
@@ -142,7 +152,7 @@ def test_two_concatenated_traces_are_rejected(tmp_path):
     double = tmp_path / "double.json.gz"
     double.write_bytes(good.read_bytes() * 2)
     with pytest.raises(InputError, match="one complete gzip JSON"):
-        check_coverage(double, 2)
+        check_coverage(double, 2, 2)
 
 
 def test_json_without_trace_events_is_rejected(tmp_path):
@@ -168,7 +178,7 @@ def test_a_cuda_trace_counts_each_step_once(tmp_path):
     """On CUDA every record_function span appears twice, host and device; only the host copy counts."""
     events = [step_event("user_annotation"), step_event("gpu_user_annotation")] * 3
     assert count_denoise_steps(write_trace(tmp_path / "t.json.gz", events)) == 3
-    assert check_coverage(tmp_path / "t.json.gz", 3).ok
+    assert check_coverage(tmp_path / "t.json.gz", 3, 3).ok
 
 
 @pytest.mark.parametrize(
@@ -196,8 +206,8 @@ def test_a_trace_without_steps_counts_zero(tmp_path):
 def test_coverage_wants_exactly_the_steps_asked_for(tmp_path, found, ok):
     """Fewer steps than asked is as wrong as more: either way the trace is not the N steps asked for."""
     path = write_trace(tmp_path / "t.json.gz", [step_event()] * found)
-    coverage = check_coverage(str(path), 3)
-    assert coverage == Coverage(path, 3, found)
+    coverage = check_coverage(str(path), 3, 3)
+    assert coverage == Coverage(path, 3, found, 3)
     assert coverage.ok is ok
     verdict = "OK" if ok else "FAIL"
     assert str(coverage) == f"{verdict}: {found} of 3 expected denoising steps in {path}"
