@@ -22,9 +22,12 @@ DEFAULT_DEVICE_THRESHOLD = 0.03
 DEFAULT_ALPHA = 0.01  # one-sided Mann-Whitney significance level
 DEFAULT_MEMORY_THRESHOLD = 0.01  # peak memory is deterministic enough for a tight bound
 DEFAULT_MIN_SPEEDUP = 2.0  # single_frame must beat expand by this factor in latent preparation
-# first_frame_2d must beat single_frame by this factor in latent preparation, on a GPU. Upstream measured
-# 20.7 -> 13.4 ms eager at 720p (1.54x); to be confirmed by this suite's own GPU run.
+# first_frame_2d must beat single_frame by this factor in latent preparation, on a GPU, at the sizes where
+# a measurement supports it. The one measurement is 20.7 -> 13.4 ms eager at 1280x720 (1.54x); at 832x480
+# the stage is launch-bound (about 14 ms) and nothing measured says what it gains, so there the factor is
+# reported, not gated, until a GPU run of this suite measures it (tools/gpu-evidence.sh smoke prints both).
 DEFAULT_MIN_SPEEDUP_2D = 1.5
+MIN_SPEEDUP_2D_RESOLUTIONS = frozenset({"1280x720"})
 DEFAULT_BOOTSTRAP_RESAMPLES = 2000
 # A slowdown must also exceed this many run-to-run standard deviations (the spread of the per-run
 # medians in a baseline merged from several runs) before it counts. On a shared H100 VM, leave-one-out
@@ -165,6 +168,8 @@ class StrategyPair:
     min_factor: float  # old median / new median must reach this where gated
     min_frames: int = 1  # cases with fewer frames are reported, not gated
     cuda_only: bool = False  # gated only on a GPU (on the CPU the gain is not the one that matters)
+    # Gated only at these resolutions (where a measurement supports min_factor); None: at every one.
+    resolutions: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -333,7 +338,8 @@ def strategy_pairs(config: GateConfig) -> tuple[StrategyPair, ...]:
         # With one frame, single_frame and expand do the same work: nothing to gain, nothing to gate.
         StrategyPair("single_frame", "expand", config.min_speedup, min_frames=2),
         # The 2D first-frame encode does a third of the convolution work; on a GPU it must show.
-        StrategyPair("first_frame_2d", "single_frame", config.min_speedup_2d, cuda_only=True),
+        StrategyPair("first_frame_2d", "single_frame", config.min_speedup_2d, cuda_only=True,
+                     resolutions=MIN_SPEEDUP_2D_RESOLUTIONS),
     )
 
 
@@ -352,7 +358,8 @@ def speedup_checks(run: RunRecord, config: GateConfig) -> tuple[SpeedupCheck, ..
                 continue
             new, old = by_strategy[pair.new].median_ms, by_strategy[pair.old].median_ms
             factor = old / new
-            gated = benchmark in SPEEDUP_GATED and frames >= pair.min_frames and (cuda or not pair.cuda_only)
+            gated = (benchmark in SPEEDUP_GATED and frames >= pair.min_frames and (cuda or not pair.cuda_only)
+                     and (pair.resolutions is None or resolution in pair.resolutions))
             min_factor = pair.min_factor if gated else None
             passed = min_factor is None or factor >= min_factor
             checks.append(SpeedupCheck(benchmark, resolution, frames, pair.new, pair.old, new, old, factor,

@@ -309,6 +309,18 @@ def test_first_frame_2d_must_beat_single_frame_on_a_gpu(make_case, make_run, dev
                                         "is only 1.20x faster than single_frame")
 
 
+def test_first_frame_2d_is_gated_only_at_the_sizes_a_measurement_supports(make_case, make_run):
+    """1.5x rests on one measurement, at 1280x720: at 832x480 (launch-bound) the factor is reported only,
+    so a GPU run there cannot fail on a factor nobody measured."""
+    cases = [make_case("latent_prep", strategy, width=w, height=h, median_ms=ms, seed=i)
+             for i, (w, h, strategy, ms) in enumerate([(1280, 720, "first_frame_2d", 10.0), (1280, 720, "single_frame", 12.0),
+                                                      (832, 480, "first_frame_2d", 10.0), (832, 480, "single_frame", 12.0)])]
+    checks = {c.resolution: c for c in evaluate(make_run(cases), None, GateConfig()).speedups}
+    assert checks["1280x720"].min_factor == 1.5 and not checks["1280x720"].passed
+    assert checks["832x480"].min_factor is None and checks["832x480"].passed
+    assert checks["832x480"].factor == pytest.approx(checks["1280x720"].factor, rel=0.05)  # reported all the same
+
+
 # ---- the statistics at their boundaries, and the config's rules, one by one -------------------------
 
 
