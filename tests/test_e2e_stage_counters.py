@@ -82,6 +82,7 @@ def test_each_stage_counts_its_own_work(tool):
         assert row["device_ms"] == pytest.approx((4.0 * (i + 1) + 10.0) / 1e3)
         assert (row["h2d_copies"], row["h2d_bytes"], row["pageable_copies"], row["syncs"]) == (1, 1024, 1, 1)
         assert (row["cudaMalloc"], row["cudaFree"]) == (1, 0)
+        assert (row["empty_copies"], row["unnamed_calls"]) == (1, 0)
         assert (row["gc_collections"], row["gc_ms"]) == ((1, 1.5e-3) if stage == "latent_preparation" else (0, 0.0))
 
 

@@ -75,6 +75,8 @@ def describe(events: list, source: str) -> dict:
         "h2d_bytes": counts.h2d_bytes,
         "pageable_copies": pageable,
         "syncs": counts.syncs,
+        "empty_copies": counts.empty_copies,  # copy/memset calls that enqueued nothing (no device record)
+        "unnamed_calls": counts.unnamed_calls,  # runtime calls Kineto named INVALID: unchecked
         **{call: runtime.get(call, 0) for call in ALLOCATOR_CALLS},
         "gc_collections": len(collections),
         "gc_ms": sum(e.duration_us for e in collections) / 1e3,
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     (alone_events,) = split_rounds(profiled(alone, device), annotation=ALONE_EVENT)
     table["latent_preparation alone"] = {"wall_ms": out["alone_ms"], **describe(alone_events, device.type)}
     columns = ["wall_ms", "device_ms", "kernels", "h2d_copies", "h2d_bytes", "pageable_copies", "syncs",
-               *ALLOCATOR_CALLS, "gc_collections", "gc_ms"]
+               "empty_copies", "unnamed_calls", *ALLOCATOR_CALLS, "gc_collections", "gc_ms"]
     print(f"{device} {torch.cuda.get_device_name(device) if device.type == 'cuda' else ''} preset {preset.name} "
           f"{width}x{height} {frames}f {steps} steps, {args.strategy}, torch {torch.__version__} (profiled: "
           "wall times include the profiler's overhead)")
