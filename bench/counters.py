@@ -74,8 +74,10 @@ _DEVICE_WORK_CALLS = ("cudaLaunchKernel", "cudaLaunchCooperativeKernel", "cuLaun
 # host record carries no byte count to tell them apart from a dropped record, so a copy or memset
 # call without a device record is taken for an empty one and counted apart (RoundCounts.empty_copies).
 _COPY_CALLS = ("cudaMemcpy", "cudaMemset", "cuMemcpy", "cuMemset")
-# Older Kineto names a runtime call it has no name for "INVALID" (its cbid is in args): such a call is
-# neither a launch nor a sync that could be checked or counted; RoundCounts.unnamed_calls says how many.
+# Kineto names runtime calls from its own cbid table (runtimeCbidName, src/cupti_strings.cpp: the
+# version suffix dropped, _ptsz kept), and a cbid beyond the table of its build "INVALID" (the cbid
+# stays in args; 409 in an A100 trace of 2023). Such a call could be a launch or a sync: it is neither
+# checked for a device record nor counted as a sync, and RoundCounts.unnamed_calls says how many.
 UNNAMED_CALL = "INVALID"
 
 # Host calls that block until the device (or a stream, or an event) is done; cudaMemcpy (not
