@@ -71,7 +71,17 @@ _HOST_LAUNCHERS = (CAT_RUNTIME, CAT_DRIVER)
 # Host calls each of which puts work on the device that CUPTI records (prefixes, so that
 # cudaLaunchKernelExC, cuLaunchKernelEx and cudaMemcpyAsync are included).
 _DEVICE_WORK_CALLS = ("cudaLaunchKernel", "cudaLaunchCooperativeKernel", "cuLaunchKernel", "cudaGraphLaunch",
-                      "cuGraphLaunch", "cudaMemcpy", "cudaMemset")
+                      "cuGraphLaunch", "cudaMemcpy", "cudaMemset", "cuMemcpy", "cuMemset")
+# Of those, the copies and memsets: one of zero bytes enqueues nothing, so CUPTI has no device record
+# to write (cuDNN's convolutions issue such cudaMemsetAsync calls, 0.3-1 us each, every round). The
+# host record carries no byte count to tell them apart from a dropped record, so a copy or memset
+# call without a device record is taken for an empty one and counted apart (RoundCounts.empty_copies).
+_COPY_CALLS = ("cudaMemcpy", "cudaMemset", "cuMemcpy", "cuMemset")
+# Kineto names runtime calls from its own cbid table (runtimeCbidName, src/cupti_strings.cpp: the
+# version suffix dropped, _ptsz kept), and a cbid beyond the table of its build "INVALID" (the cbid
+# stays in args; 409 in an A100 trace of 2023). Such a call could be a launch or a sync: it is neither
+# checked for a device record nor counted as a sync, and RoundCounts.unnamed_calls says how many.
+UNNAMED_CALL = "INVALID"
 
 # Host calls that block until the device (or a stream, or an event) is done; cudaMemcpy (not
 # ...Async) returns when its copy is done. torch's .item() and .cpu() go through cudaMemcpyAsync
@@ -84,14 +94,21 @@ SYNC_CALLS = frozenset({
     "cudaMemcpy2D",
     "cudaMemcpy3D",
 })
-# Calls are matched without an API version suffix (cudaMemcpy_v3020), should a trace carry one.
-_API_VERSION = re.compile(r"_v\d+$")
+# Calls are matched without the suffixes of CUDA's name tables (as Kineto writes them): an API
+# version (cudaMemcpy_v3020) and the per-thread default stream variants (cudaStreamSynchronize_ptsz,
+# cudaMemcpy_ptds), in any combination (cudaLaunchKernel_ptsz, cudaMemcpyAsync_v3020_ptsz).
+_CALL_SUFFIXES = re.compile(r"(?:_v\d+|_ptsz|_ptds)+$")
 # Kineto names copies "Memcpy <kind> (<src memory> -> <dst memory>)", e.g. "Memcpy HtoD (Pageable -> Device)".
 _MEMCPY_KIND = re.compile(r"^Memcpy (\w+)")
 _H2D_KINDS = frozenset({"HtoD", "HtoA"})
 _D2H_KINDS = frozenset({"DtoH", "AtoH"})
 
 # --- events -> counts (pure) ------------------------------------------------------------------
+
+
+def call_name(name: str) -> str:
+    """A runtime or driver call's name without its version and per-thread-stream suffixes."""
+    return _CALL_SUFFIXES.sub("", name)
 
 
 class IncompleteProfile(RuntimeError):
@@ -124,8 +141,16 @@ def trace_events(trace: dict[str, Any]) -> list[TraceEvent]:
     return out
 
 
-def split_rounds(events: Iterable[TraceEvent], annotation: str = ROUND_EVENT) -> list[list[TraceEvent]]:
+def split_rounds(
+    events: Iterable[TraceEvent],
+    annotation: str | Callable[[str], bool] = ROUND_EVENT,
+    *,
+    ignore_launched_outside: bool = False,
+) -> list[list[TraceEvent]]:
     """The events of each `annotation` (by default each ROUND_EVENT), in order.
+
+    `annotation` is a name, or a test of names (traces that number their windows, such as
+    ProfilerStep#101, ProfilerStep#102: `lambda name: name.startswith("ProfilerStep#")`).
 
     Host events belong to the round whose annotation contains their start (one host clock).
     Device events belong to the round of the host call with the same correlation id, not to a
@@ -133,10 +158,15 @@ def split_rounds(events: Iterable[TraceEvent], annotation: str = ROUND_EVENT) ->
     versions where they drift from session to session (pytorch#175790, #192021). A device record
     whose launching call is not in the trace (Kineto keeps only some driver API calls) falls back
     to the round whose window contains its start; one in no round raises IncompleteProfile.
+
+    With `ignore_launched_outside` (a trace where the windows are some of the work, e.g. one stage
+    of a whole request), device records whose launching call is in the trace but outside every
+    window are left out; one whose launching call is missing and in no window still raises.
     """
     events = list(events)
+    is_window = (lambda name: name == annotation) if isinstance(annotation, str) else annotation
     windows = sorted((e.start_us, e.start_us + e.duration_us) for e in events
-                     if e.category == CAT_ANNOTATION and e.name == annotation)
+                     if e.category == CAT_ANNOTATION and is_window(e.name))
 
     def round_at(t_us: float) -> int | None:
         return next((i for i, (lo, hi) in enumerate(windows) if lo <= t_us <= hi), None)
@@ -155,7 +185,10 @@ def split_rounds(events: Iterable[TraceEvent], annotation: str = ROUND_EVENT) ->
             out[index].append(e)
     stray = 0
     for e in device:
-        index = host_round[e.correlation] if e.correlation in host_round else round_at(e.start_us)
+        launched_here = e.correlation in host_round
+        index = host_round[e.correlation] if launched_here else round_at(e.start_us)
+        if index is None and launched_here and ignore_launched_outside:
+            continue  # work of a host call outside the windows: not theirs
         if index is None:
             stray += 1
         else:
@@ -180,14 +213,20 @@ class RoundCounts:
     syncs: int
     device_ms: float | None  # None on CPU
     kernels: tuple[KernelStat, ...]
+    # Copy and memset calls with no device record: empty ones, enqueuing nothing (see _COPY_CALLS).
+    empty_copies: int = 0
+    # Runtime calls the trace names UNNAMED_CALL: neither checked for device records nor counted as syncs.
+    unnamed_calls: int = 0
 
 
 def count_round(events: Iterable[TraceEvent], *, source: str) -> RoundCounts:
     """Count one round's events. `source` "cuda": kernels are device kernels; "cpu": aten ops.
 
-    On CUDA, every host call that launches device work (kernel and graph launches, memcpy,
-    memset) must have its device record: the profiler can drop device records without saying
-    so (pytorch#192021), and counts from such a round would be short. IncompleteProfile then.
+    On CUDA, every kernel or graph launch must have its device record: the profiler can drop
+    device records without saying so (pytorch#192021), and counts from such a round would be
+    short. IncompleteProfile then. A copy or memset call without one is taken for an empty call
+    (zero bytes enqueue nothing) and counted in `empty_copies`, not raised; calls named
+    UNNAMED_CALL are counted in `unnamed_calls`.
     """
     if source not in SOURCES:
         raise InputError("source", f"must be one of {SOURCES}", source)
@@ -202,9 +241,11 @@ def count_round(events: Iterable[TraceEvent], *, source: str) -> RoundCounts:
     device_us = 0.0
     syncs = 0
     launched: set[int] = set()  # correlation ids of host calls that must have device records
+    copy_calls: set[int] = set()  # correlation ids of copy and memset calls, empty without device records
     recorded: set[int] = set()  # correlation ids of device records
+    unnamed = 0
     for e in events:
-        call = _API_VERSION.sub("", e.name)
+        call = call_name(e.name)
         if e.category == kernel_category:
             launches[e.name] += 1
             kernel_us[e.name] += e.duration_us
@@ -219,8 +260,11 @@ def count_round(events: Iterable[TraceEvent], *, source: str) -> RoundCounts:
                 copies[direction][0] += 1
                 copies[direction][1] += e.nbytes
         elif e.category in _HOST_LAUNCHERS:
-            if call.startswith(_DEVICE_WORK_CALLS):
+            if call.startswith(_COPY_CALLS):
+                copy_calls.add(e.correlation)
+            elif call.startswith(_DEVICE_WORK_CALLS):
                 launched.add(e.correlation)
+            unnamed += call == UNNAMED_CALL
             ours = any(lo <= e.start_us <= hi for lo, hi in fences)
             if e.category == CAT_RUNTIME and call in SYNC_CALLS and not ours:
                 syncs += 1
@@ -228,7 +272,7 @@ def count_round(events: Iterable[TraceEvent], *, source: str) -> RoundCounts:
             syncs += 1
     if cuda and launched - recorded:
         raise IncompleteProfile(
-            f"{len(launched - recorded)} of {len(launched)} launches, copies or memsets of a round have no "
+            f"{len(launched - recorded)} of {len(launched)} kernel or graph launches of a round have no "
             "device record: the profiler dropped them (see pytorch#192021), the counts would be short"
         )
     kernels = tuple(
@@ -241,6 +285,8 @@ def count_round(events: Iterable[TraceEvent], *, source: str) -> RoundCounts:
         syncs=syncs,
         device_ms=device_us / 1e3 if cuda else None,
         kernels=kernels,
+        empty_copies=len(copy_calls - recorded) if cuda else 0,
+        unnamed_calls=unnamed if cuda else 0,
     )
 
 
