@@ -120,8 +120,24 @@ def stubbed(tmp_path: Path, rc: int, *args: str, **env: str) -> subprocess.Compl
     exit with `rc`: what it marks done, what it leaves for a later call, and what it packs."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python3").write_text(
-        f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\necho "$*" >> {tmp_path}/calls\nexit {rc}\n')
+    # STUB_RECORD=1: a run leaves its record (run.json, compare.json where it is a compare, the --json file);
+    # STUB_TRACEBACK=1: it prints a Python traceback first.
+    (bin_dir / "python3").write_text(f"""#!/bin/sh
+[ "$1 $2" = "-m pip" ] && exit 0
+echo "$*" >> {tmp_path}/calls
+[ -n "$STUB_TRACEBACK" ] && printf 'Traceback (most recent call last):\\n  File "x.py"\\nZeroDivisionError\\n'
+record=run.json dir= id= json=
+for a in "$@"; do
+  case $prev in --results-dir) dir=$a ;; --run-id) id=$a ;; --json) json=$a ;; esac
+  [ "$a" = compare ] && record=compare.json
+  prev=$a
+done
+if [ -n "$STUB_RECORD" ]; then
+  [ -n "$dir" ] && [ -n "$id" ] && mkdir -p "$dir/$id" && echo '{{}}' > "$dir/$id/$record"
+  [ -n "$json" ] && echo '{{}}' > "$json"
+fi
+exit {rc}
+""")
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'name, driver_version, memory.total'\n")
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
@@ -133,13 +149,12 @@ def stubbed(tmp_path: Path, rc: int, *args: str, **env: str) -> subprocess.Compl
 
 
 def test_a_verdict_marks_a_step_done_and_says_when_it_is_not_the_expected_one(tmp_path):
-    done = stubbed(tmp_path, 1, "session", PLAN="revert-2d full-1")
+    done = stubbed(tmp_path, 1, "session", PLAN="revert-2d full-1", STUB_RECORD="1")
     assert done.returncode == 0, done.stderr
     marks = tmp_path / "evidence" / "done"
     assert (marks / "revert-2d").read_text().startswith("exit 1 (expected 1) ")
-    assert (marks / "full-1").read_text().startswith("exit 1 (expected 0) ")
-    assert "WARNING: full-1 exited 1, expected 0: read its log" in done.stdout
-    assert "WARNING: revert-2d" not in done.stdout
+    assert not (marks / "full-1").exists()  # a failing verdict where a pass was expected: measured again
+    assert "full-1: not done (exit 1, expected 0): read its log; a later call runs it again" in done.stdout
     durations = (tmp_path / "evidence" / "logs" / "durations.txt").read_text().splitlines()
     assert [line.split()[0] for line in durations] == ["revert-2d", "full-1"]
     assert all(re.fullmatch(r"\S+ \d+ s \d{4}-\d\d-\d\dT\S+Z", line) for line in durations), durations
@@ -147,21 +162,39 @@ def test_a_verdict_marks_a_step_done_and_says_when_it_is_not_the_expected_one(tm
     assert log.startswith("$ python3 -m nox -s bench -- ") and log.endswith("exit status: 1\n")
     import tarfile
     with tarfile.open(tmp_path / "out" / "evidence.tar.gz") as packed:
-        assert any(name.endswith("evidence/done/full-1") for name in packed.getnames())
-    again = stubbed(tmp_path, 0, "session", PLAN="revert-2d full-1")
-    assert again.stdout.count("done in an earlier call") == 2
-    assert (tmp_path / "calls").read_text().count("--run-id full-1") == 1  # not measured again
+        assert any(name.endswith("evidence/done/revert-2d") for name in packed.getnames())
+    again = stubbed(tmp_path, 0, "session", PLAN="revert-2d full-1", STUB_RECORD="1")
+    assert again.stdout.count("done in an earlier call") == 1
+    assert (marks / "full-1").read_text().startswith("exit 0 (expected 0) ")
+    assert (tmp_path / "calls").read_text().count("--revert-first-frame") == 1  # not measured again
+
+
+@pytest.mark.parametrize(("rc", "env", "why"), [
+    (1, {"STUB_RECORD": "1", "STUB_TRACEBACK": "1"}, "a Python traceback in its log"),  # nox: exit 1 for a crash
+    (1, {}, "no {E}/revert-2d/run.json"),  # exit 1 with no run record: no verdict was reached
+    (0, {"STUB_RECORD": "1", "STUB_TRACEBACK": "1"}, "a Python traceback in its log"),
+    (2, {"STUB_RECORD": "1"}, "exit 2"),
+    (137, {}, "exit 137, no {E}/revert-2d/run.json"),
+])
+def test_a_crashed_step_is_never_done(tmp_path, rc, env, why):
+    """revert-2d expects exit 1, the code nox gives a traceback too: only a run record without a traceback
+    makes it a verdict."""
+    done = stubbed(tmp_path, rc, "session", PLAN="revert-2d", **env)
+    assert not (tmp_path / "evidence" / "done" / "revert-2d").exists()
+    why = why.format(E=tmp_path / "evidence")
+    assert f"revert-2d: not done ({why}): read its log; a later call runs it again" in done.stdout
 
 
 def test_a_crash_or_a_cut_leaves_the_step_for_a_later_call(tmp_path):
     done = stubbed(tmp_path, 2, "session", PLAN="revert-2d")
-    assert "revert-2d: exit 2: not done, a later call runs it again" in done.stdout
+    assert "revert-2d: not done (exit 2, no " in done.stdout
     assert not (tmp_path / "evidence" / "done" / "revert-2d").exists()
     (tmp_path / "evidence" / "revert-2d").mkdir()  # what a run cut short leaves
-    stubbed(tmp_path, 0, "session", PLAN="revert-2d")
+    again = stubbed(tmp_path, 0, "session", PLAN="revert-2d", STUB_RECORD="1")
     (stale,) = (tmp_path / "evidence" / "stale").iterdir()  # kept aside: run ids are never reused
     assert stale.name.startswith("revert-2d-")
     assert (tmp_path / "evidence" / "done" / "revert-2d").read_text().startswith("exit 0 (expected 1) ")
+    assert "WARNING: revert-2d exited 0, expected 1: read its log" in again.stdout  # a control that passed
 
 
 def test_a_step_whose_estimate_does_not_fit_is_not_started(tmp_path):
@@ -173,7 +206,7 @@ def test_a_step_whose_estimate_does_not_fit_is_not_started(tmp_path):
 
 def test_a_baseline_is_done_only_once_every_run_is_merged_into_it(tmp_path):
     """After full-1 and full-2 the baseline merges those two and stays to do; where it comes again in PLAN,
-    after fast-1..3, it merges all five and is done. A merge that fails is a verdict, not a pass."""
+    after fast-1..3, it merges all five and is done. A merge that fails is not done."""
     def runs(*names):
         for name in names:
             (tmp_path / "evidence" / name).mkdir(parents=True, exist_ok=True)
@@ -191,7 +224,8 @@ def test_a_baseline_is_done_only_once_every_run_is_merged_into_it(tmp_path):
     assert (tmp_path / "evidence" / "done" / "baseline").read_text().startswith("exit 0 (expected 0) ")
     (tmp_path / "evidence" / "done" / "baseline").unlink()
     failed = stubbed(tmp_path, 1, "session", PLAN="baseline")
-    assert "WARNING: baseline exited 1, expected 0" in failed.stdout
+    assert "baseline: not done (exit 1, expected 0)" in failed.stdout
+    assert not (tmp_path / "evidence" / "done" / "baseline").exists()
 
 
 def test_a_full_depth_baseline_waits_for_its_three_runs(tmp_path):

@@ -68,23 +68,39 @@ export PYTHONUNBUFFERED=1
 left() { echo $(( SESSION_S - SECONDS )); }
 # run NAME CMD...: log the output and the exit status, stopped (SIGTERM, then KILL) at the session's end.
 quoted() { printf '%q ' "$@" | sed 's/ $//'; echo; }
+LOGS=()  # the logs of the step running now: done_if looks for a traceback in them
 run() {
   local name=$1; shift
   if [ -n "$dry" ]; then quoted "$@"; return 0; fi
+  LOGS+=("$E/logs/$name.log")
   echo "\$ $(quoted "$@")" | tee "$E/logs/$name.log"
   timeout -k 20 "$(( $(left) > 30 ? $(left) : 30 ))" "$@" 2>&1 | tee -a "$E/logs/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "exit status: $rc" | tee -a "$E/logs/$name.log"
   return "$rc"
 }
-# done_if NAME RC EXPECTED: a verdict (exit 0 or 1) marks NAME done, with a warning where it is not the one the
-# issue expects (a control must fail): evidence to read, not a reason to spend another call. Any other status
-# (2: bad input or a dead worker; 124, 137: cut at the session's end) leaves it for a later call.
+# done_if NAME RC EXPECTED [RECORD...]: mark NAME done on a verdict, and only on one: exit 0, or exit 1 where
+# a failing verdict is the one expected (a negative control), with every RECORD the step writes (a run's
+# run.json, a tool's JSON) and no Python traceback in the step's logs. nox exits 1 for a traceback as for a
+# verdict, so exit 1 alone proves nothing. A crash (a traceback, exit 2 or more, a missing record), a cut
+# (124, 137) or an exit 1 where a pass was expected leaves NAME for a later call, and says why. An exit 0
+# where 1 was expected (a control that did not fail) is a verdict: done, with a warning to read its log.
 done_if() {
+  local name=$1 rc=$2 expected=$3 record why=""; shift 3
   if [ -n "$dry" ]; then return; fi
-  if [ "$2" != 0 ] && [ "$2" != 1 ]; then echo "$1: exit $2: not done, a later call runs it again"; return; fi
-  echo "exit $2 (expected $3) $(date -u +%FT%TZ)" > "$E/done/$1"
-  if [ "$2" != "$3" ]; then echo "WARNING: $1 exited $2, expected $3: read its log"; fi
+  if [ "$rc" != 0 ] && [ "$rc" != 1 ]; then why="exit $rc"
+  elif [ "$rc" = 1 ] && [ "$expected" != 1 ]; then why="exit 1, expected $expected"
+  fi
+  for record in "$@"; do [ -f "$record" ] || why="${why:+$why, }no $record"; done
+  if (( ${#LOGS[@]} )) && grep -qs 'Traceback (most recent call last):' "${LOGS[@]}"; then
+    why="${why:+$why, }a Python traceback in its log"
+  fi
+  if [ -n "$why" ]; then
+    echo "$name: not done ($why): read its log; a later call runs it again"
+    return
+  fi
+  echo "exit $rc (expected $expected) $(date -u +%FT%TZ)" > "$E/done/$name"
+  if [ "$rc" != "$expected" ]; then echo "WARNING: $name exited $rc, expected $expected: read its log"; fi
 }
 pack() {
   if [ -n "$dry" ] || [ -z "${OUT:-}" ]; then return; fi
@@ -93,6 +109,7 @@ pack() {
 # fresh NAME: move aside what a call cut short left of run NAME (run ids are never reused), keeping it.
 fresh() { if [ -z "$dry" ] && [ -e "$E/$1" ]; then mkdir -p "$E/stale" && mv "$E/$1" "$E/stale/$1-$(date -u +%s)"; fi; }
 bench() { fresh "$1"; run "$1" python3 -m nox -s bench -- --results-dir "$E" --run-id "$1" "${@:2}"; }
+rec() { echo "$E/$1/run.json"; }  # the run record a bench run NAME leaves
 # The compare runs of one step so far: NAME-<i>, never another step's NAME-gpu-<i>.
 finished() { ls -d "$E"/"$1"-[0-9]*/compare.json 2>/dev/null | wc -l; }
 # compares NAME N ARGS...: A/A compares of the single_frame latent-prep cases until N exist or time is up,
@@ -136,22 +153,22 @@ one() {  # one STEP: run it; its exit status is its verdict
   case $s in
     first-frame)
       run "$s" python3 tools/first_frame_speed.py --budget-s "$(( $(left) > 120 ? $(left) - 60 : 60 ))" \
-        --json "$E/first_frame_speed.json"; done_if "$s" $? 0 ;;
+        --json "$E/first_frame_speed.json"; done_if "$s" $? 0 "$E/first_frame_speed.json" ;;
     revert-2d)
-      bench "$s" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame; done_if "$s" $? 1 ;;
+      bench "$s" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame; done_if "$s" $? 1 "$(rec "$s")" ;;
     full-[0-9]*)
-      bench "$s"; done_if "$s" $? 0 ;;
+      bench "$s"; done_if "$s" $? 0 "$(rec "$s")" ;;
     fast-[0-9]*)
-      bench "$s" -k 'not test_e2e'; done_if "$s" $? 0 ;;
+      bench "$s" -k 'not test_e2e'; done_if "$s" $? 0 "$(rec "$s")" ;;
     baseline)
       merge "$s" full-1 full-2 fast-1 fast-2 fast-3; done_if "$s" $? 0 ;;
     extended)
-      bench "$s" --grid extended -k test_e2e --exclude '*'; done_if "$s" $? 0 ;;
+      bench "$s" --grid extended -k test_e2e --exclude '*'; done_if "$s" $? 0 "$(rec "$s")" ;;
     e2e-stages)
       run "$s-720p" python3 tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81 \
         --json "$E/e2e-stages-720p.json"; rc=$?
       run "$s-480p" python3 tools/e2e_stage_counters.py --preset wan22 --height 480 --width 832 --num-frames 81 \
-        --json "$E/e2e-stages-480p.json"; done_if "$s" $(( rc | $? )) 0 ;;
+        --json "$E/e2e-stages-480p.json"; done_if "$s" $(( rc | $? )) 0 "$E"/e2e-stages-{720,480}p.json ;;
     compare-aa)
       compares "$s" "${AA_COMPARES:-10}" ;;
     compare-inject)
@@ -163,13 +180,13 @@ one() {  # one STEP: run it; its exit status is its verdict
       run "$s" python3 -m nox -s compare -- --base "$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)" \
         -k 'test_latent_prep and not first_frame_2d' --results-dir "$E" --run-id "$s"; rc=$?
       if [ -z "$dry" ]; then echo "$s: $(( SECONDS - t0 )) s for the compare (the limit is 300 s)" | tee -a "$E/logs/$s.log"; fi
-      done_if "$s" $rc 0 ;;
+      done_if "$s" $rc 0 "$E/$s/compare.json" ;;
     dit30-480)
       bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' \
-        --case 'e2e[single_frame-832x480-81f]' --case 'e2e[expand-832x480-81f]'; done_if "$s" $? 0 ;;
+        --case 'e2e[single_frame-832x480-81f]' --case 'e2e[expand-832x480-81f]'; done_if "$s" $? 0 "$(rec "$s")" ;;
     dit30-720-*)
       bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' --case "e2e[${s#dit30-720-}-1280x720-81f]"
-      done_if "$s" $? 0 ;;
+      done_if "$s" $? 0 "$(rec "$s")" ;;
     baseline-dit30)
       merge "$s" dit30-480 dit30-720-single_frame dit30-720-expand; done_if "$s" $? 0 ;;
     calib)
@@ -185,6 +202,7 @@ one() {  # one STEP: run it; its exit status is its verdict
 # timed STEP: run it, and log how long it took (the data that corrects the estimates in EST).
 timed() {
   local t0=$SECONDS rc
+  LOGS=()
   one "$1"; rc=$?
   if [ -z "$dry" ]; then echo "$1 $(( SECONDS - t0 )) s $(date -u +%FT%TZ)" >> "$E/logs/durations.txt"; fi
   return "$rc"
