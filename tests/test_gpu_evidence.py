@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import cases, cli
+from bench.records import matches
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "gpu-evidence.sh"
@@ -57,7 +58,17 @@ def check(argv: list[str]) -> None:
     if args.command in ("run", "compare", "calibrate"):
         patterns = args.case or (["latent_prep[single_frame-*]", "vae_encode[*-1f]"] if args.command == "calibrate"
                                  else [])
-        cli.run_controls(args).check_applies(cases.chosen("wan22", args.grid, args.keyword, patterns))
+        chosen = cases.chosen("wan22", args.grid, args.keyword, patterns)
+        cli.run_controls(args).check_applies(chosen)
+    if args.command == "run" and args.baselines_dir == cli.REPO_ROOT / "baselines" and args.dit_layers is None:
+        covered(args, {spec.name for spec in chosen})
+
+
+def covered(args, measured: set[str]) -> None:
+    """A run gated against the device's baseline (once merged, every case of the default grid) must measure
+    each of its cases or --exclude it: else the gate fails it on coverage, whatever it measured."""
+    for spec in cases.all_cases("wan22"):
+        assert spec.name in measured or any(matches(spec.name, p) for p in args.exclude), (spec.name, args.exclude)
 
 
 def test_the_script_is_valid_bash_and_every_step_is_documented():
