@@ -51,6 +51,9 @@ def check(argv: list[str]) -> None:
     elif argv[:2] == ["python3", "tools/e2e_stage_counters.py"]:
         tool("e2e_stage_counters.py").parse_args(argv[2:])
         return
+    elif argv[0] == "env" and argv[2:4] == ["python3", "tools/smoke_summary.py"]:
+        tool("smoke_summary.py").parse_args(argv[4:])
+        return
     else:
         assert argv[0] == "env" and argv[2:4] == ["python3", "tools/compare-spread.py"], argv
         assert (REPO / argv[3]).is_file()
@@ -73,7 +76,7 @@ def covered(args, measured: set[str]) -> None:
 
 def test_the_script_is_valid_bash_and_every_step_is_documented():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], check=False).returncode == 0
-    assert len(STEPS) == 20
+    assert len(STEPS) == 21
     for step in STEPS:
         assert re.search(rf"#   .*{re.escape(step.split('-')[0])}", HEADER), step
 
@@ -246,3 +249,41 @@ def test_a_full_depth_baseline_waits_for_its_three_runs(tmp_path):
     early = stubbed(tmp_path, 0, "session", PLAN="baseline-dit30")
     assert "baseline-dit30: merged 2 of 3 runs" in early.stdout
     assert not (tmp_path / "evidence" / "done" / "baseline-dit30").exists()
+
+
+def test_the_smoke_measures_the_720p_first_frame_two_compared_cases_and_the_default_suite(tmp_path):
+    done = dry("smoke", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines()]
+    for argv in commands:
+        check(argv)
+    speed, speed_line, compare, compare_line, bench, bench_line = commands
+    evidence = tmp_path / "evidence"
+    ff = tool("first_frame_speed.py").parse_args(speed[2:])
+    assert ff.resolutions == [(1280, 720)] and ff.compile_modes == [] and ff.budget_s < 75  # its cap
+    args = cli.parse_args(["compare", *compare[6:]])
+    assert [c.name for c in cases.chosen("wan22", args.grid, args.keyword, [])] == [
+        "latent_prep[single_frame-1280x720-33f]", "latent_prep[single_frame-1280x720-81f]"]
+    args = cli.parse_args(["run", *bench[6:]])
+    assert (args.keyword, args.case, args.grid, args.preset) == (None, [], "default", "auto")  # the default suite
+    assert not args.baselines_dir.exists() and not args.require_baseline  # in-run checks only, on any device
+    assert args.run_id == "full-1"
+    merged = dry("baseline", tmp_path=tmp_path).stdout
+    assert f"--from-run {evidence}/full-1 " in merged  # the baseline step merges the smoke's suite run
+    summaries = [tool("smoke_summary.py").parse_args(argv[4:]) for argv in (speed_line, compare_line, bench_line)]
+    assert [(a.check, a.json or a.run) for a in summaries] == [
+        ("first-frame", evidence / "smoke-first-frame.json"), ("compare", evidence / "smoke-compare"),
+        ("bench", evidence / "full-1")]
+
+
+def test_a_smoke_part_done_is_skipped_and_the_smoke_is_done_with_all_three(tmp_path):
+    first = stubbed(tmp_path, 0, "session", PLAN="smoke", STUB_RECORD="1")
+    marks = tmp_path / "evidence" / "done"
+    assert {p.name for p in marks.iterdir()} == {"smoke-first-frame", "smoke-compare", "full-1", "smoke"}
+    assert len((tmp_path / "evidence" / "logs" / "smoke.txt").read_text().splitlines()) == 3, first.stdout
+    (marks / "smoke").unlink()
+    (marks / "smoke-compare").unlink()
+    again = stubbed(tmp_path, 0, "session", PLAN="smoke", STUB_RECORD="1")
+    assert again.stdout.count("done in an earlier call") == 2
+    assert (tmp_path / "calls").read_text().count("--run-id full-1") == 1  # not measured again
+    assert (tmp_path / "calls").read_text().count("--run-id smoke-compare") == 2
