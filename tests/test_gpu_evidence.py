@@ -120,7 +120,7 @@ def test_a_session_runs_the_plan_in_order_and_skips_what_is_done(tmp_path):
     assert heads[1] == "== full-1: done in an earlier call (exit 0 2026-11-29T00:00:00Z)"
     assert "--revert-first-frame" in done.stdout and "--run-id full-1" not in done.stdout
     assert done.stdout.splitlines()[-1] == (
-        "still to do: revert-2d, calib x59 (about 3630 s of device time, 7 calls of 530 s)")
+        "still to do: revert-2d, calib x12 (about 810 s of device time, 2 calls of 530 s)")
 
 
 def test_unknown_steps_are_refused():
@@ -213,7 +213,7 @@ def test_a_crash_or_a_cut_leaves_the_step_for_a_later_call(tmp_path):
 
 def test_a_step_whose_estimate_does_not_fit_is_not_started(tmp_path):
     done = stubbed(tmp_path, 0, "session", PLAN="full-1 revert-2d", SESSION_S="200")
-    assert "== full-1: not started (needs ~360 s, " in done.stdout
+    assert "== full-1: not started (needs ~300 s, " in done.stdout
     assert "== revert-2d (" in done.stdout
     assert "full-1" not in (tmp_path / "calls").read_text()
 
@@ -287,3 +287,29 @@ def test_a_smoke_part_done_is_skipped_and_the_smoke_is_done_with_all_three(tmp_p
     assert again.stdout.count("done in an earlier call") == 2
     assert (tmp_path / "calls").read_text().count("--run-id full-1") == 1  # not measured again
     assert (tmp_path / "calls").read_text().count("--run-id smoke-compare") == 2
+
+
+def test_the_default_plan_takes_at_most_eight_calls_and_starts_with_the_smoke(tmp_path):
+    done = subprocess.run(["bash", str(SCRIPT), "plan"], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={**os.environ, "EVIDENCE": str(tmp_path / "evidence")})
+    assert done.returncode == 0, done.stderr
+    calls = [line for line in done.stdout.splitlines() if line.startswith("call ")]
+    assert done.stdout.splitlines()[-1] == f"calls: {len(calls)}" and 1 <= len(calls) <= 8, done.stdout
+    assert calls[0].split(":", 1)[1].split()[0] == "smoke"
+    assert "never fits" not in done.stdout
+    for line in calls:  # no call runs past its 530 s by the script's own estimates
+        assert int(re.match(r"call \d+, ~(\d+) s:", line).group(1)) <= 530, line
+    planned = " ".join(line.split(":", 1)[1] for line in calls)
+    plan = re.search(r'PLAN=\$\{PLAN:-"([^"]+)"', TEXT).group(1).replace("\\\n", " ").split()
+    for step in set(plan):
+        assert re.search(rf"(^| ){re.escape(step)}( |$)", planned), step  # every step of PLAN is run
+    assert "calib-report" in calls[-1]
+
+
+def test_the_plan_resumes_from_what_is_done(tmp_path):
+    (tmp_path / "evidence" / "done").mkdir(parents=True)
+    for step in ("smoke", "revert-2d"):
+        (tmp_path / "evidence" / "done" / step).write_text("exit 0\n")
+    done = subprocess.run(["bash", str(SCRIPT), "plan"], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={**os.environ, "EVIDENCE": str(tmp_path / "evidence")})
+    assert done.stdout.splitlines()[0].startswith("call 1, ~") and " smoke" not in done.stdout

@@ -1,64 +1,109 @@
 #!/usr/bin/env bash
-# The GPU evidence of issues 9-12, in resumable steps sized to the device budget.
-#
-# The budget: a task that draws a GPU gets 15 minutes of device time, the machine's start (1-2 minutes)
-# included, and one command runs at most 10 minutes. So a drawn task gets one call, made with the device
-# tool's `run` (timeout_s 590, carry [".whl"]; fetch the wheels first with `bash tools/gpu-wheels.sh .whl`):
+# The GPU measurements this suite still lacks, in resumable steps sized to one call of the device tool:
+# about 530 s of device time on one H100/H200. A call runs (timeout_s 590, carry [".whl"]; fetch the wheels
+# first with `bash tools/gpu-wheels.sh .whl`):
 #
 #     bash tools/gpu-evidence.sh session
 #
-# It runs the steps of PLAN in order. It skips a step marked done by an earlier call (results/evidence/done/),
-# and starts none that its estimate says would end after SESSION_S seconds (default 530). A step that counts
-# runs (calib, compare-aa, compare-inject, compare-inject-gpu) starts while one more run fits and stops starting runs when time
-# is up. Each step runs under `timeout` at the session's end, and results/evidence/ is packed into
-# $OUT/evidence.tar.gz after every step, so a step cut short still leaves what came before.
-# results/evidence/ is tracked: unpack it into the checkout and commit it after the call, so that the next
-# drawn task resumes where this one stopped (the calibration and compare steps add the runs still missing).
+# It runs the steps of PLAN in order, skips a step marked done by an earlier call (results/evidence/done/), and
+# starts none that its estimate says would end after SESSION_S seconds (default 530). A counting step
+# (calib, compare-aa, compare-inject, compare-inject-gpu) starts runs while one more fits. Each step runs under
+# `timeout`; results/evidence/ is packed into $OUT/evidence.tar.gz after every step. Unpack it into the
+# checkout and commit it after the call: the next call resumes where this one stopped.
 #
 #     bash tools/gpu-evidence.sh STEP          # one step alone, whatever its marker says (SESSION_S still ends it)
+#     bash tools/gpu-evidence.sh plan          # the calls PLAN needs by the estimates below; runs nothing
 #     DRY_RUN=1 bash tools/gpu-evidence.sh ... # print the commands, run nothing (tests/test_gpu_evidence.py)
 #
-# Steps: the issue they serve, the estimated seconds on one H100/H200 (from the H100 logs of 2026-11-23, where
-# the same work ran, and per-request times; every log here corrects them), and what the issue asks of them.
-#   smoke         9-12  420  first-frame at 720p, an A/A compare of two cases, the default suite (full-1): PASS/FAIL lines
-#   first-frame       12  420  speed options, capture cost, FLOPs and roofline, bf16 errors against the fp32 oracle
-#   revert-2d         12   90  single_frame under the first_frame_2d label: the in-run 1.5x check must fail (exit 1)
-#   full-1, full-2  9 12  360  the default suite, e2e included; with no baseline yet for the GPU, it passes
-#   extended          11  360  e2e on the extended grid: the upstream 832x480 case, all three strategies
-#   baseline        9 12   20  merge full-* and fast-* into baselines/<gpu>/wan22.json (replaces it: more runs)
-#   e2e-stages        11  180  one profiled e2e request per size, counted per stage (GC included): the extra latent-prep time
-#   compare-aa        10 10x100  A/A compares of the single_frame latent-prep cases, judged at THRESHOLD (0.01)
-#   compare-inject    10 10x100  the same with a +2% host slowdown in the head: the detection rate at 1%
-#   compare-inject-gpu 10 10x100 the same with +2% GPU work in the head (--inject-gpu-work)
-#   compare-twelve    10  360  one A/A compare of the twelve latent-prep cases (single_frame and expand): <= 300 s
-#   fast-1..3          9  150  the suite less e2e (excluded from the gate: the baseline holds them): with
-#                              full-1/2, five unchanged runs of every profiled case
-#   dit30-480, dit30-720-single_frame, dit30-720-expand   11   240, 420, 420   e2e at full depth (30 layers)
-#   baseline-dit30    11   20  merge the three into baselines/<gpu>/wan22-dit30.json
-#   calib              9  59x60  calibration: 3 baseline, 10 A/A, 10 at each of +2/3/5/10%, 3 sync, 3 kernel runs
-#   calib-report       9   30  calibration.md, calibration.json and the plot, from every calibration run so far
-# In all about 10,300 s: twenty calls of 530 s. The default PLAN puts first the steps that complete an issue
-# soonest (12, then 11's cheaper parts and 10), and the 59 calibration runs of issue 9 last.
+# The plan, call by call, and what each buys: tools/GPU-PLAN.md. Steps: what they measure, the estimated
+# seconds on one H100/H200 (from the H100 logs of 2026-11-23 in results/example/logs/ and per-request times;
+# logs/durations.txt corrects them), and what must hold.
+#   smoke             420  first-frame at 720p, an A/A compare of two cases, the default suite (run full-1); one
+#                          PASS/FAIL line per check (see smoke() below)
+#   first-frame       300  speed of every mode (torch.compile default only), capture cost, FLOPs and roofline,
+#                          bf16 errors against the fp32 oracle, at 720p and 480p
+#   revert-2d          90  single_frame under the first_frame_2d label: the in-run 1.5x check must fail (exit 1)
+#   full-1, full-2    300  the default suite, e2e included (full-1 is the smoke's run)
+#   extended          200  e2e on the extended grid, only what the full runs lack: 832x480 (the upstream case) in
+#                          all three strategies, and first_frame_2d at 720p
+#   baseline           20  merge full-1/2 and fast-1..3 into baselines/<gpu>/wan22.json (replaces it: more runs)
+#   e2e-stages        180  one profiled e2e request per size, counted per stage (GC included)
+#   compare-aa      n x 100  A/A compares of the single_frame latent-prep cases, judged at THRESHOLD (0.01)
+#   compare-inject  n x 100  the same with a +2% host slowdown in the head: the detection rate at 1%
+#   compare-inject-gpu n x 100  the same with +2% GPU work in the head (--inject-gpu-work)
+#   compare-twelve    360  one A/A compare of the twelve latent-prep cases (single_frame and expand): <= 300 s
+#   fast-1..3         150  the suite less e2e (excluded from the gate: the baseline holds them): with
+#                          full-1/2, five unchanged runs of every profiled case (the counters' agreement)
+#   dit30-480, dit30-720-single_frame, dit30-720-expand   240, 420, 420   e2e at full depth (30 layers)
+#   baseline-dit30     20  merge the three into baselines/<gpu>/wan22-dit30.json
+#   calib         12 x 60  calibration, sized to fit: 3 baseline, 3 A/A, 2 at each of +3/10%, 1 sync, 1 kernel run
+#   calib-report       30  calibration.md, calibration.json and the plot, from every calibration run so far
+# The default PLAN: 8 calls (`plan` prints them); the full-depth steps are left out of it (run them by name).
 set -uo pipefail
 E=${EVIDENCE:-results/evidence}
 SESSION_S=${SESSION_S:-530}
-PLAN=${PLAN:-"first-frame revert-2d full-1 full-2 baseline extended e2e-stages compare-aa compare-inject \
-compare-inject-gpu compare-twelve fast-1 fast-2 fast-3 baseline dit30-480 dit30-720-single_frame dit30-720-expand baseline-dit30 calib calib-report"}
+PLAN=${PLAN:-"smoke revert-2d full-2 baseline fast-1 fast-2 fast-3 baseline compare-twelve extended e2e-stages \
+first-frame compare-aa compare-inject compare-inject-gpu calib calib-report"}
+AA_COMPARES=${AA_COMPARES:-3} INJECT_COMPARES=${INJECT_COMPARES:-2}
 CAL=$E/calibration
-CAL_RUNS=(--baseline-runs 3 --aa-runs 10 --runs-per-size 10 --sizes 0.02,0.03,0.05,0.1 --runs-per-control 3)
-CAL_TOTAL=59  # 3 + 10 + 4 x 10 + 2 x 3
-declare -A EST=([smoke]=420 [first-frame]=420 [revert-2d]=90 [full-1]=360 [full-2]=360 [extended]=360 [baseline]=20
+CAL_RUNS=(--baseline-runs 3 --aa-runs 3 --runs-per-size 2 --sizes 0.03,0.1 --runs-per-control 1)
+CAL_TOTAL=12  # 3 + 3 + 2 x 2 + 2 x 1
+declare -A EST=([smoke]=420 [first-frame]=300 [revert-2d]=90 [full-1]=300 [full-2]=300 [extended]=200 [baseline]=20
   [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [compare-inject-gpu]=100 [compare-twelve]=360 [fast-1]=150 [fast-2]=150 [fast-3]=150
   [dit30-480]=240 [dit30-720-single_frame]=420 [dit30-720-expand]=420 [baseline-dit30]=20 [calib]=60
   [calib-report]=30)  # for a counting step: one run
 step=${1:?usage: gpu-evidence.sh session | STEP (the steps are listed at the top of this file)}
 dry=${DRY_RUN:-}
-if [ "$step" = session ]; then
+if [ "$step" = session ] || [ "$step" = plan ]; then
   for s in $PLAN; do  # all checked before anything runs
     if [ -z "${EST[$s]:-}" ]; then echo "unknown step in PLAN: $s" >&2; exit 2; fi
   done
 fi
-if [ -z "$dry" ]; then
+# The calls the steps of PLAN need by the estimates in EST, simulated as `session` would run them: each call
+# starts after START_S (the wheels' install, nvidia-smi) and starts no step, nor a counting step's next run,
+# that would end after SESSION_S. A merge counts as done once the runs it names are all measured.
+START_S=${START_S:-20}
+count() {  # the runs a step still has to make (1 for a step that is not counting)
+  case $1 in
+    calib) echo $(( CAL_TOTAL - $(ls "$CAL"/runs/*/run.json 2>/dev/null | wc -l) )) ;;
+    compare-aa) echo $(( $AA_COMPARES - $(finished compare-aa) )) ;;
+    compare-inject|compare-inject-gpu) echo $(( $INJECT_COMPARES - $(finished "$1") )) ;;
+    *) if [ -f "$E/done/$1" ]; then echo 0; else echo 1; fi ;;
+  esac
+}
+declare -A MERGES=([baseline]="smoke full-2 fast-1 fast-2 fast-3" [baseline-dit30]="dit30-480 dit30-720-single_frame dit30-720-expand")
+plan_calls() {
+  local -A n
+  local s r k t line call=0 measured
+  for s in $PLAN; do n[$s]=$(count "$s"); done
+  while :; do
+    line="" t=$START_S
+    for s in $PLAN; do
+      (( n[$s] > 0 && SESSION_S - t >= EST[$s] )) || continue
+      k=1
+      case $s in
+        calib) k=$(( (SESSION_S - t - 30) / EST[$s] )) ;;
+        compare-aa|compare-inject|compare-inject-gpu) k=$(( (SESSION_S - t) / EST[$s] )) ;;
+      esac
+      (( k > n[$s] )) && k=${n[$s]}
+      (( k > 0 )) || continue
+      if [ "$s" = calib-report ] && (( ${n[calib]:-0} > 0 )); then continue; fi  # done only after calib
+      if [ -n "${MERGES[$s]:-}" ]; then
+        measured=0
+        for r in ${MERGES[$s]}; do (( ${n[$r]:-0} == 0 )) && measured=$(( measured + 1 )); done
+        (( measured < 2 )) && continue
+        (( measured < $(wc -w <<< "${MERGES[$s]}") )) && k=0  # merged now, and again once all are in
+      fi
+      t=$(( t + (k > 1 ? k : 1) * EST[$s] )); n[$s]=$(( n[$s] - k ))
+      line+=" $s$( (( k > 1 )) && echo " x$k"; (( k == 0 )) && echo " (partial)")"
+    done
+    [ -z "$line" ] && break
+    call=$(( call + 1 )); echo "call $call, ~$t s:$line"
+  done
+  for s in $PLAN; do (( n[$s] > 0 )) && echo "never fits in a call of $SESSION_S s: $s"; done
+  echo "calls: $call"
+}
+if [ -z "$dry" ] && [ "$step" != plan ]; then
   if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 2
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
@@ -212,7 +257,7 @@ one() {  # one STEP: run it; its exit status is its verdict
       smoke ;;
     first-frame)
       run "$s" python3 tools/first_frame_speed.py --budget-s "$(( $(left) > 120 ? $(left) - 60 : 60 ))" \
-        --json "$E/first_frame_speed.json"; done_if "$s" $? 0 "$E/first_frame_speed.json" ;;
+        --compile-modes default --json "$E/first_frame_speed.json"; done_if "$s" $? 0 "$E/first_frame_speed.json" ;;
     revert-2d)
       bench "$s" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame; done_if "$s" $? 1 "$(rec "$s")" ;;
     full-[0-9]*)
@@ -222,18 +267,19 @@ one() {  # one STEP: run it; its exit status is its verdict
     baseline)
       merge "$s" full-1 full-2 fast-1 fast-2 fast-3; done_if "$s" $? 0 ;;
     extended)
-      bench "$s" --grid extended -k test_e2e --exclude '*'; done_if "$s" $? 0 "$(rec "$s")" ;;
+      bench "$s" --grid extended -k test_e2e --exclude '*' --case 'e2e[*-832x480-81f]' \
+        --case 'e2e[first_frame_2d-1280x720-81f]'; done_if "$s" $? 0 "$(rec "$s")" ;;
     e2e-stages)
       run "$s-720p" python3 tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81 \
         --json "$E/e2e-stages-720p.json"; rc=$?
       run "$s-480p" python3 tools/e2e_stage_counters.py --preset wan22 --height 480 --width 832 --num-frames 81 \
         --json "$E/e2e-stages-480p.json"; done_if "$s" $(( rc | $? )) 0 "$E"/e2e-stages-{720,480}p.json ;;
     compare-aa)
-      compares "$s" "${AA_COMPARES:-10}" ;;
+      compares "$s" "$AA_COMPARES" ;;
     compare-inject)
-      compares "$s" "${INJECT_COMPARES:-10}" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
+      compares "$s" "$INJECT_COMPARES" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
     compare-inject-gpu)
-      compares "$s" "${INJECT_COMPARES:-10}" --inject-gpu-work 'latent_prep[single_frame-*]=0.02' ;;
+      compares "$s" "$INJECT_COMPARES" --inject-gpu-work 'latent_prep[single_frame-*]=0.02' ;;
     compare-twelve)  # issue 10: a compare of the twelve latent_prep cases takes at most 5 minutes
       fresh "$s"; t0=$SECONDS
       run "$s" python3 -m nox -s compare -- --base "$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)" \
@@ -266,6 +312,7 @@ timed() {
   if [ -z "$dry" ]; then echo "$1 $(( SECONDS - t0 )) s $(date -u +%FT%TZ)" >> "$E/logs/durations.txt"; fi
   return "$rc"
 }
+if [ "$step" = plan ]; then plan_calls; exit 0; fi
 if [ "$step" != session ]; then
   timed "$step"; rc=$?; pack; exit $(( rc == 2 ? 2 : 0 ))
 fi
@@ -283,8 +330,8 @@ for s in $(printf '%s\n' $PLAN | awk '!seen[$0]++'); do
   if [ -f "$E/done/$s" ]; then continue; fi
   case $s in
     calib) n=$(( CAL_TOTAL - $(ls "$CAL"/runs/*/run.json 2>/dev/null | wc -l) )) ;;
-    compare-aa) n=$(( ${AA_COMPARES:-10} - $(finished compare-aa) )) ;;
-    compare-inject|compare-inject-gpu) n=$(( ${INJECT_COMPARES:-10} - $(finished "$s") )) ;;
+    compare-aa) n=$(( $AA_COMPARES - $(finished compare-aa) )) ;;
+    compare-inject|compare-inject-gpu) n=$(( $INJECT_COMPARES - $(finished "$s") )) ;;
     *) n=1 ;;
   esac
   todo+=("$s$( (( n > 1 )) && echo " x$n")"); total=$(( total + n * ${EST[$s]} ))
