@@ -236,7 +236,7 @@ smoke() {
   SMOKE_T0=$SECONDS
   local ff=$E/smoke-first-frame.json base
   smoke_part smoke-first-frame 75 first-frame "$ff" --json "$ff" -- python3 tools/first_frame_speed.py \
-    --resolutions 1280x720 --compile-modes none --budget-s 30 --json "$ff"
+    --resolutions 1280x720 --compile-modes none --budget-s 45 --json "$ff"
   base=$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)
   smoke_part smoke-compare 100 compare "$E/smoke-compare/compare.json" --run "$E/smoke-compare" -- \
     python3 -m nox -s compare -- --base "$base" -k 'test_latent_prep and single_frame and 1280x720 and (33f or 81f)' \
