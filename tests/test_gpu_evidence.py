@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import cases, cli
+from bench.records import matches
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "gpu-evidence.sh"
@@ -50,6 +51,9 @@ def check(argv: list[str]) -> None:
     elif argv[:2] == ["python3", "tools/e2e_stage_counters.py"]:
         tool("e2e_stage_counters.py").parse_args(argv[2:])
         return
+    elif argv[0] == "env" and argv[2:4] == ["python3", "tools/smoke_summary.py"]:
+        tool("smoke_summary.py").parse_args(argv[4:])
+        return
     else:
         assert argv[0] == "env" and argv[2:4] == ["python3", "tools/compare-spread.py"], argv
         assert (REPO / argv[3]).is_file()
@@ -57,12 +61,22 @@ def check(argv: list[str]) -> None:
     if args.command in ("run", "compare", "calibrate"):
         patterns = args.case or (["latent_prep[single_frame-*]", "vae_encode[*-1f]"] if args.command == "calibrate"
                                  else [])
-        cli.run_controls(args).check_applies(cases.chosen("wan22", args.grid, args.keyword, patterns))
+        chosen = cases.chosen("wan22", args.grid, args.keyword, patterns)
+        cli.run_controls(args).check_applies(chosen)
+    if args.command == "run" and args.baselines_dir == cli.REPO_ROOT / "baselines" and args.dit_layers is None:
+        covered(args, {spec.name for spec in chosen})
+
+
+def covered(args, measured: set[str]) -> None:
+    """A run gated against the device's baseline (once merged, every case of the default grid) must measure
+    each of its cases or --exclude it: else the gate fails it on coverage, whatever it measured."""
+    for spec in cases.all_cases("wan22"):
+        assert spec.name in measured or any(matches(spec.name, p) for p in args.exclude), (spec.name, args.exclude)
 
 
 def test_the_script_is_valid_bash_and_every_step_is_documented():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], check=False).returncode == 0
-    assert len(STEPS) == 20
+    assert len(STEPS) == 21
     for step in STEPS:
         assert re.search(rf"#   .*{re.escape(step.split('-')[0])}", HEADER), step
 
@@ -106,7 +120,7 @@ def test_a_session_runs_the_plan_in_order_and_skips_what_is_done(tmp_path):
     assert heads[1] == "== full-1: done in an earlier call (exit 0 2026-11-29T00:00:00Z)"
     assert "--revert-first-frame" in done.stdout and "--run-id full-1" not in done.stdout
     assert done.stdout.splitlines()[-1] == (
-        "still to do: revert-2d, calib x59 (about 3630 s of device time, 7 calls of 530 s)")
+        "still to do: revert-2d, calib x12 (about 810 s of device time, 2 calls of 530 s)")
 
 
 def test_unknown_steps_are_refused():
@@ -120,8 +134,24 @@ def stubbed(tmp_path: Path, rc: int, *args: str, **env: str) -> subprocess.Compl
     exit with `rc`: what it marks done, what it leaves for a later call, and what it packs."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python3").write_text(
-        f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\necho "$*" >> {tmp_path}/calls\nexit {rc}\n')
+    # STUB_RECORD=1: a run leaves its record (run.json, compare.json where it is a compare, the --json file);
+    # STUB_TRACEBACK=1: it prints a Python traceback first.
+    (bin_dir / "python3").write_text(f"""#!/bin/sh
+[ "$1 $2" = "-m pip" ] && exit 0
+echo "$*" >> {tmp_path}/calls
+[ -n "$STUB_TRACEBACK" ] && printf 'Traceback (most recent call last):\\n  File "x.py"\\nZeroDivisionError\\n'
+record=run.json dir= id= json=
+for a in "$@"; do
+  case $prev in --results-dir) dir=$a ;; --run-id) id=$a ;; --json) json=$a ;; esac
+  [ "$a" = compare ] && record=compare.json
+  prev=$a
+done
+if [ -n "$STUB_RECORD" ]; then
+  [ -n "$dir" ] && [ -n "$id" ] && mkdir -p "$dir/$id" && echo '{{}}' > "$dir/$id/$record"
+  [ -n "$json" ] && echo '{{}}' > "$json"
+fi
+exit {rc}
+""")
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'name, driver_version, memory.total'\n")
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
@@ -133,13 +163,12 @@ def stubbed(tmp_path: Path, rc: int, *args: str, **env: str) -> subprocess.Compl
 
 
 def test_a_verdict_marks_a_step_done_and_says_when_it_is_not_the_expected_one(tmp_path):
-    done = stubbed(tmp_path, 1, "session", PLAN="revert-2d full-1")
+    done = stubbed(tmp_path, 1, "session", PLAN="revert-2d full-1", STUB_RECORD="1")
     assert done.returncode == 0, done.stderr
     marks = tmp_path / "evidence" / "done"
     assert (marks / "revert-2d").read_text().startswith("exit 1 (expected 1) ")
-    assert (marks / "full-1").read_text().startswith("exit 1 (expected 0) ")
-    assert "WARNING: full-1 exited 1, expected 0: read its log" in done.stdout
-    assert "WARNING: revert-2d" not in done.stdout
+    assert not (marks / "full-1").exists()  # a failing verdict where a pass was expected: measured again
+    assert "full-1: not done (exit 1, expected 0): read its log; a later call runs it again" in done.stdout
     durations = (tmp_path / "evidence" / "logs" / "durations.txt").read_text().splitlines()
     assert [line.split()[0] for line in durations] == ["revert-2d", "full-1"]
     assert all(re.fullmatch(r"\S+ \d+ s \d{4}-\d\d-\d\dT\S+Z", line) for line in durations), durations
@@ -147,33 +176,51 @@ def test_a_verdict_marks_a_step_done_and_says_when_it_is_not_the_expected_one(tm
     assert log.startswith("$ python3 -m nox -s bench -- ") and log.endswith("exit status: 1\n")
     import tarfile
     with tarfile.open(tmp_path / "out" / "evidence.tar.gz") as packed:
-        assert any(name.endswith("evidence/done/full-1") for name in packed.getnames())
-    again = stubbed(tmp_path, 0, "session", PLAN="revert-2d full-1")
-    assert again.stdout.count("done in an earlier call") == 2
-    assert (tmp_path / "calls").read_text().count("--run-id full-1") == 1  # not measured again
+        assert any(name.endswith("evidence/done/revert-2d") for name in packed.getnames())
+    again = stubbed(tmp_path, 0, "session", PLAN="revert-2d full-1", STUB_RECORD="1")
+    assert again.stdout.count("done in an earlier call") == 1
+    assert (marks / "full-1").read_text().startswith("exit 0 (expected 0) ")
+    assert (tmp_path / "calls").read_text().count("--revert-first-frame") == 1  # not measured again
+
+
+@pytest.mark.parametrize(("rc", "env", "why"), [
+    (1, {"STUB_RECORD": "1", "STUB_TRACEBACK": "1"}, "a Python traceback in its log"),  # nox: exit 1 for a crash
+    (1, {}, "no {E}/revert-2d/run.json"),  # exit 1 with no run record: no verdict was reached
+    (0, {"STUB_RECORD": "1", "STUB_TRACEBACK": "1"}, "a Python traceback in its log"),
+    (2, {"STUB_RECORD": "1"}, "exit 2"),
+    (137, {}, "exit 137, no {E}/revert-2d/run.json"),
+])
+def test_a_crashed_step_is_never_done(tmp_path, rc, env, why):
+    """revert-2d expects exit 1, the code nox gives a traceback too: only a run record without a traceback
+    makes it a verdict."""
+    done = stubbed(tmp_path, rc, "session", PLAN="revert-2d", **env)
+    assert not (tmp_path / "evidence" / "done" / "revert-2d").exists()
+    why = why.format(E=tmp_path / "evidence")
+    assert f"revert-2d: not done ({why}): read its log; a later call runs it again" in done.stdout
 
 
 def test_a_crash_or_a_cut_leaves_the_step_for_a_later_call(tmp_path):
     done = stubbed(tmp_path, 2, "session", PLAN="revert-2d")
-    assert "revert-2d: exit 2: not done, a later call runs it again" in done.stdout
+    assert "revert-2d: not done (exit 2, no " in done.stdout
     assert not (tmp_path / "evidence" / "done" / "revert-2d").exists()
     (tmp_path / "evidence" / "revert-2d").mkdir()  # what a run cut short leaves
-    stubbed(tmp_path, 0, "session", PLAN="revert-2d")
+    again = stubbed(tmp_path, 0, "session", PLAN="revert-2d", STUB_RECORD="1")
     (stale,) = (tmp_path / "evidence" / "stale").iterdir()  # kept aside: run ids are never reused
     assert stale.name.startswith("revert-2d-")
     assert (tmp_path / "evidence" / "done" / "revert-2d").read_text().startswith("exit 0 (expected 1) ")
+    assert "WARNING: revert-2d exited 0, expected 1: read its log" in again.stdout  # a control that passed
 
 
 def test_a_step_whose_estimate_does_not_fit_is_not_started(tmp_path):
     done = stubbed(tmp_path, 0, "session", PLAN="full-1 revert-2d", SESSION_S="200")
-    assert "== full-1: not started (needs ~360 s, " in done.stdout
+    assert "== full-1: not started (needs ~300 s, " in done.stdout
     assert "== revert-2d (" in done.stdout
     assert "full-1" not in (tmp_path / "calls").read_text()
 
 
 def test_a_baseline_is_done_only_once_every_run_is_merged_into_it(tmp_path):
     """After full-1 and full-2 the baseline merges those two and stays to do; where it comes again in PLAN,
-    after fast-1..3, it merges all five and is done. A merge that fails is a verdict, not a pass."""
+    after fast-1..3, it merges all five and is done. A merge that fails is not done."""
     def runs(*names):
         for name in names:
             (tmp_path / "evidence" / name).mkdir(parents=True, exist_ok=True)
@@ -191,7 +238,8 @@ def test_a_baseline_is_done_only_once_every_run_is_merged_into_it(tmp_path):
     assert (tmp_path / "evidence" / "done" / "baseline").read_text().startswith("exit 0 (expected 0) ")
     (tmp_path / "evidence" / "done" / "baseline").unlink()
     failed = stubbed(tmp_path, 1, "session", PLAN="baseline")
-    assert "WARNING: baseline exited 1, expected 0" in failed.stdout
+    assert "baseline: not done (exit 1, expected 0)" in failed.stdout
+    assert not (tmp_path / "evidence" / "done" / "baseline").exists()
 
 
 def test_a_full_depth_baseline_waits_for_its_three_runs(tmp_path):
@@ -201,3 +249,67 @@ def test_a_full_depth_baseline_waits_for_its_three_runs(tmp_path):
     early = stubbed(tmp_path, 0, "session", PLAN="baseline-dit30")
     assert "baseline-dit30: merged 2 of 3 runs" in early.stdout
     assert not (tmp_path / "evidence" / "done" / "baseline-dit30").exists()
+
+
+def test_the_smoke_measures_the_720p_first_frame_two_compared_cases_and_the_default_suite(tmp_path):
+    done = dry("smoke", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines()]
+    for argv in commands:
+        check(argv)
+    speed, speed_line, compare, compare_line, bench, bench_line = commands
+    evidence = tmp_path / "evidence"
+    ff = tool("first_frame_speed.py").parse_args(speed[2:])
+    assert ff.resolutions == [(1280, 720)] and ff.compile_modes == [] and ff.budget_s < 75  # its cap
+    args = cli.parse_args(["compare", *compare[6:]])
+    assert [c.name for c in cases.chosen("wan22", args.grid, args.keyword, [])] == [
+        "latent_prep[single_frame-1280x720-33f]", "latent_prep[single_frame-1280x720-81f]"]
+    args = cli.parse_args(["run", *bench[6:]])
+    assert (args.keyword, args.case, args.grid, args.preset) == (None, [], "default", "auto")  # the default suite
+    assert not args.baselines_dir.exists() and not args.require_baseline  # in-run checks only, on any device
+    assert args.run_id == "full-1"
+    merged = dry("baseline", tmp_path=tmp_path).stdout
+    assert f"--from-run {evidence}/full-1 " in merged  # the baseline step merges the smoke's suite run
+    summaries = [tool("smoke_summary.py").parse_args(argv[4:]) for argv in (speed_line, compare_line, bench_line)]
+    assert [(a.check, a.json or a.run) for a in summaries] == [
+        ("first-frame", evidence / "smoke-first-frame.json"), ("compare", evidence / "smoke-compare"),
+        ("bench", evidence / "full-1")]
+
+
+def test_a_smoke_part_done_is_skipped_and_the_smoke_is_done_with_all_three(tmp_path):
+    first = stubbed(tmp_path, 0, "session", PLAN="smoke", STUB_RECORD="1")
+    marks = tmp_path / "evidence" / "done"
+    assert {p.name for p in marks.iterdir()} == {"smoke-first-frame", "smoke-compare", "full-1", "smoke"}
+    assert len((tmp_path / "evidence" / "logs" / "smoke.txt").read_text().splitlines()) == 3, first.stdout
+    (marks / "smoke").unlink()
+    (marks / "smoke-compare").unlink()
+    again = stubbed(tmp_path, 0, "session", PLAN="smoke", STUB_RECORD="1")
+    assert again.stdout.count("done in an earlier call") == 2
+    assert (tmp_path / "calls").read_text().count("--run-id full-1") == 1  # not measured again
+    assert (tmp_path / "calls").read_text().count("--run-id smoke-compare") == 2
+
+
+def test_the_default_plan_takes_at_most_eight_calls_and_starts_with_the_smoke(tmp_path):
+    done = subprocess.run(["bash", str(SCRIPT), "plan"], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={**os.environ, "EVIDENCE": str(tmp_path / "evidence")})
+    assert done.returncode == 0, done.stderr
+    calls = [line for line in done.stdout.splitlines() if line.startswith("call ")]
+    assert done.stdout.splitlines()[-1] == f"calls: {len(calls)}" and 1 <= len(calls) <= 8, done.stdout
+    assert calls[0].split(":", 1)[1].split()[0] == "smoke"
+    assert "never fits" not in done.stdout
+    for line in calls:  # no call runs past its 530 s by the script's own estimates
+        assert int(re.match(r"call \d+, ~(\d+) s:", line).group(1)) <= 530, line
+    planned = " ".join(line.split(":", 1)[1] for line in calls)
+    plan = re.search(r'PLAN=\$\{PLAN:-"([^"]+)"', TEXT).group(1).replace("\\\n", " ").split()
+    for step in set(plan):
+        assert re.search(rf"(^| ){re.escape(step)}( |$)", planned), step  # every step of PLAN is run
+    assert "calib-report" in calls[-1]
+
+
+def test_the_plan_resumes_from_what_is_done(tmp_path):
+    (tmp_path / "evidence" / "done").mkdir(parents=True)
+    for step in ("smoke", "revert-2d"):
+        (tmp_path / "evidence" / "done" / step).write_text("exit 0\n")
+    done = subprocess.run(["bash", str(SCRIPT), "plan"], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={**os.environ, "EVIDENCE": str(tmp_path / "evidence")})
+    assert done.stdout.splitlines()[0].startswith("call 1, ~") and " smoke" not in done.stdout

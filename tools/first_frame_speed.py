@@ -186,7 +186,9 @@ def build_variants(vae, args) -> tuple[list[Variant], dict[str, FirstFrameEncode
     return variants, encoders
 
 
-def measure_resolution(vae, width: int, height: int, args, started: float) -> dict:
+def measure_resolution(vae, width: int, height: int, args, started: float,
+                       save: Callable[[dict], None] = lambda result: None) -> dict:
+    """Every variant at one size; `save(result)` once the timings are in (errors still None)."""
     device = args.device
     pixels = seeded_image(height, width, device).to(vae.dtype)
     variants, encoders = build_variants(vae, args)
@@ -212,21 +214,26 @@ def measure_resolution(vae, width: int, height: int, args, started: float) -> di
     for _ in range(args.warmup):
         for v in ready:
             v.warmup_ms.append(time_once_ms(lambda v=v: v.fn(pixels), device))
-    for r in range(args.rounds):
+    for r in range(args.rounds if ready else 0):  # the budget may have skipped every variant
         k = r % len(ready)
         for v in ready[k:] + ready[:k]:
             v.samples_ms.append(time_once_ms(lambda v=v: v.fn(pixels), device))
     # 3. Memory and FLOPs, outside the timed rounds (FLOPs of the eager paths; the modes run the same ops).
     for v in ready:
         v.peak_mem_gib = peak_mem_gib(lambda v=v: v.fn(pixels), device)
-    flops_3d = count_flops(lambda: variants[0].fn(pixels))
-    flops_2d = count_flops(lambda: encoders["first_frame_2d eager"](pixels))  # every 2D mode runs these ops
+    eager_2d = next((v for v in ready if v.name == "first_frame_2d eager"), None)
+    flops_3d = count_flops(lambda: variants[0].fn(pixels)) if variants[0] in ready else None
+    flops_2d = count_flops(lambda: eager_2d.fn(pixels)) if eager_2d else None  # every 2D mode runs these ops
     for v in ready:
         v.flops = flops_3d if v is variants[0] else flops_2d
-    # 4. bf16 errors of every strategy (and mode) against the fp32 oracle, on a random and a smooth image.
-    errors = oracle_errors(vae, encoders, width, height, args)
-    return {"width": width, "height": height, "variants": [v.to_dict() for v in variants],
-            "errors": errors, "_variants": variants}  # fmt: skip
+    result = {"width": width, "height": height, "variants": [v.to_dict() for v in variants], "errors": None,
+              "_variants": variants}
+    save(result)  # the timings are kept even if the error check is cut short
+    # 4. bf16 errors against the fp32 oracle, on a random and a smooth image, of every strategy and of the
+    # modes that were measured: a skipped or failed one is not run again here.
+    measured = {name: enc for name, enc in encoders.items() if any(v.name == name for v in ready)}
+    result["errors"] = oracle_errors(vae, measured, width, height, args) if ready else []
+    return result
 
 
 def oracle_errors(vae, encoders: dict[str, FirstFrameEncoder], width: int, height: int, args) -> list[dict]:
@@ -244,6 +251,14 @@ def oracle_errors(vae, encoders: dict[str, FirstFrameEncoder], width: int, heigh
     if args.device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` to `path` through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def environment(args) -> dict:
@@ -327,23 +342,34 @@ def main(argv: list[str] | None = None) -> int:
     preset = get_preset(args.preset)
     vae = build_vae(preset, args.device, dtype=args.dtype)
     matmul = matmul_peak_tflops(args.matmul_n, args.dtype, args.device)
-    results = [measure_resolution(vae, w, h, args, started) for w, h in args.resolutions]
     env = environment(args)
     device_name = env.get("gpu") or env.get("cpu") or "cpu"
-    print(markdown(results, matmul, args, device_name))
-    out = {
-        "environment": env,
-        "rounds": args.rounds,
-        "warmup": args.warmup,
-        "datasheet_bf16_dense_tflops": datasheet_peak_tflops(device_name),
-        "matmul_tflops": matmul,
-        "wall_s": time.perf_counter() - started,
-        "results": [{k: v for k, v in r.items() if k != "_variants"} for r in results],
-    }
     path = args.json or (Path(os.environ["OUT"]) / "first_frame_speed.json" if os.environ.get("OUT") else None)
+    results: list[dict] = []
+
+    def save(partial: dict | None = None, complete: bool = False) -> None:
+        """The JSON as it stands, replaced atomically: a call cut short keeps every part measured so far."""
+        if path is None:
+            return
+        done = results + ([partial] if partial is not None and all(partial is not r for r in results) else [])
+        write_json(path, {
+            "environment": env,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "datasheet_bf16_dense_tflops": datasheet_peak_tflops(device_name),
+            "matmul_tflops": matmul,
+            "wall_s": time.perf_counter() - started,
+            "complete": complete,  # False: cut short; the last resolution may lack its errors (None)
+            "results": [{k: v for k, v in r.items() if k != "_variants"} for r in done],
+        })
+
+    save()
+    for w, h in args.resolutions:
+        results.append(measure_resolution(vae, w, h, args, started, save))
+        save()
+    print(markdown(results, matmul, args, device_name))
+    save(complete=True)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=1, default=str))
         print(f"wrote {path}")
     failed = [e for r in results for e in r["errors"] if "first_frame_2d" in e["path"] and not e["equivalent"]]
     broken = [v for r in results for v in r["_variants"] if v.skipped and v.skipped.startswith(SETUP_FAILED)]

@@ -1,62 +1,109 @@
 #!/usr/bin/env bash
-# The GPU evidence of issues 9-12, in resumable steps sized to the device budget.
-#
-# The budget: a task that draws a GPU gets 15 minutes of device time, the machine's start (1-2 minutes)
-# included, and one command runs at most 10 minutes. So a drawn task gets one call, made with the device
-# tool's `run` (timeout_s 590, carry [".whl"]; fetch the wheels first with `bash tools/gpu-wheels.sh .whl`):
+# The GPU measurements this suite still lacks, in resumable steps sized to one call of the device tool:
+# about 530 s of device time on one H100/H200. A call runs (timeout_s 590, carry [".whl"]; fetch the wheels
+# first with `bash tools/gpu-wheels.sh .whl`):
 #
 #     bash tools/gpu-evidence.sh session
 #
-# It runs the steps of PLAN in order. It skips a step marked done by an earlier call (results/evidence/done/),
-# and starts none that its estimate says would end after SESSION_S seconds (default 530). A step that counts
-# runs (calib, compare-aa, compare-inject, compare-inject-gpu) starts while one more run fits and stops starting runs when time
-# is up. Each step runs under `timeout` at the session's end, and results/evidence/ is packed into
-# $OUT/evidence.tar.gz after every step, so a step cut short still leaves what came before.
-# results/evidence/ is tracked: unpack it into the checkout and commit it after the call, so that the next
-# drawn task resumes where this one stopped (the calibration and compare steps add the runs still missing).
+# It runs the steps of PLAN in order, skips a step marked done by an earlier call (results/evidence/done/), and
+# starts none that its estimate says would end after SESSION_S seconds (default 530). A counting step
+# (calib, compare-aa, compare-inject, compare-inject-gpu) starts runs while one more fits. Each step runs under
+# `timeout`; results/evidence/ is packed into $OUT/evidence.tar.gz after every step. Unpack it into the
+# checkout and commit it after the call: the next call resumes where this one stopped.
 #
 #     bash tools/gpu-evidence.sh STEP          # one step alone, whatever its marker says (SESSION_S still ends it)
+#     bash tools/gpu-evidence.sh plan          # the calls PLAN needs by the estimates below; runs nothing
 #     DRY_RUN=1 bash tools/gpu-evidence.sh ... # print the commands, run nothing (tests/test_gpu_evidence.py)
 #
-# Steps: the issue they serve, the estimated seconds on one H100/H200 (from the H100 logs of 2026-11-23, where
-# the same work ran, and per-request times; every log here corrects them), and what the issue asks of them.
-#   first-frame       12  420  speed options, capture cost, FLOPs and roofline, bf16 errors against the fp32 oracle
-#   revert-2d         12   90  single_frame under the first_frame_2d label: the in-run 1.5x check must fail (exit 1)
-#   full-1, full-2  9 12  360  the default suite, e2e included; with no baseline yet for the GPU, it passes
-#   extended          11  360  e2e on the extended grid: the upstream 832x480 case, all three strategies
-#   baseline        9 12   20  merge full-* and fast-* into baselines/<gpu>/wan22.json (replaces it: more runs)
-#   e2e-stages        11  180  one profiled e2e request per size, counted per stage (GC included): the extra latent-prep time
-#   compare-aa        10 10x100  A/A compares of the single_frame latent-prep cases, judged at THRESHOLD (0.01)
-#   compare-inject    10 10x100  the same with a +2% host slowdown in the head: the detection rate at 1%
-#   compare-inject-gpu 10 10x100 the same with +2% GPU work in the head (--inject-gpu-work)
-#   compare-twelve    10  360  one A/A compare of the twelve latent-prep cases (single_frame and expand): <= 300 s
-#   fast-1..3          9  150  the suite less e2e: with full-1/2, five unchanged runs of every profiled case
-#   dit30-480, dit30-720-single_frame, dit30-720-expand   11   240, 420, 420   e2e at full depth (30 layers)
-#   baseline-dit30    11   20  merge the three into baselines/<gpu>/wan22-dit30.json
-#   calib              9  59x60  calibration: 3 baseline, 10 A/A, 10 at each of +2/3/5/10%, 3 sync, 3 kernel runs
-#   calib-report       9   30  calibration.md, calibration.json and the plot, from every calibration run so far
-# In all about 10,300 s: twenty calls of 530 s. The default PLAN puts first the steps that complete an issue
-# soonest (12, then 11's cheaper parts and 10), and the 59 calibration runs of issue 9 last.
+# The plan, call by call, and what each buys: tools/GPU-PLAN.md. Steps: what they measure, the estimated
+# seconds on one H100/H200 (from the H100 logs of 2026-11-23 in results/example/logs/ and per-request times;
+# logs/durations.txt corrects them), and what must hold.
+#   smoke             420  first-frame at 720p, an A/A compare of two cases, the default suite (run full-1); one
+#                          PASS/FAIL line per check (see smoke() below)
+#   first-frame       300  speed of every mode (torch.compile default only), capture cost, FLOPs and roofline,
+#                          bf16 errors against the fp32 oracle, at 720p and 480p
+#   revert-2d          90  single_frame under the first_frame_2d label: the in-run 1.5x check must fail (exit 1)
+#   full-1, full-2    300  the default suite, e2e included (full-1 is the smoke's run)
+#   extended          200  e2e on the extended grid, only what the full runs lack: 832x480 (the upstream case) in
+#                          all three strategies, and first_frame_2d at 720p
+#   baseline           20  merge full-1/2 and fast-1..3 into baselines/<gpu>/wan22.json (replaces it: more runs)
+#   e2e-stages        180  one profiled e2e request per size, counted per stage (GC included)
+#   compare-aa      n x 100  A/A compares of the single_frame latent-prep cases, judged at THRESHOLD (0.01)
+#   compare-inject  n x 100  the same with a +2% host slowdown in the head: the detection rate at 1%
+#   compare-inject-gpu n x 100  the same with +2% GPU work in the head (--inject-gpu-work)
+#   compare-twelve    360  one A/A compare of the twelve latent-prep cases (single_frame and expand): <= 300 s
+#   fast-1..3         150  the suite less e2e (excluded from the gate: the baseline holds them): with
+#                          full-1/2, five unchanged runs of every profiled case (the counters' agreement)
+#   dit30-480, dit30-720-single_frame, dit30-720-expand   240, 420, 420   e2e at full depth (30 layers)
+#   baseline-dit30     20  merge the three into baselines/<gpu>/wan22-dit30.json
+#   calib         12 x 60  calibration, sized to fit: 3 baseline, 3 A/A, 2 at each of +3/10%, 1 sync, 1 kernel run
+#   calib-report       30  calibration.md, calibration.json and the plot, from every calibration run so far
+# The default PLAN: 8 calls (`plan` prints them); the full-depth steps are left out of it (run them by name).
 set -uo pipefail
 E=${EVIDENCE:-results/evidence}
 SESSION_S=${SESSION_S:-530}
-PLAN=${PLAN:-"first-frame revert-2d full-1 full-2 baseline extended e2e-stages compare-aa compare-inject \
-compare-inject-gpu compare-twelve fast-1 fast-2 fast-3 baseline dit30-480 dit30-720-single_frame dit30-720-expand baseline-dit30 calib calib-report"}
+PLAN=${PLAN:-"smoke revert-2d full-2 baseline fast-1 fast-2 fast-3 baseline compare-twelve extended e2e-stages \
+first-frame compare-aa compare-inject compare-inject-gpu calib calib-report"}
+AA_COMPARES=${AA_COMPARES:-3} INJECT_COMPARES=${INJECT_COMPARES:-2}
 CAL=$E/calibration
-CAL_RUNS=(--baseline-runs 3 --aa-runs 10 --runs-per-size 10 --sizes 0.02,0.03,0.05,0.1 --runs-per-control 3)
-CAL_TOTAL=59  # 3 + 10 + 4 x 10 + 2 x 3
-declare -A EST=([first-frame]=420 [revert-2d]=90 [full-1]=360 [full-2]=360 [extended]=360 [baseline]=20
+CAL_RUNS=(--baseline-runs 3 --aa-runs 3 --runs-per-size 2 --sizes 0.03,0.1 --runs-per-control 1)
+CAL_TOTAL=12  # 3 + 3 + 2 x 2 + 2 x 1
+declare -A EST=([smoke]=420 [first-frame]=300 [revert-2d]=90 [full-1]=300 [full-2]=300 [extended]=200 [baseline]=20
   [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [compare-inject-gpu]=100 [compare-twelve]=360 [fast-1]=150 [fast-2]=150 [fast-3]=150
   [dit30-480]=240 [dit30-720-single_frame]=420 [dit30-720-expand]=420 [baseline-dit30]=20 [calib]=60
   [calib-report]=30)  # for a counting step: one run
 step=${1:?usage: gpu-evidence.sh session | STEP (the steps are listed at the top of this file)}
 dry=${DRY_RUN:-}
-if [ "$step" = session ]; then
+if [ "$step" = session ] || [ "$step" = plan ]; then
   for s in $PLAN; do  # all checked before anything runs
     if [ -z "${EST[$s]:-}" ]; then echo "unknown step in PLAN: $s" >&2; exit 2; fi
   done
 fi
-if [ -z "$dry" ]; then
+# The calls the steps of PLAN need by the estimates in EST, simulated as `session` would run them: each call
+# starts after START_S (the wheels' install, nvidia-smi) and starts no step, nor a counting step's next run,
+# that would end after SESSION_S. A merge counts as done once the runs it names are all measured.
+START_S=${START_S:-20}
+count() {  # the runs a step still has to make (1 for a step that is not counting)
+  case $1 in
+    calib) echo $(( CAL_TOTAL - $(ls "$CAL"/runs/*/run.json 2>/dev/null | wc -l) )) ;;
+    compare-aa) echo $(( $AA_COMPARES - $(finished compare-aa) )) ;;
+    compare-inject|compare-inject-gpu) echo $(( $INJECT_COMPARES - $(finished "$1") )) ;;
+    *) if [ -f "$E/done/$1" ]; then echo 0; else echo 1; fi ;;
+  esac
+}
+declare -A MERGES=([baseline]="smoke full-2 fast-1 fast-2 fast-3" [baseline-dit30]="dit30-480 dit30-720-single_frame dit30-720-expand")
+plan_calls() {
+  local -A n
+  local s r k t line call=0 measured
+  for s in $PLAN; do n[$s]=$(count "$s"); done
+  while :; do
+    line="" t=$START_S
+    for s in $PLAN; do
+      (( n[$s] > 0 && SESSION_S - t >= EST[$s] )) || continue
+      k=1
+      case $s in
+        calib) k=$(( (SESSION_S - t - 30) / EST[$s] )) ;;
+        compare-aa|compare-inject|compare-inject-gpu) k=$(( (SESSION_S - t) / EST[$s] )) ;;
+      esac
+      (( k > n[$s] )) && k=${n[$s]}
+      (( k > 0 )) || continue
+      if [ "$s" = calib-report ] && (( ${n[calib]:-0} > 0 )); then continue; fi  # done only after calib
+      if [ -n "${MERGES[$s]:-}" ]; then
+        measured=0
+        for r in ${MERGES[$s]}; do (( ${n[$r]:-0} == 0 )) && measured=$(( measured + 1 )); done
+        (( measured < 2 )) && continue
+        (( measured < $(wc -w <<< "${MERGES[$s]}") )) && k=0  # merged now, and again once all are in
+      fi
+      t=$(( t + (k > 1 ? k : 1) * EST[$s] )); n[$s]=$(( n[$s] - k ))
+      line+=" $s$( (( k > 1 )) && echo " x$k"; (( k == 0 )) && echo " (partial)")"
+    done
+    [ -z "$line" ] && break
+    call=$(( call + 1 )); echo "call $call, ~$t s:$line"
+  done
+  for s in $PLAN; do (( n[$s] > 0 )) && echo "never fits in a call of $SESSION_S s: $s"; done
+  echo "calls: $call"
+}
+if [ -z "$dry" ] && [ "$step" != plan ]; then
   if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 2
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
@@ -68,23 +115,42 @@ export PYTHONUNBUFFERED=1
 left() { echo $(( SESSION_S - SECONDS )); }
 # run NAME CMD...: log the output and the exit status, stopped (SIGTERM, then KILL) at the session's end.
 quoted() { printf '%q ' "$@" | sed 's/ $//'; echo; }
+LOGS=()  # the logs of the step running now: done_if looks for a traceback in them
+CAP=0  # > 0: run stops its command after CAP seconds, or at the session's end if that comes first
 run() {
   local name=$1; shift
   if [ -n "$dry" ]; then quoted "$@"; return 0; fi
+  LOGS+=("$E/logs/$name.log")
   echo "\$ $(quoted "$@")" | tee "$E/logs/$name.log"
-  timeout -k 20 "$(( $(left) > 30 ? $(left) : 30 ))" "$@" 2>&1 | tee -a "$E/logs/$name.log"
+  local limit=$(( $(left) > 30 ? $(left) : 30 ))
+  if (( CAP > 0 && CAP < limit )); then limit=$CAP; fi
+  timeout -k 20 "$limit" "$@" 2>&1 | tee -a "$E/logs/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "exit status: $rc" | tee -a "$E/logs/$name.log"
   return "$rc"
 }
-# done_if NAME RC EXPECTED: a verdict (exit 0 or 1) marks NAME done, with a warning where it is not the one the
-# issue expects (a control must fail): evidence to read, not a reason to spend another call. Any other status
-# (2: bad input or a dead worker; 124, 137: cut at the session's end) leaves it for a later call.
+# done_if NAME RC EXPECTED [RECORD...]: mark NAME done on a verdict, and only on one: exit 0, or exit 1 where
+# a failing verdict is the one expected (a negative control), with every RECORD the step writes (a run's
+# run.json, a tool's JSON) and no Python traceback in the step's logs. nox exits 1 for a traceback as for a
+# verdict, so exit 1 alone proves nothing. A crash (a traceback, exit 2 or more, a missing record), a cut
+# (124, 137) or an exit 1 where a pass was expected leaves NAME for a later call, and says why. An exit 0
+# where 1 was expected (a control that did not fail) is a verdict: done, with a warning to read its log.
 done_if() {
+  local name=$1 rc=$2 expected=$3 record why=""; shift 3
   if [ -n "$dry" ]; then return; fi
-  if [ "$2" != 0 ] && [ "$2" != 1 ]; then echo "$1: exit $2: not done, a later call runs it again"; return; fi
-  echo "exit $2 (expected $3) $(date -u +%FT%TZ)" > "$E/done/$1"
-  if [ "$2" != "$3" ]; then echo "WARNING: $1 exited $2, expected $3: read its log"; fi
+  if [ "$rc" != 0 ] && [ "$rc" != 1 ]; then why="exit $rc"
+  elif [ "$rc" = 1 ] && [ "$expected" != 1 ]; then why="exit 1, expected $expected"
+  fi
+  for record in "$@"; do [ -f "$record" ] || why="${why:+$why, }no $record"; done
+  if (( ${#LOGS[@]} )) && grep -qs 'Traceback (most recent call last):' "${LOGS[@]}"; then
+    why="${why:+$why, }a Python traceback in its log"
+  fi
+  if [ -n "$why" ]; then
+    echo "$name: not done ($why): read its log; a later call runs it again"
+    return
+  fi
+  echo "exit $rc (expected $expected) $(date -u +%FT%TZ)" > "$E/done/$name"
+  if [ "$rc" != "$expected" ]; then echo "WARNING: $name exited $rc, expected $expected: read its log"; fi
 }
 pack() {
   if [ -n "$dry" ] || [ -z "${OUT:-}" ]; then return; fi
@@ -93,6 +159,7 @@ pack() {
 # fresh NAME: move aside what a call cut short left of run NAME (run ids are never reused), keeping it.
 fresh() { if [ -z "$dry" ] && [ -e "$E/$1" ]; then mkdir -p "$E/stale" && mv "$E/$1" "$E/stale/$1-$(date -u +%s)"; fi; }
 bench() { fresh "$1"; run "$1" python3 -m nox -s bench -- --results-dir "$E" --run-id "$1" "${@:2}"; }
+rec() { echo "$E/$1/run.json"; }  # the run record a bench run NAME leaves
 # The compare runs of one step so far: NAME-<i>, never another step's NAME-gpu-<i>.
 finished() { ls -d "$E"/"$1"-[0-9]*/compare.json 2>/dev/null | wc -l; }
 # compares NAME N ARGS...: A/A compares of the single_frame latent-prep cases until N exist or time is up,
@@ -131,45 +198,100 @@ merge() {
   run "$name" python3 -m bench baseline "${from[@]}" --force || return $?
   if (( missing )); then echo "$name: merged $(( $# - missing )) of $# runs; merged again once all exist"; return 3; fi
 }
+# The smoke: three checks that decide the most in the first call, each with a `PASS|FAIL <check>: <figure>`
+# line (tools/smoke_summary.py) and its own marker, so a later call runs only the parts not done:
+#   first-frame  720p: first_frame_2d (eager, packed, CUDA graph; no torch.compile) against the 3D encode,
+#                and the bf16 errors against the fp32 oracle                                     ~45 s, cap 75
+#   compare      an A/A compare (base: this tree, see snapshot) of latent_prep single_frame 1280x720 at
+#                33 and 81 frames: it must pass, its median paired ratios near 1                 ~60 s, cap 100
+#   bench        the default suite (`nox -s bench`, e2e included), gated by its in-run checks only: an empty
+#                --baselines-dir, so a committed baseline of another era is not used either. Its run id is
+#                full-1: the baseline step merges it and the full-1 step is done  ~300 s, the rest of SMOKE_S
+# The estimates: the default suite took 238-241 s on one H100 on 2026-11-23 (results/example/logs/, then
+# without the six first_frame_2d cases and the profiled counter rounds: ~60 s more, estimated); the 2-case
+# compare is 2 x 4 s of paired rounds (CASE_BUDGET_S) plus two workers' start; the speed tool at one size
+# without compile modes is a VAE build, 35 rounds of four ~20 ms encodes and the fp32 error check.
+SMOKE_S=${SMOKE_S:-420}
+SMOKE_NO_BASELINE=no-baselines  # under $E, never created: no baseline for any device
+# smoke_part MARKER CAP CHECK RECORD [SUMMARY-ARG...] -- CMD...: CMD under timeout (CAP seconds, or what is left
+# of SMOKE_S), then its summary line, also added to logs/smoke.txt; MARKER done on a verdict with RECORD.
+smoke_part() {
+  local marker=$1 cap=$2 check=$3 record=$4 sargs=() t0=$SECONDS rc left_s; shift 4
+  while [ "$1" != -- ]; do sargs+=("$1"); shift; done; shift
+  if [ -f "$E/done/$marker" ]; then echo "== smoke $check: done in an earlier call ($(cat "$E/done/$marker"))"; return; fi
+  left_s=$(( SMOKE_T0 + SMOKE_S - SECONDS ))
+  if [ -z "$dry" ] && (( left_s < 20 )); then
+    echo "FAIL $check: not started, the smoke's ${SMOKE_S} s are spent" | tee -a "$E/logs/smoke.txt"; return
+  fi
+  LOGS=()
+  fresh "$marker"  # what an earlier call cut short of this run, kept aside
+  CAP=$(( cap < left_s ? cap : left_s )) run "smoke-$check" "$@"; rc=$?
+  run "smoke-$check-summary" env PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" python3 tools/smoke_summary.py "$check" \
+    --rc "$rc" --wall-s "$(( SECONDS - t0 ))" "${sargs[@]}"
+  if [ -z "$dry" ]; then tail -n 2 "$E/logs/smoke-$check-summary.log" | head -n 1 >> "$E/logs/smoke.txt"; fi
+  LOGS=("$E/logs/smoke-$check.log")
+  done_if "$marker" "$rc" 0 "$record"
+}
+smoke() {
+  SMOKE_T0=$SECONDS
+  local ff=$E/smoke-first-frame.json base
+  smoke_part smoke-first-frame 75 first-frame "$ff" --json "$ff" -- python3 tools/first_frame_speed.py \
+    --resolutions 1280x720 --compile-modes none --budget-s 45 --json "$ff"
+  base=$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)
+  smoke_part smoke-compare 100 compare "$E/smoke-compare/compare.json" --run "$E/smoke-compare" -- \
+    python3 -m nox -s compare -- --base "$base" -k 'test_latent_prep and single_frame and 1280x720 and (33f or 81f)' \
+    --results-dir "$E" --run-id smoke-compare
+  smoke_part full-1 "$SMOKE_S" bench "$(rec full-1)" --run "$E/full-1" -- python3 -m nox -s bench -- \
+    --results-dir "$E" --run-id full-1 --baselines-dir "$E/$SMOKE_NO_BASELINE"
+  if [ -z "$dry" ]; then
+    echo "smoke: $(( SECONDS - SMOKE_T0 )) s of ${SMOKE_S}"
+    if [ -f "$E/done/smoke-first-frame" ] && [ -f "$E/done/smoke-compare" ] && [ -f "$E/done/full-1" ]; then
+      LOGS=(); done_if smoke 0 0
+    fi
+  fi
+}
 one() {  # one STEP: run it; its exit status is its verdict
   local s=$1 rc
   case $s in
+    smoke)
+      smoke ;;
     first-frame)
       run "$s" python3 tools/first_frame_speed.py --budget-s "$(( $(left) > 120 ? $(left) - 60 : 60 ))" \
-        --json "$E/first_frame_speed.json"; done_if "$s" $? 0 ;;
+        --compile-modes default --json "$E/first_frame_speed.json"; done_if "$s" $? 0 "$E/first_frame_speed.json" ;;
     revert-2d)
-      bench "$s" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame; done_if "$s" $? 1 ;;
+      bench "$s" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame; done_if "$s" $? 1 "$(rec "$s")" ;;
     full-[0-9]*)
-      bench "$s"; done_if "$s" $? 0 ;;
+      bench "$s"; done_if "$s" $? 0 "$(rec "$s")" ;;
     fast-[0-9]*)
-      bench "$s" -k 'not test_e2e'; done_if "$s" $? 0 ;;
+      bench "$s" -k 'not test_e2e' --exclude 'e2e[*]'; done_if "$s" $? 0 "$(rec "$s")" ;;
     baseline)
       merge "$s" full-1 full-2 fast-1 fast-2 fast-3; done_if "$s" $? 0 ;;
     extended)
-      bench "$s" --grid extended -k test_e2e --exclude '*'; done_if "$s" $? 0 ;;
+      bench "$s" --grid extended -k test_e2e --exclude '*' --case 'e2e[*-832x480-81f]' \
+        --case 'e2e[first_frame_2d-1280x720-81f]'; done_if "$s" $? 0 "$(rec "$s")" ;;
     e2e-stages)
       run "$s-720p" python3 tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81 \
         --json "$E/e2e-stages-720p.json"; rc=$?
       run "$s-480p" python3 tools/e2e_stage_counters.py --preset wan22 --height 480 --width 832 --num-frames 81 \
-        --json "$E/e2e-stages-480p.json"; done_if "$s" $(( rc | $? )) 0 ;;
+        --json "$E/e2e-stages-480p.json"; done_if "$s" $(( rc | $? )) 0 "$E"/e2e-stages-{720,480}p.json ;;
     compare-aa)
-      compares "$s" "${AA_COMPARES:-10}" ;;
+      compares "$s" "$AA_COMPARES" ;;
     compare-inject)
-      compares "$s" "${INJECT_COMPARES:-10}" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
+      compares "$s" "$INJECT_COMPARES" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
     compare-inject-gpu)
-      compares "$s" "${INJECT_COMPARES:-10}" --inject-gpu-work 'latent_prep[single_frame-*]=0.02' ;;
+      compares "$s" "$INJECT_COMPARES" --inject-gpu-work 'latent_prep[single_frame-*]=0.02' ;;
     compare-twelve)  # issue 10: a compare of the twelve latent_prep cases takes at most 5 minutes
       fresh "$s"; t0=$SECONDS
       run "$s" python3 -m nox -s compare -- --base "$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)" \
         -k 'test_latent_prep and not first_frame_2d' --results-dir "$E" --run-id "$s"; rc=$?
       if [ -z "$dry" ]; then echo "$s: $(( SECONDS - t0 )) s for the compare (the limit is 300 s)" | tee -a "$E/logs/$s.log"; fi
-      done_if "$s" $rc 0 ;;
+      done_if "$s" $rc 0 "$E/$s/compare.json" ;;
     dit30-480)
       bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' \
-        --case 'e2e[single_frame-832x480-81f]' --case 'e2e[expand-832x480-81f]'; done_if "$s" $? 0 ;;
+        --case 'e2e[single_frame-832x480-81f]' --case 'e2e[expand-832x480-81f]'; done_if "$s" $? 0 "$(rec "$s")" ;;
     dit30-720-*)
       bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' --case "e2e[${s#dit30-720-}-1280x720-81f]"
-      done_if "$s" $? 0 ;;
+      done_if "$s" $? 0 "$(rec "$s")" ;;
     baseline-dit30)
       merge "$s" dit30-480 dit30-720-single_frame dit30-720-expand; done_if "$s" $? 0 ;;
     calib)
@@ -185,10 +307,12 @@ one() {  # one STEP: run it; its exit status is its verdict
 # timed STEP: run it, and log how long it took (the data that corrects the estimates in EST).
 timed() {
   local t0=$SECONDS rc
+  LOGS=()
   one "$1"; rc=$?
   if [ -z "$dry" ]; then echo "$1 $(( SECONDS - t0 )) s $(date -u +%FT%TZ)" >> "$E/logs/durations.txt"; fi
   return "$rc"
 }
+if [ "$step" = plan ]; then plan_calls; exit 0; fi
 if [ "$step" != session ]; then
   timed "$step"; rc=$?; pack; exit $(( rc == 2 ? 2 : 0 ))
 fi
@@ -206,8 +330,8 @@ for s in $(printf '%s\n' $PLAN | awk '!seen[$0]++'); do
   if [ -f "$E/done/$s" ]; then continue; fi
   case $s in
     calib) n=$(( CAL_TOTAL - $(ls "$CAL"/runs/*/run.json 2>/dev/null | wc -l) )) ;;
-    compare-aa) n=$(( ${AA_COMPARES:-10} - $(finished compare-aa) )) ;;
-    compare-inject|compare-inject-gpu) n=$(( ${INJECT_COMPARES:-10} - $(finished "$s") )) ;;
+    compare-aa) n=$(( $AA_COMPARES - $(finished compare-aa) )) ;;
+    compare-inject|compare-inject-gpu) n=$(( $INJECT_COMPARES - $(finished "$s") )) ;;
     *) n=1 ;;
   esac
   todo+=("$s$( (( n > 1 )) && echo " x$n")"); total=$(( total + n * ${EST[$s]} ))
