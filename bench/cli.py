@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -42,7 +41,7 @@ from bench.records import (
 from bench.report import append_github_summary, write_report
 from cosmos3.components import check_weights_dir
 from cosmos3.errors import InputError
-from cosmos3.paths import check_output_dir
+from cosmos3.paths import NAME_RULE, check_inside, check_input_dir, check_name, check_output_dir, make_output_dir
 from cosmos3.presets import PRESETS, resolve_preset_name
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
@@ -53,7 +52,8 @@ JUNIT_XML = "junit.xml"
 INTERRUPTED_RECORD = "interrupted.json"  # all a stopped run leaves behind
 REPORT_DIR = "report"  # the run's own report, beside its evidence
 # A run id names one folder: letters, digits and . _ - only, so it can never climb out of results/.
-RUN_ID_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The same rule as every record field that becomes part of a path (cosmos3.paths.check_name).
+RUN_ID_RULE = NAME_RULE
 # After a stop signal the benchmark child gets this long to exit before it is killed.
 CHILD_GRACE_S = 10.0
 
@@ -238,8 +238,7 @@ def plan_run(args: argparse.Namespace, *, suffix: str = "") -> RunPlan:
     controls.check_applies(cases_mod.chosen(preset, args.grid, args.keyword, args.case))
     name, slug = device_identity(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_id = args.run_id if args.run_id is not None else f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}{suffix}"
-    if not RUN_ID_RULE.fullmatch(run_id):
-        raise InputError("run_id", "must be one folder name of letters, digits, '.', '_' and '-'", run_id)
+    check_name("run_id", run_id)
     check_output_dir("results_dir", args.results_dir)
     if (args.results_dir / run_id).exists():
         raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
@@ -357,8 +356,12 @@ def run_benchmarks(args: argparse.Namespace, plan: RunPlan, run_dir: Path) -> tu
 # ---- gating and reporting ------------------------------------------------------------------------
 
 
-def baseline_path(baselines_dir: Path, device_slug: str, label: str) -> Path:
-    return baselines_dir / device_slug / f"{label}.json"
+def baseline_path(baselines_dir: Path, device_slug: str, label: str, *, source: str = "run") -> Path:
+    """baselines/<device_slug>/<label>.json: both names checked by the one name rule (a record's fields
+    are checked when it is read; this is the last word before a path is built), the path inside the folder."""
+    check_name(f"{source}.device_slug", device_slug)
+    check_name(f"{source}.preset", label)
+    return check_inside("baselines_dir", baselines_dir, baselines_dir / device_slug / f"{label}.json")
 
 
 def find_baseline(args: argparse.Namespace, device_name: str, device_slug: str, label: str

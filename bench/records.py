@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cosmos3.errors import InputError
+from cosmos3.paths import check_name, check_preset_label
 
 # Bump when a field changes meaning; the loader fills in fields that older files lack.
 # 1: free-form `extra` per case. 2: every per-case field typed (warm-up, equivalence, injections).
@@ -449,6 +450,9 @@ class Environment:
         for name in ("device_slug", "preset"):
             if not getattr(self, name):
                 raise InputError(name, "must be a non-empty name", getattr(self, name))
+        # Both become part of a path (baselines/<device_slug>/<preset>.json): one name rule for both.
+        check_name("device_slug", self.device_slug)
+        check_preset_label("preset", self.preset)
         check_amount("suite_wall_s", self.suite_wall_s)
 
 

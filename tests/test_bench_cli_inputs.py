@@ -168,3 +168,42 @@ def test_two_gates_in_one_second_get_two_report_folders(tmp_path, make_case, mak
     for _ in range(2):
         assert main(["gate", str(run_dir), "--baselines-dir", str(tmp_path / "none")]) == 0
     assert sorted(p.name for p in run_dir.iterdir()) == ["gate-19700101-000000", "gate-19700101-000000-2", "run.json"]
+
+
+def _raw_run(folder: Path, make_case, make_run, **env) -> Path:
+    """A run.json written as raw JSON, so that it may hold what no record would let through."""
+    from bench.records import run_to_dict
+
+    data = run_to_dict(make_run([make_case()], preset="tiny"))
+    data["environment"].update(env)
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), [
+    ("device_slug", "../../escaped", "must be one folder name"),
+    ("device_slug", "/abs/escaped", "must be one folder name"),
+    ("device_slug", "..", "must be one folder name"),
+    ("device_slug", "x" * 300, "must be one folder name"),
+    ("preset", "../../escaped", "must be a known preset"),
+    ("preset", "huge", "must be a known preset"),
+])
+def test_no_record_field_can_write_outside_the_baselines_folder(tmp_path, make_case, make_run, capsys,
+                                                                field, value, rule):
+    run_dir = _raw_run(tmp_path / "a" / "run", make_case, make_run, **{field: value})
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert main(["baseline", "--from-run", str(run_dir), "--baselines-dir", str(tmp_path / "a" / "bl")]) == 2
+    err = capsys.readouterr().err
+    assert f"run record {run_dir / 'run.json'}.environment.{field}: {rule}" in err and "Traceback" not in err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written, anywhere
+
+
+def test_a_baseline_path_must_resolve_inside_its_folder(tmp_path):
+    (tmp_path / "bl").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "bl" / "cpu-x").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="baselines_dir: must stay inside"):
+        cli.baseline_path(tmp_path / "bl", "cpu-x", "tiny")
+    with pytest.raises(InputError, match="run.device_slug: must be one folder name"):
+        cli.baseline_path(tmp_path / "bl", "a/b", "tiny")
