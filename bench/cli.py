@@ -39,9 +39,10 @@ from bench.records import (
     write_json_atomic,
 )
 from bench.report import append_github_summary, write_report
+from cosmos3 import strict_json
 from cosmos3.components import check_weights_dir
 from cosmos3.errors import InputError
-from cosmos3.paths import NAME_RULE, check_inside, check_input_dir, check_name, check_output_dir, make_output_dir
+from cosmos3.paths import NAME_RULE, check_inside, check_name, check_output_dir
 from cosmos3.presets import PRESETS, resolve_preset_name
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
@@ -299,7 +300,7 @@ def failed_cases(junit: Path) -> list[str]:
 
 def read_benchmark_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return strict_json.loads(path.read_text(), f"pytest_benchmark_json {display_path(path)}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError("pytest_benchmark_json", f"must be readable JSON ({exc})", display_path(path)) from None
 

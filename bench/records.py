@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cosmos3 import strict_json
 from cosmos3.errors import InputError
 from cosmos3.paths import check_name, check_preset_label
 
@@ -580,7 +581,7 @@ def load_run(path: Path | str, *, what: str = "run record") -> RunRecord:
     if not path.is_file():
         raise InputError(what, "file does not exist", str(path))
     try:
-        data = json.loads(path.read_text())
+        data = strict_json.loads(path.read_text(), f"{what} {path}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(what, f"must be readable JSON ({exc})", str(path)) from exc
     return run_from_dict(data, source=f"{what} {path}")
