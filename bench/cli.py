@@ -436,10 +436,22 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return gate_and_report(args, run, baseline, notes, report_dir, [])
 
 
+def check_distinct_runs(folders: list[Path]) -> None:
+    """One run folder named twice (as given, or after symlinks resolve) is the same run twice; a copy of
+    a run in another folder is caught by its samples (bench.records.merge_runs)."""
+    seen: dict[str, int] = {}
+    for i, folder in enumerate(folders):
+        first = seen.setdefault(os.path.realpath(folder), i)
+        if first != i:
+            raise InputError("from_run", f"names the same run folder twice (--from-run #{first + 1} and #{i + 1}); "
+                                         "a merge needs distinct runs", str(folder))
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise InputError("repeats", "must be >= 1", args.repeats)
     if args.from_run:
+        check_distinct_runs(args.from_run)
         runs = [(load_run(path / RUN_RECORD, what="run record"), []) for path in args.from_run]
         first = runs[0][0].environment
         path = baseline_path(args.baselines_dir, first.device_slug, first.preset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import math
 import os
@@ -624,6 +625,11 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
 
     Runs in one process share its state (clocks, host load, allocator), so their rounds understate
     how much a fresh process varies; the spread of per-run medians is what a new run is compared to.
+
+    The same run twice is refused: it would claim n runs, zero run-to-run noise and counters "identical
+    in all n runs" from one measurement. Two runs are the same when their timed samples are: the same
+    case names with the same samples_ms, bit for bit (run_fingerprint). Independent measurements never
+    repeat every float; the command line also refuses one run folder named twice (bench.cli).
     """
     if len(runs) < 2:
         raise InputError("runs", "merging needs at least two runs", len(runs))
@@ -637,6 +643,13 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
         if env.negative_controls:
             raise InputError("runs.negative_controls", "must be empty in every merged run",
                              list(env.negative_controls))
+    seen: dict[str, int] = {}
+    for i, run in enumerate(runs):
+        first_seen = seen.setdefault(run_fingerprint(run), i)
+        if first_seen != i:
+            raise InputError(f"runs[{i}]", f"must be another run than runs[{first_seen}]: the same run twice (the "
+                                           "same cases with the same samples_ms, bit for bit) proves no "
+                                           "run-to-run noise", run_fingerprint(run)[:16])
     grouped: dict[str, list[CaseResult]] = {}
     for run in runs:
         for case in run.cases:
@@ -664,6 +677,13 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
                                                 or (f"{run.environment.date_utc} {run.environment.argv}".strip(),)))
     env = dataclasses.replace(first, merged_runs=sources, suite_wall_s=None, argv="merged")
     return RunRecord(environment=env, cases=tuple(cases))
+
+
+def run_fingerprint(run: RunRecord) -> str:
+    """What makes two runs the same: sha256 of {case name: samples_ms} as canonical JSON (sorted keys,
+    floats as repr writes them, which round-trips every bit)."""
+    canonical = json.dumps({c.name: list(c.samples_ms) for c in run.cases}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def merge_counters(group: list[WorkCounters]) -> WorkCounters:

@@ -207,3 +207,25 @@ def test_a_baseline_path_must_resolve_inside_its_folder(tmp_path):
         cli.baseline_path(tmp_path / "bl", "cpu-x", "tiny")
     with pytest.raises(InputError, match="run.device_slug: must be one folder name"):
         cli.baseline_path(tmp_path / "bl", "a/b", "tiny")
+
+
+def test_a_merge_refuses_the_same_run_twice(tmp_path, make_case, make_run, capsys):
+    """`--from-run R` thrice claimed three runs, zero noise and counters identical in all 3 runs."""
+    run = make_run([make_case()], preset="tiny")
+    save_run(run, tmp_path / "r" / "run.json")
+    bl = tmp_path / "bl"
+    argv = ["baseline", "--baselines-dir", str(bl)]
+    assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "r"),
+                 "--from-run", str(tmp_path / "r")]) == 2
+    assert "from_run: names the same run folder twice (--from-run #1 and #2)" in capsys.readouterr().err
+    (tmp_path / "link").symlink_to(tmp_path / "r")
+    assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "link")]) == 2
+    assert "from_run: names the same run folder twice" in capsys.readouterr().err
+    save_run(run, tmp_path / "copy" / "run.json")  # the same samples in another folder
+    assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "copy")]) == 2
+    err = capsys.readouterr().err
+    assert "runs[1]: must be another run than runs[0]: the same run twice (the same cases with the same samples_ms" \
+        in err
+    assert not bl.exists()
+    save_run(make_run([make_case(seed=1)], preset="tiny"), tmp_path / "other" / "run.json")
+    assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "other")]) == 0
