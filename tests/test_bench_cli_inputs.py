@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,41 @@ def test_a_merge_refuses_the_same_run_twice(tmp_path, make_case, make_run, capsy
     assert not bl.exists()
     save_run(make_run([make_case(seed=1)], preset="tiny"), tmp_path / "other" / "run.json")
     assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "other")]) == 0
+
+
+@pytest.mark.parametrize("option", ["--threshold", "--device-threshold", "--memory-threshold", "--noise-k",
+                                    "--min-speedup", "--min-speedup-2d", "--alpha"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("command", ["run", "gate", "calibrate"])
+def test_no_limit_is_infinite(tmp_path, make_case, make_run, capsys, option, value, command):
+    """An infinite allowance switches a rule off, an infinite requirement fails every run: both are bad
+    input (exit 2), never a pass and never a regression."""
+    run_dir = tmp_path / "run"
+    save_run(make_run([make_case()], preset="tiny"), run_dir / "run.json")
+    head = {"run": ["run", "--preset", "tiny", "--results-dir", str(tmp_path / "results")],
+            "gate": ["gate", str(run_dir)],
+            "calibrate": ["calibrate", "--preset", "tiny", "--results-dir", str(tmp_path / "results")]}[command]
+    assert main([*head, "--baselines-dir", str(tmp_path / "b"), f"{option}={value}"]) == 2
+    err = capsys.readouterr().err
+    name = {"--threshold": "latency_threshold", "--alpha": "alpha"}.get(option, option[2:].replace("-", "_"))
+    assert f"{name}: must" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists() and sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
+
+
+@pytest.mark.parametrize("argv", [["--threshold", "inf"], ["--memory-threshold", "inf"], ["--override", "*=inf"],
+                                  ["--alpha", "inf"]])
+def test_compare_limits_are_finite(tmp_path, capsys, argv):
+    assert main(["compare", "--base", "HEAD", "--preset", "tiny", "--results-dir", str(tmp_path / "r"), *argv]) == 2
+    assert "must" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_number_rule():
+    from cosmos3.errors import check_number
+
+    assert check_number("x", 0, at_least=0) == 0
+    for bad in (True, "1", None, math.inf, math.nan, -1, -math.inf, 10**400):
+        with pytest.raises(InputError, match="x: must be"):
+            check_number("x", bad, at_least=0)
+    with pytest.raises(InputError, match="x: must be an integer"):
+        check_number("x", 1.0, integer=True)
