@@ -42,7 +42,7 @@ from bench.report import append_github_summary, write_report
 from cosmos3 import strict_json
 from cosmos3.components import check_weights_dir
 from cosmos3.errors import InputError
-from cosmos3.paths import NAME_RULE, check_inside, check_name, check_output_dir
+from cosmos3.paths import NAME_RULE, check_input_dir, check_inside, check_name, check_output_dir, reason
 from cosmos3.presets import PRESETS, resolve_preset_name
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
@@ -241,10 +241,32 @@ def plan_run(args: argparse.Namespace, *, suffix: str = "") -> RunPlan:
     run_id = args.run_id if args.run_id is not None else f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}{suffix}"
     check_name("run_id", run_id)
     check_output_dir("results_dir", args.results_dir)
-    if (args.results_dir / run_id).exists():
-        raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
-                         display_path(args.results_dir / run_id))
+    check_new_run_dir(args.results_dir, run_id)
     return RunPlan(preset, run_label(preset, args.dit_layers), name, slug, controls, run_id)
+
+
+def check_new_run_dir(results_dir: Path, run_id: str) -> Path:
+    """results_dir/run_id: a name by the one rule, not yet there (a symlink to nothing counts as there)."""
+    check_name("run_id", run_id)
+    run_dir = results_dir / run_id
+    if os.path.lexists(run_dir):
+        raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
+                         display_path(run_dir))
+    return run_dir
+
+
+def make_run_dir(results_dir: Path, run_id: str) -> Path:
+    """Create results_dir/run_id, never reusing one; every OSError an InputError naming the option."""
+    run_dir = check_new_run_dir(results_dir, run_id)
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
+                         display_path(run_dir)) from None
+    except OSError as exc:
+        raise InputError("results_dir", f"must be a folder that can be created ({reason(exc)})",
+                         display_path(run_dir)) from None
+    return run_dir
 
 
 # ---- measuring: the pytest-benchmark suite in a child process -------------------------------------
@@ -370,6 +392,7 @@ def find_baseline(args: argparse.Namespace, device_name: str, device_slug: str, 
     """The baseline to compare with, or None with a note saying why there is none."""
     if args.baseline is not None:
         return load_run(args.baseline, what="baseline"), []
+    check_input_dir("baselines_dir", args.baselines_dir)
     path = baseline_path(args.baselines_dir, device_slug, label)
     if not path.is_file():
         others = sorted(p.parent.name for p in args.baselines_dir.glob(f"*/{label}.json"))
@@ -402,8 +425,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     baseline, notes = find_baseline(args, plan.device_name, plan.device_slug, plan.preset)
     if baseline is not None:
         gate_mod.check_compatible(plan, baseline.environment, args.allow_device_mismatch)
-    run_dir = args.results_dir / plan.run_id
-    run_dir.mkdir(parents=True)
+    run_dir = make_run_dir(args.results_dir, plan.run_id)
     run, failed = run_benchmarks(args, plan, run_dir)
     if run is None:
         print("FAIL: no benchmark finished:\n- " + "\n- ".join(failed))
@@ -428,7 +450,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
                          display_path(args.run_dir))
     run = load_run(args.run_dir / RUN_RECORD, what="run record")
     report_dir = args.report_dir or unused_name(args.run_dir, "gate")
-    if report_dir.exists():
+    check_output_dir("report_dir", report_dir.parent)  # a name too long or a loop: named, not a traceback
+    if os.path.lexists(report_dir):
         raise InputError("report_dir", "exists; a report is never overwritten", display_path(report_dir))
     check_output_dir("report_dir", report_dir)
     env = run.environment
@@ -462,18 +485,16 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                              list(plan.controls.active))
         path = baseline_path(args.baselines_dir, plan.device_slug, plan.preset)
     # Both refusals come before minutes of measuring.
-    if path.exists() and not args.force:
+    if os.path.lexists(path) and not args.force:
         raise InputError("baseline", "file exists; pass --force to replace it", display_path(path))
     check_output_dir("baselines_dir", path.parent)
     if not args.from_run:
+        run_ids = [plan.run_id] if args.repeats == 1 else [f"{plan.run_id}-{i}" for i in range(1, args.repeats + 1)]
+        for run_id in run_ids:  # every folder of every repeat, before the first is measured
+            check_new_run_dir(args.results_dir, run_id)
         runs = []
-        for i in range(1, args.repeats + 1):
-            run_id = plan.run_id if args.repeats == 1 else f"{plan.run_id}-{i}"
-            run_dir = args.results_dir / run_id
-            if run_dir.exists():
-                raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
-                                 display_path(run_dir))
-            run_dir.mkdir(parents=True)
+        for run_id in run_ids:
+            run_dir = make_run_dir(args.results_dir, run_id)
             run, failed = run_benchmarks(args, plan, run_dir)
             if run is None:
                 print("refusing to record a baseline: no benchmark finished:\n- " + "\n- ".join(failed))
@@ -527,7 +548,7 @@ def measure_calibration_run(args: argparse.Namespace, planned: calibrate_mod.Pla
         run_dir.rename(stale)
         print(f"{planned.run_id}: unfinished by an earlier call, moved to {display_path(stale)}")
     plan = plan_run(run_args)
-    run_dir.mkdir(parents=True)
+    run_dir = make_run_dir(runs_dir, planned.run_id)
     run, failed = run_benchmarks(run_args, plan, run_dir)
     if run is None or failed:
         raise InputError("calibrate", f"run {planned.run_id} had failing benchmarks: {failed}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
-from cosmos3.paths import check_name, check_preset_label
+from cosmos3.paths import check_name, check_preset_label, reason
 
 # Bump when a field changes meaning; the loader fills in fields that older files lack.
 # 1: free-form `extra` per case. 2: every per-case field typed (warm-up, equivalence, injections).
@@ -721,9 +721,12 @@ def write_json_atomic(path: Path | str, payload: Any, *, overwrite: bool = False
     `overwrite` is given; otherwise InputError names the file and the flag to pass.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError("output", f"must be in a folder that can be written ({reason(exc)})", str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; a result file is as readable as any other
         with os.fdopen(fd, "w") as handle:
@@ -748,10 +751,13 @@ def new_folder(out_dir: Path | str) -> Iterator[Path]:
     `out_dir` when the block completes, remove it when the block fails. An existing `out_dir` is
     refused, before and after the block: a report is evidence, and evidence is never edited."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
+    if os.path.lexists(out_dir):
         raise InputError("report_dir", "exists; a report is never overwritten (choose a new folder)", str(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise InputError("report_dir", f"must be a folder that can be created ({reason(exc)})", str(out_dir)) from None
     try:
         os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; a report is as readable as any folder
         yield staging

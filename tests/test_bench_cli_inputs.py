@@ -268,3 +268,54 @@ def test_the_number_rule():
             check_number("x", bad, at_least=0)
     with pytest.raises(InputError, match="x: must be an integer"):
         check_number("x", 1.0, integer=True)
+
+
+def _loop(tmp_path: Path) -> Path:
+    loop = tmp_path / "loop"
+    if not loop.is_symlink():
+        loop.symlink_to(loop)
+    return loop
+
+
+@pytest.mark.parametrize("case", ["baselines loop (run)", "baselines loop (gate)", "baselines loop (baseline)",
+                                  "run id too long", "results name too long", "results in /proc",
+                                  "results loop", "report in /proc", "baselines in /proc", "report name too long"])
+def test_every_path_error_is_an_input_error(tmp_path, make_case, make_run, capsys, case):
+    """A symlink loop, a name too long, an unwritable place (/proc, even for root): exit 2 naming the option."""
+    run_dir = tmp_path / "run"
+    save_run(make_run([make_case()], preset="tiny"), run_dir / "run.json")
+    run = ["run", "--preset", "tiny", "--results-dir", str(tmp_path / "results")]
+    argv, field = {
+        "baselines loop (run)": ([*run, "--baselines-dir", str(_loop(tmp_path))], "baselines_dir"),
+        "baselines loop (gate)": (["gate", str(run_dir), "--baselines-dir", str(_loop(tmp_path))], "baselines_dir"),
+        "baselines loop (baseline)": (["baseline", "--preset", "tiny", "--baselines-dir", str(_loop(tmp_path)),
+                                       "--results-dir", str(tmp_path / "results")], "baselines_dir"),
+        "run id too long": ([*run, "--run-id", "x" * 300], "run_id"),
+        "results name too long": (["run", "--preset", "tiny", "--results-dir", str(tmp_path / ("r" * 300))],
+                                  "results_dir"),
+        "results in /proc": (["run", "--preset", "tiny", "--results-dir", "/proc/x"], "results_dir"),
+        "results loop": (["run", "--preset", "tiny", "--results-dir", str(_loop(tmp_path) / "r")], "results_dir"),
+        "report in /proc": (["gate", str(run_dir), "--report-dir", "/proc/rep"], "report_dir"),
+        "baselines in /proc": (["baseline", "--from-run", str(run_dir), "--baselines-dir", "/proc/bl"],
+                               "baselines_dir"),
+        "report name too long": (["gate", str(run_dir), "--report-dir", str(tmp_path / ("g" * 300))], "report_dir"),
+    }[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {field}: must" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists() and sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
+
+
+def test_a_symlink_loop_is_not_called_a_file(tmp_path, capsys):
+    assert main(["baseline", "--preset", "tiny", "--baselines-dir", str(_loop(tmp_path)),
+                 "--results-dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "symlink loop" in err and "is a file" not in err
+
+
+def test_every_repeat_folder_is_checked_before_the_first_is_measured(tmp_path, capsys):
+    (tmp_path / "results" / "b-2").mkdir(parents=True)
+    assert main(["baseline", "--preset", "tiny", "--repeats", "3", "--run-id", "b", "--baselines-dir",
+                 str(tmp_path / "bl"), "--results-dir", str(tmp_path / "results")]) == 2
+    assert "run_id: names a results folder that exists" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["b-2"]  # b-1 was never made
