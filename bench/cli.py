@@ -450,8 +450,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
                          display_path(args.run_dir))
     run = load_run(args.run_dir / RUN_RECORD, what="run record")
     report_dir = args.report_dir or unused_name(args.run_dir, "gate")
-    check_output_dir("report_dir", report_dir.parent)  # a name too long or a loop: named, not a traceback
-    if os.path.lexists(report_dir):
+    if os.path.lexists(report_dir):  # lexists: a name too long is checked next, not a traceback
         raise InputError("report_dir", "exists; a report is never overwritten", display_path(report_dir))
     check_output_dir("report_dir", report_dir)
     env = run.environment
@@ -473,6 +472,7 @@ def check_distinct_runs(folders: list[Path]) -> None:
 def cmd_baseline(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise InputError("repeats", "must be >= 1", args.repeats)
+    check_output_dir("baselines_dir", args.baselines_dir)  # a loop or /proc, before a path is built in it
     if args.from_run:
         check_distinct_runs(args.from_run)
         runs = [(load_run(path / RUN_RECORD, what="run record"), []) for path in args.from_run]
