@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -40,9 +39,10 @@ from bench.records import (
     write_json_atomic,
 )
 from bench.report import append_github_summary, write_report
+from cosmos3 import strict_json
 from cosmos3.components import check_weights_dir
 from cosmos3.errors import InputError
-from cosmos3.paths import check_output_dir
+from cosmos3.paths import NAME_RULE, check_input_dir, check_inside, check_name, check_output_dir, reason
 from cosmos3.presets import PRESETS, resolve_preset_name
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
@@ -53,7 +53,8 @@ JUNIT_XML = "junit.xml"
 INTERRUPTED_RECORD = "interrupted.json"  # all a stopped run leaves behind
 REPORT_DIR = "report"  # the run's own report, beside its evidence
 # A run id names one folder: letters, digits and . _ - only, so it can never climb out of results/.
-RUN_ID_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The same rule as every record field that becomes part of a path (cosmos3.paths.check_name).
+RUN_ID_RULE = NAME_RULE
 # After a stop signal the benchmark child gets this long to exit before it is killed.
 CHILD_GRACE_S = 10.0
 
@@ -238,13 +239,34 @@ def plan_run(args: argparse.Namespace, *, suffix: str = "") -> RunPlan:
     controls.check_applies(cases_mod.chosen(preset, args.grid, args.keyword, args.case))
     name, slug = device_identity(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_id = args.run_id if args.run_id is not None else f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}{suffix}"
-    if not RUN_ID_RULE.fullmatch(run_id):
-        raise InputError("run_id", "must be one folder name of letters, digits, '.', '_' and '-'", run_id)
+    check_name("run_id", run_id)
     check_output_dir("results_dir", args.results_dir)
-    if (args.results_dir / run_id).exists():
-        raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
-                         display_path(args.results_dir / run_id))
+    check_new_run_dir(args.results_dir, run_id)
     return RunPlan(preset, run_label(preset, args.dit_layers), name, slug, controls, run_id)
+
+
+def check_new_run_dir(results_dir: Path, run_id: str) -> Path:
+    """results_dir/run_id: a name by the one rule, not yet there (a symlink to nothing counts as there)."""
+    check_name("run_id", run_id)
+    run_dir = results_dir / run_id
+    if os.path.lexists(run_dir):
+        raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
+                         display_path(run_dir))
+    return run_dir
+
+
+def make_run_dir(results_dir: Path, run_id: str) -> Path:
+    """Create results_dir/run_id, never reusing one; every OSError an InputError naming the option."""
+    run_dir = check_new_run_dir(results_dir, run_id)
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
+                         display_path(run_dir)) from None
+    except OSError as exc:
+        raise InputError("results_dir", f"must be a folder that can be created ({reason(exc)})",
+                         display_path(run_dir)) from None
+    return run_dir
 
 
 # ---- measuring: the pytest-benchmark suite in a child process -------------------------------------
@@ -300,7 +322,7 @@ def failed_cases(junit: Path) -> list[str]:
 
 def read_benchmark_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return strict_json.loads(path.read_text(), f"pytest_benchmark_json {display_path(path)}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError("pytest_benchmark_json", f"must be readable JSON ({exc})", display_path(path)) from None
 
@@ -357,8 +379,12 @@ def run_benchmarks(args: argparse.Namespace, plan: RunPlan, run_dir: Path) -> tu
 # ---- gating and reporting ------------------------------------------------------------------------
 
 
-def baseline_path(baselines_dir: Path, device_slug: str, label: str) -> Path:
-    return baselines_dir / device_slug / f"{label}.json"
+def baseline_path(baselines_dir: Path, device_slug: str, label: str, *, source: str = "run") -> Path:
+    """baselines/<device_slug>/<label>.json: both names checked by the one name rule (a record's fields
+    are checked when it is read; this is the last word before a path is built), the path inside the folder."""
+    check_name(f"{source}.device_slug", device_slug)
+    check_name(f"{source}.preset", label)
+    return check_inside("baselines_dir", baselines_dir, baselines_dir / device_slug / f"{label}.json")
 
 
 def find_baseline(args: argparse.Namespace, device_name: str, device_slug: str, label: str
@@ -366,6 +392,7 @@ def find_baseline(args: argparse.Namespace, device_name: str, device_slug: str, 
     """The baseline to compare with, or None with a note saying why there is none."""
     if args.baseline is not None:
         return load_run(args.baseline, what="baseline"), []
+    check_input_dir("baselines_dir", args.baselines_dir)
     path = baseline_path(args.baselines_dir, device_slug, label)
     if not path.is_file():
         others = sorted(p.parent.name for p in args.baselines_dir.glob(f"*/{label}.json"))
@@ -398,8 +425,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     baseline, notes = find_baseline(args, plan.device_name, plan.device_slug, plan.preset)
     if baseline is not None:
         gate_mod.check_compatible(plan, baseline.environment, args.allow_device_mismatch)
-    run_dir = args.results_dir / plan.run_id
-    run_dir.mkdir(parents=True)
+    run_dir = make_run_dir(args.results_dir, plan.run_id)
     run, failed = run_benchmarks(args, plan, run_dir)
     if run is None:
         print("FAIL: no benchmark finished:\n- " + "\n- ".join(failed))
@@ -424,7 +450,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
                          display_path(args.run_dir))
     run = load_run(args.run_dir / RUN_RECORD, what="run record")
     report_dir = args.report_dir or unused_name(args.run_dir, "gate")
-    if report_dir.exists():
+    if os.path.lexists(report_dir):  # lexists: a name too long is checked next, not a traceback
         raise InputError("report_dir", "exists; a report is never overwritten", display_path(report_dir))
     check_output_dir("report_dir", report_dir)
     env = run.environment
@@ -432,10 +458,23 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return gate_and_report(args, run, baseline, notes, report_dir, [])
 
 
+def check_distinct_runs(folders: list[Path]) -> None:
+    """One run folder named twice (as given, or after symlinks resolve) is the same run twice; a copy of
+    a run in another folder is caught by its samples (bench.records.merge_runs)."""
+    seen: dict[str, int] = {}
+    for i, folder in enumerate(folders):
+        first = seen.setdefault(os.path.realpath(folder), i)
+        if first != i:
+            raise InputError("from_run", f"names the same run folder twice (--from-run #{first + 1} and #{i + 1}); "
+                                         "a merge needs distinct runs", str(folder))
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise InputError("repeats", "must be >= 1", args.repeats)
+    check_output_dir("baselines_dir", args.baselines_dir)  # a loop or /proc, before a path is built in it
     if args.from_run:
+        check_distinct_runs(args.from_run)
         runs = [(load_run(path / RUN_RECORD, what="run record"), []) for path in args.from_run]
         first = runs[0][0].environment
         path = baseline_path(args.baselines_dir, first.device_slug, first.preset)
@@ -446,18 +485,16 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                              list(plan.controls.active))
         path = baseline_path(args.baselines_dir, plan.device_slug, plan.preset)
     # Both refusals come before minutes of measuring.
-    if path.exists() and not args.force:
+    if os.path.lexists(path) and not args.force:
         raise InputError("baseline", "file exists; pass --force to replace it", display_path(path))
     check_output_dir("baselines_dir", path.parent)
     if not args.from_run:
+        run_ids = [plan.run_id] if args.repeats == 1 else [f"{plan.run_id}-{i}" for i in range(1, args.repeats + 1)]
+        for run_id in run_ids:  # every folder of every repeat, before the first is measured
+            check_new_run_dir(args.results_dir, run_id)
         runs = []
-        for i in range(1, args.repeats + 1):
-            run_id = plan.run_id if args.repeats == 1 else f"{plan.run_id}-{i}"
-            run_dir = args.results_dir / run_id
-            if run_dir.exists():
-                raise InputError("run_id", "names a results folder that exists; runs are never overwritten",
-                                 display_path(run_dir))
-            run_dir.mkdir(parents=True)
+        for run_id in run_ids:
+            run_dir = make_run_dir(args.results_dir, run_id)
             run, failed = run_benchmarks(args, plan, run_dir)
             if run is None:
                 print("refusing to record a baseline: no benchmark finished:\n- " + "\n- ".join(failed))
@@ -511,7 +548,7 @@ def measure_calibration_run(args: argparse.Namespace, planned: calibrate_mod.Pla
         run_dir.rename(stale)
         print(f"{planned.run_id}: unfinished by an earlier call, moved to {display_path(stale)}")
     plan = plan_run(run_args)
-    run_dir.mkdir(parents=True)
+    run_dir = make_run_dir(runs_dir, planned.run_id)
     run, failed = run_benchmarks(run_args, plan, run_dir)
     if run is None or failed:
         raise InputError("calibrate", f"run {planned.run_id} had failing benchmarks: {failed}")

@@ -64,6 +64,7 @@ from bench.protocol import (
     encode_message,
 )
 from bench.records import CaseResult, CaseSpec, Environment, RunRecord, decode_record, write_json_atomic
+from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
 DEFAULT_THRESHOLD = 0.02  # a paired median ratio above 1.02 is a regression (when significant)
@@ -325,7 +326,7 @@ def load_compare(path: Path | str) -> CompareRecord:
     """Read compare.json back (every field typed and checked, as run records are)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = strict_json.loads(path.read_text(), f"compare record {path}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError("compare record", f"must be readable JSON ({exc})", str(path)) from None
     return decode_record(CompareRecord, data, f"compare record {path}")

@@ -16,7 +16,6 @@ events on a machine without a GPU.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -31,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.records import COUNTS, SOURCES, KernelStat, WorkCounters
+from cosmos3 import strict_json
 from cosmos3.errors import InputError
 from cosmos3.timing import synchronize
 
@@ -357,7 +357,7 @@ def record_rounds(fn: Callable[[], Any], device: torch.device, n_rounds: int) ->
         path = os.path.join(tmp, "rounds.json")
         prof.export_chrome_trace(path)
         with open(path, "rb") as handle:  # json reads UTF-8 bytes whatever the locale
-            trace = json.load(handle)
+            trace = strict_json.loads(handle.read(), "profiler trace")
     return trace_events(trace)
 
 

@@ -24,7 +24,7 @@ def display_path(path: Path | str) -> str:
     path = Path(path)
     try:
         return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # outside the repository, or unresolvable (a symlink loop)
         return str(path)
 
 

@@ -14,7 +14,7 @@ from scipy import stats
 
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
 from bench.records import CaseResult, Environment, RunRecord, WorkCounters, matches
-from cosmos3.errors import InputError
+from cosmos3.errors import InputError, check_number
 
 DEFAULT_LATENCY_THRESHOLD = 0.05  # a median may grow by 5% before it counts as a regression
 # Device time has no launch or host noise in it, so it can be held tighter than wall time.
@@ -82,19 +82,17 @@ class GateConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "latency_overrides", dict(self.latency_overrides))
         object.__setattr__(self, "exclude", frozenset(self.exclude))
+        # One rule for every number (cosmos3.errors.check_number): finite, so no limit switches a rule off.
         for name in ("latency_threshold", "device_threshold", "memory_threshold", "noise_k"):
-            if not getattr(self, name) >= 0:  # `not >=` also rejects NaN
-                raise InputError(name, "must be >= 0", getattr(self, name))
+            check_number(name, getattr(self, name), at_least=0)
         for pattern, value in self.latency_overrides.items():
-            if not value >= 0:
-                raise InputError(f"latency_overrides[{pattern}]", "must be >= 0", value)
-        if not 0 < self.alpha < 1:
+            check_number(f"latency_overrides[{pattern}]", value, at_least=0)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise InputError("alpha", "must lie strictly between 0 and 1", self.alpha)
         for name in ("min_speedup", "min_speedup_2d"):
-            if not getattr(self, name) >= 1:
-                raise InputError(name, "must be >= 1", getattr(self, name))
-        if self.bootstrap_resamples < 1:
-            raise InputError("bootstrap_resamples", "must be >= 1", self.bootstrap_resamples)
+            check_number(name, getattr(self, name), at_least=1)
+        check_number("bootstrap_resamples", self.bootstrap_resamples, at_least=1, integer=True)
+        check_number("seed", self.seed, at_least=0, integer=True)
 
     def threshold_for(self, name: str) -> float:
         if name in self.latency_overrides:

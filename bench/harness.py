@@ -19,6 +19,7 @@ import torch
 from bench import collector
 from bench.counters import PROFILED_ROUNDS, profile_rounds
 from bench.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, decode_record, encode_record, matches
+from cosmos3 import strict_json
 from cosmos3.equivalence import check_against_oracle, check_encode_equivalence, fp32_oracle
 from cosmos3.errors import InputError
 from cosmos3.timing import DeviceTimer, synchronize
@@ -124,7 +125,7 @@ class RunControls:
         raw = environ.get(CONTROLS_ENV)
         if not raw:
             return cls()
-        return decode_record(cls, json.loads(raw), CONTROLS_ENV)
+        return decode_record(cls, strict_json.loads(raw, CONTROLS_ENV), CONTROLS_ENV)
 
     def slowdown_for(self, case_name: str) -> float:
         """The injected slowdown fraction for a case (0 when no pattern matches)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.harness import RunControls
 from bench.records import CaseResult, CaseSpec, Environment, decode_record, encode_record
+from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
 SIDES = ("base", "head")
@@ -132,7 +133,7 @@ def encode_message(message: Any) -> str:
 def decode_message(line: str, known: dict[str, type], *, source: str) -> Any:
     """The typed message on `line`, which must be one of `known`; InputError naming `source` otherwise."""
     try:
-        data = json.loads(line)
+        data = strict_json.loads(line, source)
     except json.JSONDecodeError as exc:
         raise InputError(source, f"must send one JSON message per line ({exc})", line[:200]) from None
     if not isinstance(data, dict) or set(data) != _ENVELOPE:

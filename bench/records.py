@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import math
 import os
@@ -19,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from cosmos3 import strict_json
 from cosmos3.errors import InputError
+from cosmos3.paths import check_name, check_preset_label, reason
 
 # Bump when a field changes meaning; the loader fills in fields that older files lack.
 # 1: free-form `extra` per case. 2: every per-case field typed (warm-up, equivalence, injections).
@@ -449,6 +452,9 @@ class Environment:
         for name in ("device_slug", "preset"):
             if not getattr(self, name):
                 raise InputError(name, "must be a non-empty name", getattr(self, name))
+        # Both become part of a path (baselines/<device_slug>/<preset>.json): one name rule for both.
+        check_name("device_slug", self.device_slug)
+        check_preset_label("preset", self.preset)
         check_amount("suite_wall_s", self.suite_wall_s)
 
 
@@ -576,7 +582,7 @@ def load_run(path: Path | str, *, what: str = "run record") -> RunRecord:
     if not path.is_file():
         raise InputError(what, "file does not exist", str(path))
     try:
-        data = json.loads(path.read_text())
+        data = strict_json.loads(path.read_text(), f"{what} {path}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(what, f"must be readable JSON ({exc})", str(path)) from exc
     return run_from_dict(data, source=f"{what} {path}")
@@ -619,6 +625,11 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
 
     Runs in one process share its state (clocks, host load, allocator), so their rounds understate
     how much a fresh process varies; the spread of per-run medians is what a new run is compared to.
+
+    The same run twice is refused: it would claim n runs, zero run-to-run noise and counters "identical
+    in all n runs" from one measurement. Two runs are the same when their timed samples are: the same
+    case names with the same samples_ms, bit for bit (run_fingerprint). Independent measurements never
+    repeat every float; the command line also refuses one run folder named twice (bench.cli).
     """
     if len(runs) < 2:
         raise InputError("runs", "merging needs at least two runs", len(runs))
@@ -632,6 +643,13 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
         if env.negative_controls:
             raise InputError("runs.negative_controls", "must be empty in every merged run",
                              list(env.negative_controls))
+    seen: dict[str, int] = {}
+    for i, run in enumerate(runs):
+        first_seen = seen.setdefault(run_fingerprint(run), i)
+        if first_seen != i:
+            raise InputError(f"runs[{i}]", f"must be another run than runs[{first_seen}]: the same run twice (the "
+                                           "same cases with the same samples_ms, bit for bit) proves no "
+                                           "run-to-run noise", run_fingerprint(run)[:16])
     grouped: dict[str, list[CaseResult]] = {}
     for run in runs:
         for case in run.cases:
@@ -659,6 +677,13 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
                                                 or (f"{run.environment.date_utc} {run.environment.argv}".strip(),)))
     env = dataclasses.replace(first, merged_runs=sources, suite_wall_s=None, argv="merged")
     return RunRecord(environment=env, cases=tuple(cases))
+
+
+def run_fingerprint(run: RunRecord) -> str:
+    """What makes two runs the same: sha256 of {case name: samples_ms} as canonical JSON (sorted keys,
+    floats as repr writes them, which round-trips every bit)."""
+    canonical = json.dumps({c.name: list(c.samples_ms) for c in run.cases}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def merge_counters(group: list[WorkCounters]) -> WorkCounters:
@@ -696,9 +721,12 @@ def write_json_atomic(path: Path | str, payload: Any, *, overwrite: bool = False
     `overwrite` is given; otherwise InputError names the file and the flag to pass.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError("output", f"must be in a folder that can be written ({reason(exc)})", str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; a result file is as readable as any other
         with os.fdopen(fd, "w") as handle:
@@ -723,10 +751,13 @@ def new_folder(out_dir: Path | str) -> Iterator[Path]:
     `out_dir` when the block completes, remove it when the block fails. An existing `out_dir` is
     refused, before and after the block: a report is evidence, and evidence is never edited."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
+    if os.path.lexists(out_dir):
         raise InputError("report_dir", "exists; a report is never overwritten (choose a new folder)", str(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise InputError("report_dir", f"must be a folder that can be created ({reason(exc)})", str(out_dir)) from None
     try:
         os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; a report is as readable as any folder
         yield staging

@@ -12,6 +12,7 @@ from diffusers import AutoencoderKLWan, ModelMixin, UniPCMultistepScheduler, Wan
 from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
 
+from cosmos3 import strict_json
 from cosmos3.errors import InputError
 from cosmos3.presets import Preset
 
@@ -54,7 +55,7 @@ def _weights_error(weights_dir: Path, rule: str) -> InputError:
 
 def _read_json(path: Path, weights_dir: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = strict_json.loads(path.read_text(encoding="utf-8"), f"weights_dir {path}")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _weights_error(weights_dir, f"{what} must be a readable JSON file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict):

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
 # The denoising stage wraps every step in record_function(DENOISE_STEP_EVENT); coverage counts them.
@@ -137,7 +138,7 @@ def read_trace(path: Path | str) -> dict:
     path = Path(path)
     try:
         with gzip.open(path, "rb") as handle:
-            data = json.loads(handle.read())
+            data = strict_json.loads(handle.read(), f"trace {path}")
     except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError("trace", f"must be one complete gzip JSON file ({type(exc).__name__}: {exc})",
                          str(path)) from exc

@@ -31,6 +31,30 @@ MAX_VIDEO_PIXELS = 2 * 1280 * 720 * 121
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
 
 
+def is_int(value: object) -> bool:
+    """An integer as a request means one: bool is an int in Python, never in a request."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_image_tensor(image: object, field: str = "image") -> None:
+    """A conditioning image tensor must be [1, 3, H, W] with H, W >= 1, floating point, finite and within [-1, 1]."""
+    if not isinstance(image, torch.Tensor):
+        raise InputError(field, "must be a torch.Tensor", type(image).__name__)
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise InputError(field, "must have shape [1, 3, H, W] (rank 4, batch 1)", tuple(image.shape))
+    if image.shape[1] != 3:
+        raise InputError(field, "must have 3 channels (RGB) in dimension 1", tuple(image.shape))
+    if image.shape[2] < 1 or image.shape[3] < 1:
+        raise InputError(field, "must not be empty: H and W must be >= 1", tuple(image.shape))
+    if not image.is_floating_point():
+        raise InputError(field, "must be a floating-point tensor", str(image.dtype))
+    if not torch.isfinite(image).all():
+        raise InputError(field, "must not contain NaN or Inf")
+    lo, hi = image.min().item(), image.max().item()
+    if lo < -1.0 or hi > 1.0:
+        raise InputError(field, "values must lie in [-1, 1]", (lo, hi))
+
+
 def latent_frames(num_frames: int) -> int:
     """Latent frames for `num_frames` pixel frames: frame 0 alone, then one per 4 frames."""
     return (num_frames - 1) // TEMPORAL_STRIDE + 1
@@ -38,7 +62,7 @@ def latent_frames(num_frames: int) -> int:
 
 def check_num_frames(num_frames: int) -> None:
     """Reject frame counts the causal VAE cannot encode exactly (we do not round down silently)."""
-    if not isinstance(num_frames, int) or num_frames < 1:
+    if not is_int(num_frames) or num_frames < 1:
         raise InputError("num_frames", "must be an integer >= 1 (1 means a single image)", num_frames)
     if num_frames > MAX_NUM_FRAMES:
         raise InputError("num_frames", f"must be at most {MAX_NUM_FRAMES}", num_frames)
@@ -54,7 +78,7 @@ def check_num_frames(num_frames: int) -> None:
 
 def check_spatial(name: str, value: int) -> None:
     """Height and width must be positive multiples of the VAE's spatial compression, at most MAX_SIDE_PX."""
-    if not isinstance(value, int) or value <= 0 or value % SPATIAL_MULTIPLE:
+    if not is_int(value) or value <= 0 or value % SPATIAL_MULTIPLE:
         raise InputError(name, f"must be a positive multiple of {SPATIAL_MULTIPLE}", value)
     if value > MAX_SIDE_PX:
         raise InputError(name, f"must be at most {MAX_SIDE_PX} pixels", value)
@@ -126,17 +150,27 @@ class Req:
         check_spatial("width", self.width)
         check_num_frames(self.num_frames)
         check_video_size(self.height, self.width, self.num_frames)
-        if self.output_kind not in ("video", "image"):
+        if not isinstance(self.output_kind, str) or self.output_kind not in ("video", "image"):
             raise InputError("output_kind", "must be 'video' or 'image'", self.output_kind)
         if self.output_kind == "image" and self.num_frames != 1:
             raise InputError("num_frames", "must be 1 when output_kind is 'image' (T2I)", self.num_frames)
         if self.output_kind == "image" and self.image is not None:
             raise InputError("image", "a conditioning image needs output_kind 'video' (I2V); T2I takes none")
-        if not isinstance(self.fps, int) or self.fps < 1:
+        if self.image is not None and not isinstance(self.image, (str, Path, torch.Tensor)):
+            raise InputError("image", "must be a file path, a tensor or None", type(self.image).__name__)
+        if isinstance(self.image, torch.Tensor):
+            check_image_tensor(self.image)
+        elif isinstance(self.image, str) and not self.image:
+            raise InputError("image", "must be a non-empty file path", self.image)
+        if not is_int(self.fps) or self.fps < 1:
             raise InputError("fps", "must be an integer >= 1", self.fps)
-        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+        if not is_int(self.num_inference_steps) or self.num_inference_steps < 1:
             raise InputError("num_inference_steps", "must be an integer >= 1", self.num_inference_steps)
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+        scale = self.guidance_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
             raise InputError("guidance_scale", "must be a finite number >= 0", self.guidance_scale)
-        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise InputError("seed", "must be an integer >= 0 and <= 2**64 - 1 (a 64-bit generator seed)", self.seed)
+        for name in ("profile", "is_warmup"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(name, "must be True or False", getattr(self, name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,153 @@ def test_two_gates_in_one_second_get_two_report_folders(tmp_path, make_case, mak
     for _ in range(2):
         assert main(["gate", str(run_dir), "--baselines-dir", str(tmp_path / "none")]) == 0
     assert sorted(p.name for p in run_dir.iterdir()) == ["gate-19700101-000000", "gate-19700101-000000-2", "run.json"]
+
+
+def _raw_run(folder: Path, make_case, make_run, **env) -> Path:
+    """A run.json written as raw JSON, so that it may hold what no record would let through."""
+    from bench.records import run_to_dict
+
+    data = run_to_dict(make_run([make_case()], preset="tiny"))
+    data["environment"].update(env)
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), [
+    ("device_slug", "../../escaped", "must be one folder name"),
+    ("device_slug", "/abs/escaped", "must be one folder name"),
+    ("device_slug", "..", "must be one folder name"),
+    ("device_slug", "x" * 300, "must be one folder name"),
+    ("preset", "../../escaped", "must be a known preset"),
+    ("preset", "huge", "must be a known preset"),
+])
+def test_no_record_field_can_write_outside_the_baselines_folder(tmp_path, make_case, make_run, capsys,
+                                                                field, value, rule):
+    run_dir = _raw_run(tmp_path / "a" / "run", make_case, make_run, **{field: value})
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert main(["baseline", "--from-run", str(run_dir), "--baselines-dir", str(tmp_path / "a" / "bl")]) == 2
+    err = capsys.readouterr().err
+    assert f"run record {run_dir / 'run.json'}.environment.{field}: {rule}" in err and "Traceback" not in err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written, anywhere
+
+
+def test_a_baseline_path_must_resolve_inside_its_folder(tmp_path):
+    (tmp_path / "bl").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "bl" / "cpu-x").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="baselines_dir: must stay inside"):
+        cli.baseline_path(tmp_path / "bl", "cpu-x", "tiny")
+    with pytest.raises(InputError, match="run.device_slug: must be one folder name"):
+        cli.baseline_path(tmp_path / "bl", "a/b", "tiny")
+
+
+def test_a_merge_refuses_the_same_run_twice(tmp_path, make_case, make_run, capsys):
+    """`--from-run R` thrice claimed three runs, zero noise and counters identical in all 3 runs."""
+    run = make_run([make_case()], preset="tiny")
+    save_run(run, tmp_path / "r" / "run.json")
+    bl = tmp_path / "bl"
+    argv = ["baseline", "--baselines-dir", str(bl)]
+    assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "r"),
+                 "--from-run", str(tmp_path / "r")]) == 2
+    assert "from_run: names the same run folder twice (--from-run #1 and #2)" in capsys.readouterr().err
+    (tmp_path / "link").symlink_to(tmp_path / "r")
+    assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "link")]) == 2
+    assert "from_run: names the same run folder twice" in capsys.readouterr().err
+    save_run(run, tmp_path / "copy" / "run.json")  # the same samples in another folder
+    assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "copy")]) == 2
+    err = capsys.readouterr().err
+    assert "runs[1]: must be another run than runs[0]: the same run twice (the same cases with the same samples_ms" \
+        in err
+    assert not bl.exists()
+    save_run(make_run([make_case(seed=1)], preset="tiny"), tmp_path / "other" / "run.json")
+    assert main([*argv, "--from-run", str(tmp_path / "r"), "--from-run", str(tmp_path / "other")]) == 0
+
+
+@pytest.mark.parametrize("option", ["--threshold", "--device-threshold", "--memory-threshold", "--noise-k",
+                                    "--min-speedup", "--min-speedup-2d", "--alpha"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("command", ["run", "gate", "calibrate"])
+def test_no_limit_is_infinite(tmp_path, make_case, make_run, capsys, option, value, command):
+    """An infinite allowance switches a rule off, an infinite requirement fails every run: both are bad
+    input (exit 2), never a pass and never a regression."""
+    run_dir = tmp_path / "run"
+    save_run(make_run([make_case()], preset="tiny"), run_dir / "run.json")
+    head = {"run": ["run", "--preset", "tiny", "--results-dir", str(tmp_path / "results")],
+            "gate": ["gate", str(run_dir)],
+            "calibrate": ["calibrate", "--preset", "tiny", "--results-dir", str(tmp_path / "results")]}[command]
+    assert main([*head, "--baselines-dir", str(tmp_path / "b"), f"{option}={value}"]) == 2
+    err = capsys.readouterr().err
+    name = {"--threshold": "latency_threshold", "--alpha": "alpha"}.get(option, option[2:].replace("-", "_"))
+    assert f"{name}: must" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists() and sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
+
+
+@pytest.mark.parametrize("argv", [["--threshold", "inf"], ["--memory-threshold", "inf"], ["--override", "*=inf"],
+                                  ["--alpha", "inf"]])
+def test_compare_limits_are_finite(tmp_path, capsys, argv):
+    assert main(["compare", "--base", "HEAD", "--preset", "tiny", "--results-dir", str(tmp_path / "r"), *argv]) == 2
+    assert "must" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_number_rule():
+    from cosmos3.errors import check_number
+
+    assert check_number("x", 0, at_least=0) == 0
+    for bad in (True, "1", None, math.inf, math.nan, -1, -math.inf, 10**400):
+        with pytest.raises(InputError, match="x: must be"):
+            check_number("x", bad, at_least=0)
+    with pytest.raises(InputError, match="x: must be an integer"):
+        check_number("x", 1.0, integer=True)
+
+
+def _loop(tmp_path: Path) -> Path:
+    loop = tmp_path / "loop"
+    if not loop.is_symlink():
+        loop.symlink_to(loop)
+    return loop
+
+
+@pytest.mark.parametrize("case", ["baselines loop (run)", "baselines loop (gate)", "baselines loop (baseline)",
+                                  "run id too long", "results name too long", "results in /proc",
+                                  "results loop", "report in /proc", "baselines in /proc", "report name too long"])
+def test_every_path_error_is_an_input_error(tmp_path, make_case, make_run, capsys, case):
+    """A symlink loop, a name too long, an unwritable place (/proc, even for root): exit 2 naming the option."""
+    run_dir = tmp_path / "run"
+    save_run(make_run([make_case()], preset="tiny"), run_dir / "run.json")
+    run = ["run", "--preset", "tiny", "--results-dir", str(tmp_path / "results")]
+    argv, field = {
+        "baselines loop (run)": ([*run, "--baselines-dir", str(_loop(tmp_path))], "baselines_dir"),
+        "baselines loop (gate)": (["gate", str(run_dir), "--baselines-dir", str(_loop(tmp_path))], "baselines_dir"),
+        "baselines loop (baseline)": (["baseline", "--preset", "tiny", "--baselines-dir", str(_loop(tmp_path)),
+                                       "--results-dir", str(tmp_path / "results")], "baselines_dir"),
+        "run id too long": ([*run, "--run-id", "x" * 300], "run_id"),
+        "results name too long": (["run", "--preset", "tiny", "--results-dir", str(tmp_path / ("r" * 300))],
+                                  "results_dir"),
+        "results in /proc": (["run", "--preset", "tiny", "--results-dir", "/proc/x"], "results_dir"),
+        "results loop": (["run", "--preset", "tiny", "--results-dir", str(_loop(tmp_path) / "r")], "results_dir"),
+        "report in /proc": (["gate", str(run_dir), "--report-dir", "/proc/rep"], "report_dir"),
+        "baselines in /proc": (["baseline", "--from-run", str(run_dir), "--baselines-dir", "/proc/bl"],
+                               "baselines_dir"),
+        "report name too long": (["gate", str(run_dir), "--report-dir", str(tmp_path / ("g" * 300))], "report_dir"),
+    }[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {field}: must" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists() and sorted(p.name for p in run_dir.iterdir()) == ["run.json"]
+
+
+def test_a_symlink_loop_is_not_called_a_file(tmp_path, capsys):
+    assert main(["baseline", "--preset", "tiny", "--baselines-dir", str(_loop(tmp_path)),
+                 "--results-dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "symlink loop" in err and "is a file" not in err
+
+
+def test_every_repeat_folder_is_checked_before_the_first_is_measured(tmp_path, capsys):
+    (tmp_path / "results" / "b-2").mkdir(parents=True)
+    assert main(["baseline", "--preset", "tiny", "--repeats", "3", "--run-id", "b", "--baselines-dir",
+                 str(tmp_path / "bl"), "--results-dir", str(tmp_path / "results")]) == 2
+    assert "run_id: names a results folder that exists" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["b-2"]  # b-1 was never made

@@ -338,3 +338,14 @@ def test_a_json_file_is_staged_beside_its_target_as_a_hidden_tmp_file(tmp_path, 
     (tmp,) = staged
     assert tmp.parent == tmp_path / "sub" and tmp.name.startswith(".run.json.") and tmp.name.endswith(".tmp")
     assert not tmp.exists()
+
+
+def test_merge_refuses_the_same_run_twice(make_case, make_run):
+    from bench.records import merge_runs, run_fingerprint
+
+    a, b = make_run([make_case(seed=0)]), make_run([make_case(seed=1)])
+    assert run_fingerprint(a) == run_fingerprint(make_run([make_case(seed=0)], date_utc="another day"))
+    assert run_fingerprint(a) != run_fingerprint(b)
+    with pytest.raises(InputError, match=r"runs\[2\]: must be another run than runs\[0\]: the same run twice"):
+        merge_runs([a, b, a])
+    assert len(merge_runs([a, b]).cases[0].run_medians_ms) == 2

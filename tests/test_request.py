@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from cosmos3.errors import InputError
 from cosmos3.request import Req, latent_frames
@@ -72,3 +73,41 @@ def test_the_largest_allowed_sizes_pass():
     Req(height=720, width=1280, num_frames=241).validate()  # exactly MAX_VIDEO_PIXELS
     Req(height=4096, width=4096, num_frames=13).validate()
     Req(height=16, width=16, num_frames=1201, seed=2**64 - 1).validate()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # bool is an int in Python, never a number in a request
+        ({"guidance_scale": True}, r"guidance_scale: must be a finite number >= 0 \(got True\)"),
+        ({"seed": True}, r"seed: must be an integer >= 0"),
+        ({"num_inference_steps": True}, r"num_inference_steps: must be an integer >= 1"),
+        ({"fps": True}, r"fps: must be an integer >= 1"),
+        ({"height": True}, r"height: must be a positive multiple of 16"),
+        ({"num_frames": True}, r"num_frames: must be an integer >= 1"),
+        ({"guidance_scale": "4"}, r"guidance_scale: must be a finite number >= 0 \(got '4'\)"),
+        ({"guidance_scale": None}, r"guidance_scale: must be a finite number >= 0 \(got None\)"),
+        ({"guidance_scale": math.inf}, r"guidance_scale: must be a finite number >= 0"),
+        ({"seed": 1.0}, r"seed: must be an integer"),
+        ({"output_kind": ["video"]}, r"output_kind: must be 'video' or 'image'"),
+        ({"profile": 1}, r"profile: must be True or False"),
+        ({"image": 3}, r"image: must be a file path, a tensor or None"),
+        ({"image": ""}, r"image: must be a non-empty file path"),
+        ({"image": torch.zeros(1, 3, 0, 0)}, r"image: must not be empty: H and W must be >= 1 \(got \(1, 3, 0, 0\)\)"),
+        ({"image": torch.zeros(1, 3, 16, 0)}, r"image: must not be empty"),
+        ({"image": torch.zeros(1, 4, 16, 16)}, r"image: must have 3 channels"),
+        ({"image": torch.zeros(3, 16, 16)}, r"image: must have shape \[1, 3, H, W\]"),
+        ({"image": torch.zeros(1, 3, 16, 16, dtype=torch.uint8)}, r"image: must be a floating-point tensor"),
+        ({"image": torch.full((1, 3, 16, 16), math.nan)}, r"image: must not contain NaN or Inf"),
+        ({"image": torch.full((1, 3, 16, 16), 2.0)}, r"image: values must lie in \[-1, 1\]"),
+    ],
+)
+def test_the_python_api_checks_types_as_the_command_line_does(fields, message):
+    with pytest.raises(InputError, match=message) as info:
+        Req(**fields).validate()
+    assert info.value.field == next(iter(fields))
+
+
+def test_a_good_image_tensor_passes():
+    Req(image=torch.zeros(1, 3, 16, 16)).validate()
+    Req(image=torch.ones(1, 3, 720, 1280)).validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,46 @@ def test_a_nan_sample_can_no_longer_hide_a_10x_regression(tmp_path, make_case, m
     err = capsys.readouterr().err
     assert "samples_ms[4]: must be finite and > 0 (got nan)" in err
     assert not (tmp_path / "report2").exists()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_repeated_key_is_an_error_not_the_last_value(tmp_path, make_case, make_run, capsys, where):
+    """A second samples_ms before the real one made the gate pass; after it, a +5739% regression."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_run(make_run([make_case(median_ms=10.0)], preset="tiny"), tmp_path / "baseline.json")
+    save_run(make_run([make_case(median_ms=10.0, seed=1)], preset="tiny"), run_dir / "run.json")
+    text = (run_dir / "run.json").read_text()
+    fake = '"samples_ms": [1.0, 1.0, 1.0, 1.0, 1.0],'
+    text = text.replace('"samples_ms":', fake + ' "samples_ms":', 1) if where == "before" else \
+        text.replace('"warmup_ms":', fake.replace("1.0", "600.0") + ' "warmup_ms":', 1)
+    (run_dir / "run.json").write_text(text)
+    code = main(["gate", str(run_dir), "--baseline", str(tmp_path / "baseline.json"),
+                 "--report-dir", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert (f"run record {run_dir / 'run.json'}.cases[0]: must not repeat a key: 'samples_ms' appears more than "
+            "once in object cases[0]") in err
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(("text", "field", "key"), [
+    ('{"a": 1, "a": 2}', "f", "a"),
+    ('{"environment": {"x": 1}, "cases": [{}, {}, {}, {"n": 1, "n": 1}]}', "f.cases[3]", "n"),
+    ('{"e": {"k": [0, {"z": 1, "z": 2}]}}', "f.e.k[1]", "z"),
+])
+def test_every_loader_reads_json_strictly(text, field, key):
+    from cosmos3 import strict_json
+
+    with pytest.raises(InputError) as info:
+        strict_json.loads(text, "f")
+    assert (info.value.field, info.value.value) == (field, key)
+    assert strict_json.loads('{"a": [1, {"b": 2}]}', "f") == {"a": [1, {"b": 2}]}
+
+
+def test_no_loader_reads_json_leniently():
+    """One JSON reader for every loader: no bare json.load/json.loads left in the packages."""
+    offenders = [f"{p.relative_to(REPO)}:{i}" for p in sorted((REPO / "bench").rglob("*.py"))
+                 + sorted((REPO / "cosmos3").rglob("*.py")) if p.name != "strict_json.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"(?<!strict_)json\.load", line)]
+    assert offenders == []

@@ -11,7 +11,7 @@ import PIL.ImageOps
 import torch
 
 from cosmos3.errors import InputError
-from cosmos3.request import Req
+from cosmos3.request import Req, check_image_tensor
 from cosmos3.stages.base import PipelineStage
 
 # An 8K UHD frame. A request is at most request.MAX_SIDE_PX a side, so a bigger image only costs
@@ -31,21 +31,6 @@ SUPPORTED_MODES_TEXT = (
     "8-bit RGB, L, 1, P, CMYK, YCbCr, LAB, HSV; RGBA, LA, PA (composited on black); "
     "16-bit I;16 or 32-bit I with values in [0, 65535] (divided by 65535); float F with values in [0, 1]"
 )
-
-
-def check_image_tensor(image: torch.Tensor, field: str = "image") -> None:
-    """A conditioning image tensor must be [1, 3, H, W], floating point, finite and within [-1, 1]."""
-    if image.dim() != 4 or image.shape[0] != 1:
-        raise InputError(field, "must have shape [1, 3, H, W] (rank 4, batch 1)", tuple(image.shape))
-    if image.shape[1] != 3:
-        raise InputError(field, "must have 3 channels (RGB) in dimension 1", tuple(image.shape))
-    if not image.is_floating_point():
-        raise InputError(field, "must be a floating-point tensor", str(image.dtype))
-    if not torch.isfinite(image).all():
-        raise InputError(field, "must not contain NaN or Inf")
-    lo, hi = image.min().item(), image.max().item()
-    if lo < -1.0 or hi > 1.0:
-        raise InputError(field, "values must lie in [-1, 1]", (lo, hi))
 
 
 class CropWarning(UserWarning):
