@@ -36,8 +36,13 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_image_tensor(image: object, field: str = "image") -> None:
-    """A conditioning image tensor must be [1, 3, H, W] with H, W >= 1, floating point, finite and within [-1, 1]."""
+def check_image_tensor(image: object, field: str = "image", *, values: bool = True) -> None:
+    """A conditioning image tensor must be [1, 3, H, W] with H, W >= 1, floating point, finite and within [-1, 1].
+
+    `values=False` checks the metadata alone (type, shape, dtype): free, where reading the values costs a pass
+    over the image and two host-device syncs. Req.validate runs before every stage, so it checks the metadata;
+    the values are checked once, by the stage that reads the pixels (preprocess, latent preparation).
+    """
     if not isinstance(image, torch.Tensor):
         raise InputError(field, "must be a torch.Tensor", type(image).__name__)
     if image.dim() != 4 or image.shape[0] != 1:
@@ -48,6 +53,8 @@ def check_image_tensor(image: object, field: str = "image") -> None:
         raise InputError(field, "must not be empty: H and W must be >= 1", tuple(image.shape))
     if not image.is_floating_point():
         raise InputError(field, "must be a floating-point tensor", str(image.dtype))
+    if not values:
+        return
     if not torch.isfinite(image).all():
         raise InputError(field, "must not contain NaN or Inf")
     lo, hi = image.min().item(), image.max().item()
@@ -159,7 +166,7 @@ class Req:
         if self.image is not None and not isinstance(self.image, (str, Path, torch.Tensor)):
             raise InputError("image", "must be a file path, a tensor or None", type(self.image).__name__)
         if isinstance(self.image, torch.Tensor):
-            check_image_tensor(self.image)
+            check_image_tensor(self.image, values=False)  # the values: by the stage that reads them
         elif isinstance(self.image, str) and not self.image:
             raise InputError("image", "must be a non-empty file path", self.image)
         if not is_int(self.fps) or self.fps < 1:

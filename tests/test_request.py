@@ -98,14 +98,33 @@ def test_the_largest_allowed_sizes_pass():
         ({"image": torch.zeros(1, 4, 16, 16)}, r"image: must have 3 channels"),
         ({"image": torch.zeros(3, 16, 16)}, r"image: must have shape \[1, 3, H, W\]"),
         ({"image": torch.zeros(1, 3, 16, 16, dtype=torch.uint8)}, r"image: must be a floating-point tensor"),
-        ({"image": torch.full((1, 3, 16, 16), math.nan)}, r"image: must not contain NaN or Inf"),
-        ({"image": torch.full((1, 3, 16, 16), 2.0)}, r"image: values must lie in \[-1, 1\]"),
     ],
 )
 def test_the_python_api_checks_types_as_the_command_line_does(fields, message):
     with pytest.raises(InputError, match=message) as info:
         Req(**fields).validate()
     assert info.value.field == next(iter(fields))
+
+
+@pytest.mark.parametrize(("image", "message"), [
+    (torch.full((1, 3, 16, 16), math.nan), r"image: must not contain NaN or Inf"),
+    (torch.full((1, 3, 16, 16), 2.0), r"image: values must lie in \[-1, 1\]"),
+])
+def test_an_image_tensors_values_are_checked_by_the_stage_that_reads_them(image, message):
+    """Req.validate runs before every stage, so it checks the tensor's metadata only (reading the values is a
+    pass over the image and two host-device syncs, which would land in every timed stage); preprocessing, the
+    first stage that reads the pixels, checks them and names the field."""
+    from cosmos3.stages import Cosmos3ImagePreprocessStage
+
+    req = Req(height=16, width=16, num_frames=5, image=image)
+    req.validate()
+    with pytest.raises(InputError, match=message) as info:
+        Cosmos3ImagePreprocessStage()(req)
+    assert info.value.field == "image"
+
+
+def test_validate_never_reads_an_image_tensors_values():
+    Req(image=torch.empty(1, 3, 16, 16, device="meta")).validate()  # a meta tensor has no values to read
 
 
 def test_a_good_image_tensor_passes():
