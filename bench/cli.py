@@ -175,6 +175,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            f"time (default: each kind's warm-up, {compare_mod.MIN_TRIALS}, {compare_mod.MAX_TRIALS}, "
                            f"{compare_mod.CASE_BUDGET_S['cuda'] * 1e3:g} on a GPU, "
                            f"{compare_mod.CASE_BUDGET_S['cpu'] * 1e3:g} on the CPU)")
+    ab.add_argument("--processes", type=int, default=compare_mod.DEFAULT_PROCESSES, metavar="K",
+                    help="worker processes per side, run as K (head, base) pairs that share the trials; a regression "
+                         "must also be significant across the pairs (default %(default)s; 1: process bias unmeasured)")
     v = ab.add_argument_group("verdict")
     v.add_argument("--threshold", type=float, default=compare_mod.DEFAULT_THRESHOLD,
                    help="allowed paired slowdown, a fraction (default %(default)s)")
@@ -570,7 +573,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = compare_mod.CompareSettings(
         base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=plan.controls, criteria=criteria,
         results_dir=args.results_dir, run_id=plan.run_id, keyword=args.keyword, dit_layers=args.dit_layers,
-        weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]),
+        weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]), processes=args.processes,
     )
     try:
         record, logs = compare_mod.measure_run(settings)

@@ -89,10 +89,13 @@ def paired_section(report: CompareReport) -> list[str]:
     if not report.comparisons:
         return []
     header = ["benchmark", "base median ms", "head median ms", "trials", f"head / base [{CI_LEVEL:.0%} CI]",
-              "allowed", "p (Holm)", "stopped", "verdict"]
+              "allowed", "p (Holm)", "pairs", "p across pairs (Holm)", "process-to-process spread",
+              "within-process spread", "stopped", "verdict"]
     rows = [
         [code(c.name), fmt_ms(c.base_median_ms), fmt_ms(c.head_median_ms), str(c.trials),
-         fmt_ratio_ci(c.ratio, c.ci_low, c.ci_high), f"+{c.threshold:.1%}", fmt_p(c.p_adjusted), c.stopped,
+         fmt_ratio_ci(c.ratio, c.ci_low, c.ci_high), f"+{c.threshold:.1%}", fmt_p(c.p_adjusted), str(c.processes),
+         "n/a" if c.p_process_adjusted is None else fmt_p(c.p_process_adjusted),
+         "n/a" if c.process_spread is None else f"{c.process_spread:.1%}", f"{c.within_spread:.1%}", c.stopped,
          f"**{c.verdict}**" if c.failure else c.verdict]
         for c in report.comparisons
     ]
@@ -101,7 +104,11 @@ def paired_section(report: CompareReport) -> list[str]:
         "Each trial ran one round on each side, one side at a time, in a seeded random order. The ratio is the "
         "median of the per-trial ratios head/base with a bootstrap interval; p is a one-sided Wilcoxon "
         f"signed-rank test on their logs (is the head slower?), Holm-adjusted over {len(report.comparisons)} "
-        f"case(s). A regression needs ratio > 1 + allowed and p < {r.criteria.alpha:g}."
+        f"case(s). Each side ran in {r.processes} worker process(es), as (head, base) pairs sharing the trials "
+        "in shuffled blocks; 'p across pairs' is a one-sided t-test on the pairs' median log ratios "
+        "(Holm-adjusted too), and the spreads are standard deviations of log ratios: of the pairs' medians, and "
+        "of the trials about their own pair's median. A regression needs ratio > 1 + allowed, "
+        f"p < {r.criteria.alpha:g} and, with two or more pairs, p across pairs < {r.criteria.alpha:g}."
     )
     return ["## Paired latency", "", explain, "", *table(header, rows), ""]
 
@@ -139,6 +146,8 @@ def settings_section(record: CompareRecord) -> list[str]:
     ]
     if record.keyword:
         lines.append(f"- cases: `-k {record.keyword}`")
+    lines.append(f"- worker processes per side: {record.processes}"
+                 + ("" if record.startup_s is None else f", all {2 * record.processes} ready in {record.startup_s:.1f} s"))
     if record.wall_s is not None:
         lines.append(f"- wall time {record.wall_s:.0f} s (checkout, model builds and warm-ups included)")
     if record.argv:
