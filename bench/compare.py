@@ -53,7 +53,7 @@ import numpy as np
 from scipy import stats
 
 from bench import cases as cases_mod
-from bench import gate
+from bench import gate, telemetry
 from bench.harness import RoundPolicy, RunControls
 from bench.protocol import (
     REPLIES,
@@ -72,6 +72,7 @@ from bench.protocol import (
     encode_message,
 )
 from bench.records import CaseResult, CaseSpec, Environment, RunRecord, decode_record, write_json_atomic
+from bench.telemetry import GpuReading
 from cosmos3.errors import InputError
 
 DEFAULT_THRESHOLD = 0.02  # a paired median ratio above 1.02 is a regression (when significant)
@@ -285,6 +286,9 @@ class PairedCase:
     head_first: tuple[bool, ...]  # per trial, whether the head's round ran first
     stopped: str  # stop_reason's answer
     process: tuple[int, ...] = ()  # per trial, the index of the process pair that ran it
+    # Every NVML reading of each side's workers (before and after their timed rounds); empty without NVML.
+    head_gpu: tuple[GpuReading, ...] = ()
+    base_gpu: tuple[GpuReading, ...] = ()
 
     def __post_init__(self) -> None:
         if self.head.spec != self.base.spec:
@@ -392,6 +396,7 @@ class PairedComparison:
     p_process_adjusted: float | None = None  # Holm-adjusted across the run's paired cases
     process_spread: float | None = None  # SD of the per-pair median log ratios
     within_spread: float = 0.0  # pooled SD of the log ratios about their pair's median
+    gpu_note: str | None = None  # bench.telemetry.sm_clock_note: the GPU's clocks or throttling may explain it
 
     @property
     def failure(self) -> str | None:
@@ -497,10 +502,14 @@ def judge(record: CompareRecord) -> CompareReport:
             verdict, note = OK, f"{change}: significant but within +{threshold:.1%}"
         else:
             verdict, note = OK, ""
+        gpu_note = telemetry.sm_clock_note(list(pair.head_gpu), list(pair.base_gpu))
+        if gpu_note and verdict == REGRESSION:
+            # Still a regression (exit 1): the timing stands, but the GPU may explain it; rerun to tell.
+            note += f"; but the GPU may explain it: {gpu_note}"
         comparisons.append(PairedComparison(
             pair.name, len(d), pair.base.median_ms, pair.head.median_ms, ratio, math.exp(lo), math.exp(hi),
             p_slower, p_adj, threshold, verdict, pair.stopped, note, k, p_proc, pp_adj, spread,
-            pair.within_process_spread()))
+            pair.within_process_spread(), gpu_note))
     findings: tuple[gate.Finding, ...] = ()
     if record.pairs:
         head_run = RunRecord(record.head.environment, tuple(p.head for p in record.pairs))
@@ -846,7 +855,10 @@ def measure_case(spec: CaseSpec, workers: dict[str, WorkerProcess] | Sequence[di
         sides[side] = dataclasses.replace(
             rs[0], samples_ms=tuple(samples), warmup_ms=tuple(w for r in rs for w in r.warmup_ms),
             peak_mem_gib=max(peaks) if peaks else rs[0].peak_mem_gib)
-    return PairedCase(sides["head"], sides["base"], tuple(head_first), reason, tuple(process) if k > 1 else ())
+    gpu = {side: tuple(g for r in results[side] for g in (r.gpu_before, r.gpu_after) if g is not None)
+           for side in ("head", "base")}
+    return PairedCase(sides["head"], sides["base"], tuple(head_first), reason, tuple(process) if k > 1 else (),
+                      gpu["head"], gpu["base"])
 
 
 def _unavailable(spec: CaseSpec, side: str, reply: Unavailable) -> Unpaired:

@@ -113,6 +113,35 @@ def paired_section(report: CompareReport) -> list[str]:
     return ["## Paired latency", "", explain, "", *table(header, rows), ""]
 
 
+def gpu_section(report: CompareReport) -> list[str]:
+    """Per case, what the GPU was doing on each side (NVML readings before and after the timed rounds)."""
+    by_name = {p.name: p for p in report.record.pairs}
+    rows = []
+    for c in report.comparisons:
+        pair = by_name[c.name]
+        if not pair.head_gpu and not pair.base_gpu:
+            continue
+        cells = [code(c.name)]
+        for readings in (pair.head_gpu, pair.base_gpu):
+            if not readings:
+                cells += [DASH, DASH, DASH]
+                continue
+            sm = [r.sm_clock_mhz for r in readings]
+            throttled = sorted({t for r in readings for t in r.throttled})
+            cells += [f"{min(sm)}-{max(sm)}", f"{max(r.temperature_c for r in readings)}",
+                      ", ".join(throttled) or "none"]
+        cells.append(c.gpu_note or "")
+        rows.append(cells)
+    if not rows:
+        return []
+    header = ["benchmark", "head SM MHz", "head max C", "head throttled", "base SM MHz", "base max C",
+              "base throttled", "note"]
+    explain = ("NVML readings before and after each worker's timed rounds. A regression whose sides' mean SM clocks "
+               "differ by more than 5%, or whose either side was throttled, still fails (exit 1), with a note that "
+               "the GPU may explain it: rerun before believing it.")
+    return ["## GPU", "", explain, "", *table(header, rows), ""]
+
+
 def rule_sections(report: CompareReport) -> list[str]:
     """The stored-baseline rules on the head's records against the base's ("baseline" = base, "new" = head)."""
     lines: list[str] = []
@@ -160,6 +189,7 @@ def render_summary(report: CompareReport, plots: Sequence[str] = ()) -> str:
         verdict_section(report),
         sides_section(report.record),
         paired_section(report),
+        gpu_section(report),
         rule_sections(report),
         unpaired_section(report),
         ["## Notes", "", *(f"- {n}" for n in report.notes), ""] if report.notes else [],

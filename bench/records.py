@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.telemetry import GpuReading
 from cosmos3.errors import InputError
 
 # Bump when a field changes meaning; the loader fills in fields that older files lack.
@@ -356,6 +357,10 @@ class CaseResult:
     run_medians_ms: tuple[float, ...] = ()
     # Likewise for the device time of each merged run's profiled rounds.
     run_device_medians_ms: tuple[float, ...] = ()
+    # What the GPU was doing just before the first and just after the last timed round (bench.telemetry);
+    # None where not read (no NVML, the CPU).
+    gpu_before: GpuReading | None = None
+    gpu_after: GpuReading | None = None
 
     def __post_init__(self) -> None:
         check_samples("samples_ms", self.samples_ms)
