@@ -1,7 +1,7 @@
 """What the GPU was doing around a case's timed rounds: clocks, temperature, power, utilisation and
 clock-event (throttle) reasons, read through NVML (`nvidia-ml-py`, imported as pynvml).
 
-    reading = telemetry.read_gpu(device_index)   # before the timed rounds, and again after them
+    reading = telemetry.read_device(device)   # a torch.device: before the timed rounds, and again after them
 
 Never call it inside a timed round: an NVML query takes tens of microseconds to milliseconds of host
 time. It returns None where there is no NVML (no driver, no GPU, the CPU), and never raises.
@@ -12,6 +12,7 @@ A reading made up for a test, or read back from a fixture of NVML's values, says
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,18 @@ def read_gpu(device_index: int = 0) -> GpuReading | None:
             pynvml.nvmlShutdown()
         except Exception:  # noqa: BLE001,S110
             pass
+
+
+def read_device(device: Any) -> GpuReading | None:
+    """read_gpu for a torch.device: None for the CPU (or any non-CUDA device). NVML numbers devices as the
+    driver does; with CUDA_VISIBLE_DEVICES set, CUDA's index may name another, so that is read instead."""
+    if getattr(device, "type", None) != "cuda":
+        return None
+    index = device.index if device.index is not None else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    if visible and visible[0].strip() and index < len(visible) and visible[index].strip().isdigit():
+        index = int(visible[index].strip())
+    return read_gpu(index)
 
 
 def sm_clock_note(readings_a: list[GpuReading], readings_b: list[GpuReading], limit: float = SM_CLOCK_LIMIT

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bench import compare as cmp
 from bench import telemetry
@@ -45,6 +46,18 @@ def test_values_not_shaped_like_nvml_and_unknown_sources_are_refused():
 def test_without_nvml_there_is_no_reading():
     """This machine has no NVIDIA driver: None, never an exception (nor a made-up reading)."""
     assert telemetry.read_gpu(0) is None
+    assert telemetry.read_device(torch.device("cpu")) is None
+    assert telemetry.read_device(torch.device("cuda", 0)) is None
+
+
+def test_a_cuda_device_is_read_by_its_driver_index(monkeypatch):
+    seen = []
+    monkeypatch.setattr(telemetry, "read_gpu", lambda index: seen.append(index))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    telemetry.read_device(torch.device("cuda", 1))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    telemetry.read_device(torch.device("cuda"))
+    assert seen == [1, 0]
 
 
 def test_the_reasons_table_matches_pynvml():
