@@ -24,6 +24,7 @@ import torch
 from bench import calibrate as calibrate_mod
 from bench import cases as cases_mod
 from bench import compare as compare_mod
+from bench import compare_calibration as compare_cal
 from bench import gate as gate_mod
 from bench.cases import GRID_NAMES
 from bench.compare_report import write_compare_run
@@ -159,6 +160,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cal.add_argument("--time-budget-s", type=float, default=None, metavar="SECONDS",
                      help="start no run after SECONDS of this call; a later call naming the same folder measures "
                           "the rest (default: no limit)")
+    cc = cal.add_argument_group("calibrating compare (--compare)")
+    cc.add_argument("--compare", action="store_true",
+                    help="calibrate `bench compare` instead: --aa-runs A/A compares and --runs-per-size compares per "
+                         "--slowdowns (a host slowdown of the head), on the cases of -k; the false alarms and "
+                         "detection rate per case go to compare_calibration.{json,md} and a plot")
+    cc.add_argument("--base", default="HEAD", metavar="REF", help="the base of every compare (default %(default)s)")
+    cc.add_argument("--processes", type=int, default=compare_mod.DEFAULT_PROCESSES, metavar="K",
+                    help="worker processes per side in each compare (default %(default)s)")
+    cc.add_argument("--slowdowns", default=",".join(f"{s:g}" for s in compare_cal.DEFAULT_SLOWDOWNS),
+                    help="head slowdowns injected, fractions of each round (default %(default)s)")
+    cc.add_argument("--load", default="", help="a description of the machine's load, kept in the report")
     add_run_options(cal)
     add_gate_options(cal)
     ab = sub.add_parser("compare", help="measure the working tree against a git ref, interleaved in one job; "
@@ -176,6 +188,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            f"time (default: each kind's warm-up, {compare_mod.MIN_TRIALS}, {compare_mod.MAX_TRIALS}, "
                            f"{compare_mod.CASE_BUDGET_S['cuda'] * 1e3:g} on a GPU, "
                            f"{compare_mod.CASE_BUDGET_S['cpu'] * 1e3:g} on the CPU)")
+    ab.add_argument("--processes", type=int, default=compare_mod.DEFAULT_PROCESSES, metavar="K",
+                    help="worker processes per side, run as K (head, base) pairs that share the trials; a regression "
+                         "must also be significant across the pairs (default %(default)s; 1: process bias unmeasured)")
     v = ab.add_argument_group("verdict")
     v.add_argument("--threshold", type=float, default=compare_mod.DEFAULT_THRESHOLD,
                    help="allowed paired slowdown, a fraction (default %(default)s)")
@@ -554,8 +569,53 @@ def measure_calibration_run(args: argparse.Namespace, planned: calibrate_mod.Pla
         raise InputError("calibrate", f"run {planned.run_id} had failing benchmarks: {failed}")
 
 
+def cmd_calibrate_compare(args: argparse.Namespace) -> int:
+    """`calibrate --compare`: whole compares, A/A and with an injected head slowdown, into a new folder."""
+    slowdowns = compare_cal.parse_slowdowns(args.slowdowns)
+    if args.aa_runs < 1 or args.runs_per_size < 0:
+        raise InputError("runs", "needs --aa-runs >= 1 and --runs-per-size >= 0", (args.aa_runs, args.runs_per_size))
+    if args.keyword is None or args.case:
+        raise InputError("keyword", "calibrate --compare selects its cases with -k EXPRESSION (and no --case)")
+    if args.inject_slowdown or args.inject_gpu_work or args.inject_sync or args.inject_kernel:
+        raise InputError("calibrate", "injects its own slowdown; other negative controls are refused")
+    # calibrate's --threshold defaults to the stored-baseline gate's; a compare's own default is used unless given.
+    threshold = compare_mod.DEFAULT_THRESHOLD if args.threshold == gate_mod.DEFAULT_LATENCY_THRESHOLD else args.threshold
+    criteria = compare_mod.Criteria(threshold, parse_pattern_values(args.override, "override"), args.alpha,
+                                    args.memory_threshold)
+    folder = args.calibration_dir or args.results_dir / f"compare-calibration-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    check_output_dir("calibration_dir", folder)
+    if folder.exists():
+        raise InputError("calibration_dir", "exists; a compare calibration is written to a new folder", str(folder))
+    compare_mod.CompareSettings("HEAD", REPO_ROOT, "tiny", run_controls(args), criteria, folder, "x",
+                                processes=args.processes)  # checks --processes before anything runs
+    runs_dir = folder.parent / f".{folder.name}-compares"
+    plan = plan_run(args, suffix="-compare")
+
+    def run_compare(slowdown: float | None, index: int) -> compare_mod.CompareReport:
+        controls = plan.controls if slowdown is None else dataclasses.replace(plan.controls, slowdowns={"*": slowdown})
+        run_id = f"{index:03d}-{'aa' if slowdown is None else f'slow{slowdown:g}'}"
+        settings = compare_mod.CompareSettings(
+            base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=controls, criteria=criteria,
+            results_dir=runs_dir, run_id=run_id, keyword=args.keyword, dit_layers=args.dit_layers,
+            weights_dir=args.weights_dir, argv=f"calibrate --compare #{index}", processes=args.processes)
+        try:
+            record, logs = compare_mod.measure_run(settings)
+        except compare_mod.Stopped as stop:
+            raise Interrupted(stop.signum) from None
+        return write_compare_run(record, logs, runs_dir / run_id)[0]
+
+    cal = compare_cal.run_calibration(run_compare, aa_runs=args.aa_runs, slowdowns=slowdowns,
+                                      runs_per_slowdown=args.runs_per_size, clock=time.monotonic,
+                                      command="python -m bench " + " ".join(sys.argv[1:]), load=args.load)
+    report = compare_cal.write(cal, folder)
+    print(f"compare calibration: {display_path(report)} (compares in {display_path(runs_dir)})")
+    return EXIT_PASS
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure the missing runs of each step into the calibration folder, then report on all of them."""
+    if args.compare:
+        return cmd_calibrate_compare(args)
     config = gate_config(args)
     started = time.monotonic()
     sizes = calibrate_mod.parse_sizes(args.sizes)
@@ -607,7 +667,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = compare_mod.CompareSettings(
         base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=plan.controls, criteria=criteria,
         results_dir=args.results_dir, run_id=plan.run_id, keyword=args.keyword, dit_layers=args.dit_layers,
-        weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]),
+        weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]), processes=args.processes,
     )
     try:
         record, logs = compare_mod.measure_run(settings)

@@ -11,10 +11,18 @@ alike. The per-trial log ratio head/base carries the verdict:
   across the run's cases, so that a whole compare raises a false alarm with probability <= alpha;
 - regression: median ratio > 1 + threshold and adjusted p < alpha.
 
-Holm bounds the false alarms that trial-to-trial noise can cause. A constant offset between the
-two processes (memory layout, core placement) is not noise to a paired test: it shows as the
-spread of the median ratio over repeated A/A compares, which `tools/gpu-evidence.sh compare-aaN`
-measures, and the threshold has to stay above it.
+Holm bounds the false alarms that trial-to-trial noise can cause. An offset that lasts as long as
+a worker process (core placement, thread pool, allocator, address layout) is not trial-to-trial
+noise: with one process per side it is the same in every trial, and the Wilcoxon test alone counts
+it as a difference. So each side runs in `processes` (k) worker processes, started together as k
+(head, base) process pairs; the trials of a case go to the pairs in shuffled blocks (each block
+one trial per pair, in a seeded random order), and every trial records its pair (`process`). The
+process pair is then a unit of variation: with k >= 2 a regression also needs a one-sided
+one-sample t-test across the k per-pair median log ratios (Holm-adjusted across cases as well)
+to reject at alpha. Each of the two tests alone keeps its false alarms <= alpha; requiring both
+(an intersection-union test) keeps them <= alpha too, and the across-process test holds whatever
+the size of the process bias, since the k pairs are independent fresh processes. With k = 1 the
+process bias is neither randomized nor measured, and the verdict says so.
 
 Trials stop (see `stop_reason`) once the interval lies below the limit, or is narrower than the
 threshold, or the case's round-time budget is spent; never before the minimum that lets the test
@@ -45,7 +53,7 @@ import numpy as np
 from scipy import stats
 
 from bench import cases as cases_mod
-from bench import gate
+from bench import gate, telemetry
 from bench.harness import RoundPolicy, RunControls
 from bench.protocol import (
     REPLIES,
@@ -64,6 +72,7 @@ from bench.protocol import (
     encode_message,
 )
 from bench.records import CaseResult, CaseSpec, Environment, RunRecord, decode_record, write_json_atomic
+from bench.telemetry import GpuReading
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
@@ -92,7 +101,10 @@ STDERR_TAIL_LINES = 25
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 COMPARE_RECORD = "compare.json"
 INTERRUPTED_RECORD = "interrupted.json"  # all a stopped compare leaves in its run folder
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: process pairs (CompareRecord.processes, PairedCase.process)
+# Worker process pairs per compare (see the module docstring); at least MIN_TRIALS_PER_PROCESS trials each.
+DEFAULT_PROCESSES = 4
+MIN_TRIALS_PER_PROCESS = 3
 
 # Verdicts of a paired case (the gate's words where they mean the same) and of cases not paired.
 REGRESSION, NOT_SIGNIFICANT, OK, FASTER = gate.REGRESSION, gate.NOT_SIGNIFICANT, gate.OK, gate.FASTER
@@ -267,12 +279,17 @@ class Side:
 
 @dataclass(frozen=True)
 class PairedCase:
-    """A case measured on both sides: trial i is head.samples_ms[i] against base.samples_ms[i]."""
+    """A case measured on both sides: trial i is head.samples_ms[i] against base.samples_ms[i], measured by
+    process pair process[i] (head worker i and base worker i; empty: every trial by pair 0)."""
 
     head: CaseResult
     base: CaseResult
     head_first: tuple[bool, ...]  # per trial, whether the head's round ran first
     stopped: str  # stop_reason's answer
+    process: tuple[int, ...] = ()  # per trial, the index of the process pair that ran it
+    # Every NVML reading of each side's workers (before and after their timed rounds); empty without NVML.
+    head_gpu: tuple[GpuReading, ...] = ()
+    base_gpu: tuple[GpuReading, ...] = ()
 
     def __post_init__(self) -> None:
         if self.head.spec != self.base.spec:
@@ -280,6 +297,29 @@ class PairedCase:
         if not len(self.head.samples_ms) == len(self.base.samples_ms) == len(self.head_first):
             raise InputError(f"{self.head.name}.samples_ms", "must hold one sample per trial on each side",
                              (len(self.head.samples_ms), len(self.base.samples_ms), len(self.head_first)))
+        if self.process and (len(self.process) != len(self.head_first) or min(self.process) < 0):
+            raise InputError(f"{self.head.name}.process", "must hold one process index >= 0 per trial",
+                             len(self.process))
+
+    @property
+    def trial_process(self) -> np.ndarray:
+        return np.asarray(self.process, dtype=int) if self.process else np.zeros(len(self.head_first), dtype=int)
+
+    def process_medians(self) -> np.ndarray:
+        """The median log ratio of each process pair that ran trials, in pair order."""
+        d, proc = self.log_ratios, self.trial_process
+        return np.array([float(np.median(d[proc == j])) for j in np.unique(proc)])
+
+    def within_process_spread(self) -> float:
+        """The pooled standard deviation of the log ratios about their own pair's median."""
+        d, proc = self.log_ratios, self.trial_process
+        resid = np.concatenate([d[proc == j] - np.median(d[proc == j]) for j in np.unique(proc)])
+        return float(np.sqrt(np.mean(resid ** 2)))
+
+    def process_spread(self) -> float | None:
+        """The standard deviation of the per-pair median log ratios; None with fewer than two pairs."""
+        m = self.process_medians()
+        return float(np.std(m, ddof=1)) if len(m) >= 2 else None
 
     @property
     def name(self) -> str:
@@ -315,6 +355,8 @@ class CompareRecord:
     seed: int = TRIAL_ORDER_SEED
     argv: str = ""
     wall_s: float | None = None
+    processes: int = 1  # worker process pairs (one head and one base worker each)
+    startup_s: float | None = None  # from the first worker started to the last one Ready
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -350,6 +392,12 @@ class PairedComparison:
     verdict: str
     stopped: str
     note: str = ""
+    processes: int = 1  # process pairs that ran trials
+    p_process: float | None = None  # one-sided t-test across the per-pair median log ratios; None with k < 2
+    p_process_adjusted: float | None = None  # Holm-adjusted across the run's paired cases
+    process_spread: float | None = None  # SD of the per-pair median log ratios
+    within_spread: float = 0.0  # pooled SD of the log ratios about their pair's median
+    gpu_note: str | None = None  # bench.telemetry.sm_clock_note: the GPU's clocks or throttling may explain it
 
     @property
     def failure(self) -> str | None:
@@ -384,39 +432,85 @@ def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
+def process_t_p(medians: np.ndarray, alternative: str) -> float | None:
+    """One-sided one-sample t-test that the per-process-pair median log ratios centre on 0 (is the head
+    slower / faster?); None with fewer than two pairs. Equal medians are decided by their sign."""
+    if len(medians) < 2:
+        return None
+    if np.all(medians == medians[0]):
+        sign = 1 if alternative == "greater" else -1
+        return 0.0 if sign * medians[0] > 0 else 1.0
+    return float(stats.ttest_1samp(medians, 0.0, alternative=alternative).pvalue)
+
+
+def _holm_optional(p_values: Sequence[float | None]) -> list[float | None]:
+    present = [i for i, p in enumerate(p_values) if p is not None]
+    adjusted = holm([p_values[i] for i in present])
+    out: list[float | None] = [None] * len(p_values)
+    for i, p in zip(present, adjusted, strict=True):
+        out[i] = p
+    return out
+
+
 def judge(record: CompareRecord) -> CompareReport:
-    """Every paired case's verdict (Holm across them) and the pair rules; pure, from the record alone."""
+    """Every paired case's verdict (Holm across them) and the pair rules; pure, from the record alone.
+
+    A regression needs size (median ratio > 1 + threshold), the within-process Wilcoxon test and, where
+    the case ran in two or more process pairs, the across-process t-test: both Holm-adjusted p < alpha."""
     criteria = record.criteria
     config = criteria.gate_config()
     raw = []
     for pair in record.pairs:
         d = pair.log_ratios
         lo, hi = median_ci(d, seed=record.seed)
-        raw.append((pair, d, lo, hi, wilcoxon_p(d, "greater"), wilcoxon_p(d, "less")))
+        medians = pair.process_medians()
+        raw.append((pair, d, lo, hi, wilcoxon_p(d, "greater"), wilcoxon_p(d, "less"),
+                    process_t_p(medians, "greater"), process_t_p(medians, "less")))
     slower_adj = holm([r[4] for r in raw])
     faster_adj = holm([r[5] for r in raw])
+    proc_slower_adj = _holm_optional([r[6] for r in raw])
+    proc_faster_adj = _holm_optional([r[7] for r in raw])
     comparisons = []
-    for (pair, d, lo, hi, p_slower, _), p_adj, p_faster_adj in zip(raw, slower_adj, faster_adj, strict=True):
+    for (pair, d, lo, hi, p_slower, _, p_proc, _), p_adj, p_faster_adj, pp_adj, pf_adj in zip(
+            raw, slower_adj, faster_adj, proc_slower_adj, proc_faster_adj, strict=True):
         threshold = config.threshold_for(pair.name)
         ratio = math.exp(float(np.median(d)))
+        k = len(pair.process_medians())
+        spread = pair.process_spread()
         change = (f"median paired ratio {ratio:.3f} [{math.exp(lo):.3f}, {math.exp(hi):.3f}] over {len(d)} trials "
+                  f"in {k} process pair{'s' if k != 1 else ''} "
                   f"(head {pair.head.median_ms:.2f} ms, base {pair.base.median_ms:.2f} ms)")
+        proc_ok = pp_adj is None or pp_adj < criteria.alpha
+        faster_proc_ok = pf_adj is None or pf_adj < criteria.alpha
         if ratio > 1 + threshold:
-            if p_adj < criteria.alpha:
+            if p_adj < criteria.alpha and not proc_ok:
+                verdict = NOT_SIGNIFICANT
+                note = (f"{change} with Holm-adjusted p={p_adj:.2g}, but across the process pairs "
+                        f"(spread {spread:.1%}) Holm-adjusted p={pp_adj:.2g} >= {criteria.alpha:g}: "
+                        "a process-level difference, not one of the code")
+            elif p_adj < criteria.alpha:
                 verdict = REGRESSION
-                note = (f"{change} > +{threshold:.1%} with Holm-adjusted p={p_adj:.2g} < {criteria.alpha:g}: "
-                        "the head is slower")
+                across = ("" if pp_adj is None else
+                          f" and across {k} process pairs p={pp_adj:.2g}")
+                alone = "" if pp_adj is not None else " (one process pair: process bias not measured)"
+                note = (f"{change} > +{threshold:.1%} with Holm-adjusted p={p_adj:.2g}{across} < "
+                        f"{criteria.alpha:g}: the head is slower{alone}")
             else:
                 verdict, note = NOT_SIGNIFICANT, f"{change} but Holm-adjusted p={p_adj:.2g} >= {criteria.alpha:g}"
-        elif ratio < 1 - threshold and p_faster_adj < criteria.alpha:
+        elif ratio < 1 - threshold and p_faster_adj < criteria.alpha and faster_proc_ok:
             verdict, note = FASTER, ""
-        elif ratio > 1 and p_adj < criteria.alpha:
+        elif ratio > 1 and p_adj < criteria.alpha and proc_ok:
             verdict, note = OK, f"{change}: significant but within +{threshold:.1%}"
         else:
             verdict, note = OK, ""
+        gpu_note = telemetry.sm_clock_note(list(pair.head_gpu), list(pair.base_gpu))
+        if gpu_note and verdict == REGRESSION:
+            # Still a regression (exit 1): the timing stands, but the GPU may explain it; rerun to tell.
+            note += f"; but the GPU may explain it: {gpu_note}"
         comparisons.append(PairedComparison(
             pair.name, len(d), pair.base.median_ms, pair.head.median_ms, ratio, math.exp(lo), math.exp(hi),
-            p_slower, p_adj, threshold, verdict, pair.stopped, note))
+            p_slower, p_adj, threshold, verdict, pair.stopped, note, k, p_proc, pp_adj, spread,
+            pair.within_process_spread(), gpu_note))
     findings: tuple[gate.Finding, ...] = ()
     if record.pairs:
         head_run = RunRecord(record.head.environment, tuple(p.head for p in record.pairs))
@@ -640,6 +734,11 @@ class CompareSettings:
     dit_layers: int | None = None
     weights_dir: Path | None = None
     argv: str = ""
+    processes: int = DEFAULT_PROCESSES  # worker process pairs
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.processes <= 32:
+            raise InputError("processes", "must be 1 to 32 worker pairs", self.processes)
 
 
 def _side_env(shim: Path, head_root: Path) -> dict[str, str]:
@@ -651,26 +750,34 @@ def _side_env(shim: Path, head_root: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def started_workers(settings: CompareSettings, trees: dict[str, Path], labels: dict[str, str], scratch: Path
-                    ) -> Iterator[dict[str, tuple[WorkerProcess, Ready]]]:
-    """Both workers started (their models build in parallel) and Ready; stopped however the block ends."""
-    workers: dict[str, WorkerProcess] = {}
+def started_workers(settings: CompareSettings, trees: dict[str, Path], labels: dict[str, str], scratch: Path,
+                    processes: int = 1, seed: int = TRIAL_ORDER_SEED
+                    ) -> Iterator[list[dict[str, tuple[WorkerProcess, Ready]]]]:
+    """`processes` pairs of workers (head and base) started together, in a seeded random order (their
+    models build in parallel), and Ready; stopped however the block ends."""
+    workers: dict[tuple[int, str], WorkerProcess] = {}
+    slots = [(j, side) for j in range(processes) for side in trees]
+    order = [slots[i] for i in np.random.default_rng(seed).permutation(len(slots))]
     try:
         for side, tree in trees.items():
             shim = scratch / f"path-{side}"
             shim.mkdir()
             (shim / "cosmos3").symlink_to(tree / "cosmos3", target_is_directory=True)
+        for j, side in order:
+            shim = scratch / f"path-{side}"
+            name = side if processes == 1 else f"{side}-{j}"
+            label = labels[side] if processes == 1 else f"{labels[side]} #{j}"
             # cwd = the shim, so that `python -m` puts no checkout's cosmos3 before it on sys.path.
-            workers[side] = WorkerProcess(side, labels[side], [sys.executable, "-m", "bench.worker"],
-                                          _side_env(shim, settings.repo), shim, scratch / f"worker-{side}.log")
-        for side, worker in workers.items():
+            workers[j, side] = WorkerProcess(side, label, [sys.executable, "-m", "bench.worker"],
+                                             _side_env(shim, settings.repo), shim, scratch / f"worker-{name}.log")
+        for (_, side), worker in workers.items():
             worker.send(Start(
                 side=side, tree=str(trees[side]), preset=settings.preset_name, dit_layers=settings.dit_layers,
                 weights_dir=str(settings.weights_dir) if settings.weights_dir else None,
                 controls=dataclasses.replace(settings.controls, parent_pid=None) if side == "head" else RunControls(),
             ))
-        ready = {side: (worker, worker.receive((Ready,), START_TIMEOUT_S)) for side, worker in workers.items()}
-        yield ready
+        ready = {key: worker.receive((Ready,), START_TIMEOUT_S) for key, worker in workers.items()}
+        yield [{side: (workers[j, side], ready[j, side]) for side in trees} for j in range(processes)]
         for worker in workers.values():
             worker.quit()
     finally:
@@ -692,43 +799,67 @@ def _check_ready(ready: dict[str, tuple[WorkerProcess, Ready]], trees: dict[str,
         raise InputError("workers", f"must share one device (base on {base.device_name}, head on {head.device_name})")
 
 
-def measure_case(spec: CaseSpec, workers: dict[str, WorkerProcess], policy: TrialPolicy, *, threshold: float,
-                 rng: np.random.Generator, seed: int) -> PairedCase | Unpaired:
-    """Warm up both sides, then trials of one round per side in random order, one side at a time."""
+def measure_case(spec: CaseSpec, workers: dict[str, WorkerProcess] | Sequence[dict[str, WorkerProcess]],
+                 policy: TrialPolicy, *, threshold: float, rng: np.random.Generator, seed: int
+                 ) -> PairedCase | Unpaired:
+    """Warm up every worker, then trials of one round per side in random order, one side at a time, each
+    trial on one process pair (shuffled blocks of one trial per pair, see trial_schedule)."""
+    pairs = [workers] if isinstance(workers, dict) else list(workers)
+    k = len(pairs)
     first = ["head", "base"] if rng.random() < 0.5 else ["base", "head"]
-    for side in first:
-        reply = workers[side].request(Prepare(spec, policy.warmup_rounds), (Prepared, Unavailable))
-        if isinstance(reply, Unavailable):
-            return _unavailable(spec, side, reply)
+    for j in rng.permutation(k):
+        for side in first:
+            reply = pairs[j][side].request(Prepare(spec, policy.warmup_rounds), (Prepared, Unavailable))
+            if isinstance(reply, Unavailable):
+                return _unavailable(spec, side, reply)
     head_ms: list[float] = []
     base_ms: list[float] = []
     head_first: list[bool] = []
+    process: list[int] = []
+    block: list[int] = []
     spent_s, next_check = 0.0, policy.min_trials
     while True:
+        if not block:
+            block = [int(j) for j in rng.permutation(k)]
+        j = block.pop(0)
         order = ("head", "base") if rng.random() < 0.5 else ("base", "head")
         for side in order:
-            reply = workers[side].request(Round(spec.name), (RoundDone, Unavailable))
+            reply = pairs[j][side].request(Round(spec.name), (RoundDone, Unavailable))
             if isinstance(reply, Unavailable):
                 return _unavailable(spec, side, reply)
             (head_ms if side == "head" else base_ms).append(reply.ms)
             spent_s += reply.ms / 1e3
         head_first.append(order[0] == "head")
+        process.append(j)
         n = len(head_ms)
         check = n >= next_check
         if check:
             next_check = max(n + 1, math.ceil(n * CHECK_GROWTH))
+        # Stop only at the end of a block, so that every pair ran as many trials as the others.
         reason = stop_reason(log_ratios(head_ms, base_ms), threshold, n_min=policy.min_trials,
-                             max_trials=policy.max_trials, spent_s=spent_s, budget_s=policy.budget_s, check=check,
-                             seed=seed)
-        if reason:
+                             max_trials=policy.max_trials, spent_s=spent_s, budget_s=policy.budget_s,
+                             check=check and not block, seed=seed)
+        if reason and (not block or reason == "max trials"):
             break
-    results = {}
-    for side in ("head", "base"):
-        reply = workers[side].request(Finish(spec.name), (Finished, Unavailable))
-        if isinstance(reply, Unavailable):
-            return _unavailable(spec, side, reply)
-        results[side] = reply.result
-    return PairedCase(results["head"], results["base"], tuple(head_first), reason)
+    results: dict[str, list[CaseResult]] = {"head": [], "base": []}
+    for pair in pairs:
+        for side in ("head", "base"):
+            reply = pair[side].request(Finish(spec.name), (Finished, Unavailable))
+            if isinstance(reply, Unavailable):
+                return _unavailable(spec, side, reply)
+            results[side].append(reply.result)
+    sides = {}
+    for side, samples in (("head", head_ms), ("base", base_ms)):
+        rs = results[side]
+        peaks = [r.peak_mem_gib for r in rs if r.peak_mem_gib is not None]
+        # The trials in trial order (each worker's own result holds only its share), the warm-ups of all.
+        sides[side] = dataclasses.replace(
+            rs[0], samples_ms=tuple(samples), warmup_ms=tuple(w for r in rs for w in r.warmup_ms),
+            peak_mem_gib=max(peaks) if peaks else rs[0].peak_mem_gib)
+    gpu = {side: tuple(g for r in results[side] for g in (r.gpu_before, r.gpu_after) if g is not None)
+           for side in ("head", "base")}
+    return PairedCase(sides["head"], sides["base"], tuple(head_first), reason, tuple(process) if k > 1 else (),
+                      gpu["head"], gpu["base"])
 
 
 def _unavailable(spec: CaseSpec, side: str, reply: Unavailable) -> Unpaired:
@@ -760,21 +891,28 @@ def measure(settings: CompareSettings, base_commit: str, scratch: Path) -> tuple
     with base_worktree(settings.repo, settings.base_ref, base_commit, scratch) as base_tree:
         check_package(base_tree, settings.base_ref)
         trees = {"base": base_tree, "head": settings.repo}
-        with started_workers(settings, trees, labels, scratch) as ready:
-            _check_ready(ready, trees, settings.repo)
-            workers = {side: worker for side, (worker, _) in ready.items()}
-            for side, (_, r) in ready.items():
-                print(f"{labels[side]}: cosmos3 from {r.cosmos3_file} (worker pid {r.pid})", flush=True)
+        k = settings.processes
+        startup = time.perf_counter()
+        with started_workers(settings, trees, labels, scratch, k) as all_ready:
+            startup_s = time.perf_counter() - startup
+            for pair_ready in all_ready:
+                _check_ready(pair_ready, trees, settings.repo)
+            ready = all_ready[0]
+            workers = [{side: worker for side, (worker, _) in pr.items()} for pr in all_ready]
+            for j, pair_ready in enumerate(all_ready):
+                for side, (_, r) in pair_ready.items():
+                    print(f"{labels[side]} #{j}: cosmos3 from {r.cosmos3_file} (worker pid {r.pid})", flush=True)
+            print(f"{2 * k} workers ready in {startup_s:.1f} s", flush=True)
             device_kind = ready["head"][1].environment.device_kind
             paired, unpaired = plan_cases(ready["head"][1].cases, ready["base"][1].cases, settings.keyword)
             policy = TrialPolicy.for_device(device_kind, settings.controls.rounds).at_least(
-                min_trials_for(len(paired), settings.criteria.alpha))
+                max(min_trials_for(len(paired), settings.criteria.alpha), MIN_TRIALS_PER_PROCESS * k))
             config = settings.criteria.gate_config()
             rng = np.random.default_rng(TRIAL_ORDER_SEED)
             pairs = []
             for i, spec in enumerate(paired, 1):
                 print(f"[{i}/{len(paired)}] {spec.name}: warm-up and trials", flush=True)
-                outcome = measure_case(spec, workers, policy, threshold=config.threshold_for(spec.name), rng=rng,
+                outcome = measure_case(spec, workers if k > 1 else workers[0], policy, threshold=config.threshold_for(spec.name), rng=rng,
                                        seed=TRIAL_ORDER_SEED)
                 if isinstance(outcome, PairedCase):
                     pairs.append(outcome)
@@ -784,7 +922,8 @@ def measure(settings: CompareSettings, base_commit: str, scratch: Path) -> tuple
                 else:
                     unpaired.append(outcome)
                     print(f"    {outcome.status}: {first_line(outcome.reason)}", flush=True)
-        logs = {side: worker.log_path.read_text(errors="replace") for side, worker in workers.items()}
+        logs = {worker.log_path.stem.removeprefix("worker-"): worker.log_path.read_text(errors="replace")
+                for pair in workers for worker in pair.values()}
     sides = {}
     for side, (_, r) in ready.items():
         commit, is_dirty = (head_commit, dirty) if side == "head" else (base_commit, False)
@@ -794,7 +933,8 @@ def measure(settings: CompareSettings, base_commit: str, scratch: Path) -> tuple
     record = CompareRecord(
         base=sides["base"], head=sides["head"], criteria=settings.criteria,
         policy=policy, pairs=tuple(pairs), unpaired=tuple(unpaired),
-        keyword=settings.keyword, argv=settings.argv, wall_s=time.perf_counter() - started,
+        keyword=settings.keyword, argv=settings.argv, wall_s=time.perf_counter() - started, processes=k,
+        startup_s=startup_s,
     )
     return record, logs
 

@@ -89,10 +89,13 @@ def paired_section(report: CompareReport) -> list[str]:
     if not report.comparisons:
         return []
     header = ["benchmark", "base median ms", "head median ms", "trials", f"head / base [{CI_LEVEL:.0%} CI]",
-              "allowed", "p (Holm)", "stopped", "verdict"]
+              "allowed", "p (Holm)", "pairs", "p across pairs (Holm)", "process-to-process spread",
+              "within-process spread", "stopped", "verdict"]
     rows = [
         [code(c.name), fmt_ms(c.base_median_ms), fmt_ms(c.head_median_ms), str(c.trials),
-         fmt_ratio_ci(c.ratio, c.ci_low, c.ci_high), f"+{c.threshold:.1%}", fmt_p(c.p_adjusted), c.stopped,
+         fmt_ratio_ci(c.ratio, c.ci_low, c.ci_high), f"+{c.threshold:.1%}", fmt_p(c.p_adjusted), str(c.processes),
+         "n/a" if c.p_process_adjusted is None else fmt_p(c.p_process_adjusted),
+         "n/a" if c.process_spread is None else f"{c.process_spread:.1%}", f"{c.within_spread:.1%}", c.stopped,
          f"**{c.verdict}**" if c.failure else c.verdict]
         for c in report.comparisons
     ]
@@ -101,9 +104,42 @@ def paired_section(report: CompareReport) -> list[str]:
         "Each trial ran one round on each side, one side at a time, in a seeded random order. The ratio is the "
         "median of the per-trial ratios head/base with a bootstrap interval; p is a one-sided Wilcoxon "
         f"signed-rank test on their logs (is the head slower?), Holm-adjusted over {len(report.comparisons)} "
-        f"case(s). A regression needs ratio > 1 + allowed and p < {r.criteria.alpha:g}."
+        f"case(s). Each side ran in {r.processes} worker process(es), as (head, base) pairs sharing the trials "
+        "in shuffled blocks; 'p across pairs' is a one-sided t-test on the pairs' median log ratios "
+        "(Holm-adjusted too), and the spreads are standard deviations of log ratios: of the pairs' medians, and "
+        "of the trials about their own pair's median. A regression needs ratio > 1 + allowed, "
+        f"p < {r.criteria.alpha:g} and, with two or more pairs, p across pairs < {r.criteria.alpha:g}."
     )
     return ["## Paired latency", "", explain, "", *table(header, rows), ""]
+
+
+def gpu_section(report: CompareReport) -> list[str]:
+    """Per case, what the GPU was doing on each side (NVML readings before and after the timed rounds)."""
+    by_name = {p.name: p for p in report.record.pairs}
+    rows = []
+    for c in report.comparisons:
+        pair = by_name[c.name]
+        if not pair.head_gpu and not pair.base_gpu:
+            continue
+        cells = [code(c.name)]
+        for readings in (pair.head_gpu, pair.base_gpu):
+            if not readings:
+                cells += [DASH, DASH, DASH]
+                continue
+            sm = [r.sm_clock_mhz for r in readings]
+            throttled = sorted({t for r in readings for t in r.throttled})
+            cells += [f"{min(sm)}-{max(sm)}", f"{max(r.temperature_c for r in readings)}",
+                      ", ".join(throttled) or "none"]
+        cells.append(c.gpu_note or "")
+        rows.append(cells)
+    if not rows:
+        return []
+    header = ["benchmark", "head SM MHz", "head max C", "head throttled", "base SM MHz", "base max C",
+              "base throttled", "note"]
+    explain = ("NVML readings before and after each worker's timed rounds. A regression whose sides' mean SM clocks "
+               "differ by more than 5%, or whose either side was throttled, still fails (exit 1), with a note that "
+               "the GPU may explain it: rerun before believing it.")
+    return ["## GPU", "", explain, "", *table(header, rows), ""]
 
 
 def rule_sections(report: CompareReport) -> list[str]:
@@ -139,6 +175,8 @@ def settings_section(record: CompareRecord) -> list[str]:
     ]
     if record.keyword:
         lines.append(f"- cases: `-k {record.keyword}`")
+    lines.append(f"- worker processes per side: {record.processes}"
+                 + ("" if record.startup_s is None else f", all {2 * record.processes} ready in {record.startup_s:.1f} s"))
     if record.wall_s is not None:
         lines.append(f"- wall time {record.wall_s:.0f} s (checkout, model builds and warm-ups included)")
     if record.argv:
@@ -151,6 +189,7 @@ def render_summary(report: CompareReport, plots: Sequence[str] = ()) -> str:
         verdict_section(report),
         sides_section(report.record),
         paired_section(report),
+        gpu_section(report),
         rule_sections(report),
         unpaired_section(report),
         ["## Notes", "", *(f"- {n}" for n in report.notes), ""] if report.notes else [],

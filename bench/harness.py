@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bench import collector
+from bench import collector, telemetry
 from bench.counters import PROFILED_ROUNDS, profile_rounds
 from bench.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, decode_record, encode_record, matches
 from cosmos3 import strict_json
@@ -343,8 +343,8 @@ class CaseRun:
       fraction of the round's own time inside it;
     - `after_round`: the round's garbage collected, `on_round` shown its result, outside the timing.
 
-    `finish` releases the heap, runs the profiled rounds and returns the CaseResult fields measured
-    beside the timed rounds; `close` releases the heap without measuring (a failed case).
+    `finish` reads the GPU's state, releases the heap, runs the profiled rounds and returns the CaseResult
+    fields measured beside the timed rounds; `close` releases the heap without measuring (a failed case).
     """
 
     def __init__(self, fn: Callable[[], Any], *, device: torch.device, case_name: str, controls: RunControls,
@@ -371,6 +371,9 @@ class CaseRun:
         if self.device.type == "cuda":  # pragma: no mutate block -- CUDA only
             torch.cuda.reset_peak_memory_stats(self.device)
             self._resident_gib = torch.cuda.memory_allocated(self.device) / _GIB
+        # The GPU's state (clocks, temperature, power, throttling) just before the timed rounds and just after
+        # them (NVML, bench.telemetry; None off CUDA): never read inside a round.
+        self.gpu_before = telemetry.read_device(self.device)
         self._held = contextlib.ExitStack()  # the frozen heap, until finish or close
         self._held.enter_context(collector.frozen_heap())
         self._round_gc = contextlib.ExitStack()
@@ -411,7 +414,8 @@ class CaseRun:
         self._held.close()
 
     def finish(self) -> dict[str, Any]:
-        """The CaseResult fields measured beside the timed rounds: warm-up, memory, controls, counters."""
+        """The CaseResult fields measured beside the timed rounds: warm-up, memory, controls, GPU state, counters."""
+        gpu_after = telemetry.read_device(self.device)
         self.close()
         peak = None
         if self.device.type == "cuda":  # pragma: no mutate block -- CUDA only
@@ -423,6 +427,8 @@ class CaseRun:
             "resident_mem_gib": self._resident_gib,  # pragma: no mutate -- None on a CPU
             "injected": self.injected,
             "counters": counters,
+            "gpu_before": self.gpu_before,
+            "gpu_after": gpu_after,
         }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.telemetry import GpuReading
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 from cosmos3.paths import check_name, check_preset_label, reason
@@ -359,6 +360,10 @@ class CaseResult:
     run_medians_ms: tuple[float, ...] = ()
     # Likewise for the device time of each merged run's profiled rounds.
     run_device_medians_ms: tuple[float, ...] = ()
+    # What the GPU was doing just before the first and just after the last timed round (bench.telemetry);
+    # None where not read (no NVML, the CPU).
+    gpu_before: GpuReading | None = None
+    gpu_after: GpuReading | None = None
 
     def __post_init__(self) -> None:
         check_samples("samples_ms", self.samples_ms)

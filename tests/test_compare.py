@@ -55,7 +55,7 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # see the module docstring
 ONE_CASE = "latent_prep and single_frame and 64x48 and 9f"  # the shortest round of the tiny grid
 ONE_CASE_NAME = "latent_prep[single_frame-64x48-9f]"
 # Few trials: the end-to-end tests check wiring and verdicts on effects far beyond the noise.
-FEW_TRIALS = ["--rounds", "1,5,5,1"]
+FEW_TRIALS = ["--rounds", "1,6,6,1", "--processes", "2"]  # two worker pairs: 3 trials each
 STARTUP_TIMEOUT_S = 240.0  # two workers import torch and diffusers on a loaded 2-core machine
 EXIT_TIMEOUT_S = 120.0
 
@@ -445,7 +445,7 @@ def test_aa_passes_and_leaves_the_raw_pairs_and_no_worktree(repo, tmp_path, monk
     summary = (run_dir / "report" / "summary.md").read_text()
     assert "**PASS**" in summary and record.base.commit[:12] in summary
     assert (run_dir / "report" / "paired_ratio.png").stat().st_size > 1000
-    assert "worker base: cosmos3 from" in (run_dir / "worker-base.log").read_text()
+    assert "worker base: cosmos3 from" in (run_dir / "worker-base-0.log").read_text()
     assert not (repo / "baselines").exists()
 
 

@@ -93,3 +93,115 @@ def test_a_case_the_head_cannot_run_fails_and_one_the_base_cannot_is_not_compara
     assert other.status == cmp.NOT_COMPARABLE
     assert other.reason == "the base cannot run it: AttributeError: no first_frame_2d"
     assert other.spec == failed.spec == SPEC
+
+
+# ---- process pairs: the process is randomized and measured ----------------------------------------
+
+
+class BiasedWorker(ScriptedWorker):
+    """A scripted worker whose every round is `bias` times slower: an offset that lasts as long as the process."""
+
+    def __init__(self, side, ms, journal, bias=1.0):
+        super().__init__(side, ms * bias, journal)
+
+
+def process_pairs(head_biases, *, head_ms=10.0, base_ms=10.0):
+    journal: list = []
+    return journal, [{"head": BiasedWorker("head", head_ms, journal, b), "base": BiasedWorker("base", base_ms, journal)}
+                     for b in head_biases]
+
+
+def test_trials_are_spread_over_the_process_pairs_in_shuffled_blocks():
+    journal, pairs = process_pairs([1.0] * 4)
+    outcome = measure(pairs)
+    assert isinstance(outcome, cmp.PairedCase)
+    n = len(outcome.head_first)
+    assert n % 4 == 0 and n >= POLICY.min_trials
+    blocks = [outcome.process[i:i + 4] for i in range(0, n, 4)]
+    assert all(sorted(b) == [0, 1, 2, 3] for b in blocks)  # every block one trial per pair
+    assert len(set(blocks)) > 1  # in a drawn order, not a fixed one
+    assert all(len(p["head"].rounds) == len(p["base"].rounds) == n // 4 for p in pairs)
+    assert sum(kind == "Prepare" for _, kind in journal) == 8  # every worker warms up
+    # the record holds the trials in trial order, whichever worker ran them
+    it = {j: iter(pairs[j]["head"].rounds) for j in range(4)}
+    assert outcome.head.samples_ms == tuple(next(it[j]) for j in outcome.process)
+
+
+def judged(outcome, make_env):
+    from tests.test_compare import record
+
+    (c,) = cmp.judge(record([outcome], make_env=make_env)).comparisons
+    return c
+
+
+def test_a_per_process_bias_of_10_percent_with_no_real_difference_passes(make_env):
+    """Head processes 10% slower, 6% slower, as fast and 3% faster than the base's, the code alike: the
+    pooled Wilcoxon test alone calls it a regression; across the four pairs it is not significant."""
+    _, pairs = process_pairs([1.10, 1.06, 1.0, 0.97])
+    outcome = measure(pairs)
+    c = judged(outcome, make_env)
+    assert c.ratio > 1.02 and c.p_adjusted < 0.01  # what one process per side would have concluded
+    assert c.processes == 4 and c.p_process_adjusted > 0.01
+    assert c.verdict == cmp.NOT_SIGNIFICANT and "a process-level difference" in c.note
+    assert c.process_spread == pytest.approx(np.std(np.log([1.10, 1.06, 1.0, 0.97]), ddof=1), rel=0.05)
+    assert c.within_spread < 0.01
+
+
+def test_a_real_10_percent_difference_with_no_process_bias_fails(make_env):
+    _, pairs = process_pairs([1.0] * 4, head_ms=11.0)
+    c = judged(measure(pairs), make_env)
+    assert c.verdict == cmp.REGRESSION and c.p_process_adjusted < 1e-3
+    assert "across 4 process pairs" in c.note and c.process_spread < 0.01
+
+
+def test_one_process_pair_says_the_process_bias_was_not_measured(make_env):
+    _, pairs = process_pairs([1.0], head_ms=11.0)
+    c = judged(measure(pairs[0]), make_env)
+    assert c.verdict == cmp.REGRESSION and c.p_process is None and c.processes == 1
+    assert "process bias not measured" in c.note
+
+
+def simulated_pair(rng, k, process_sd, trial_sd=0.01, trials_per_pair=4, effect=0.0):
+    spec = SPEC
+    bias = rng.normal(0, process_sd, k)
+    process = np.tile(np.arange(k), trials_per_pair)
+    base = 10 * np.exp(trial_sd * rng.standard_normal(len(process)))
+    head = base * np.exp(effect + bias[process] + trial_sd * rng.standard_normal(len(process)))
+    return cmp.PairedCase(CaseResult(spec, tuple(head)), CaseResult(spec, tuple(base)),
+                          tuple(bool(x) for x in rng.integers(0, 2, len(process))), "budget", tuple(process.tolist()))
+
+
+def test_aa_false_alarms_stay_within_alpha_whatever_the_process_bias(make_env):
+    """100 simulated A/A cases with a 5% process-to-process spread (trial noise 1%), 4 pairs of 4 trials:
+    the pooled test alone alarms on a fifth, with the across-pairs test at most alpha's share (binomial bound)."""
+    from tests.test_compare import record
+
+    rng = np.random.default_rng(3)
+    cases = [simulated_pair(rng, 4, 0.05) for _ in range(100)]
+    alarms = pooled = 0
+    for case in cases:
+        (c,) = cmp.judge(record([case], make_env=make_env, alpha=0.05)).comparisons
+        alarms += c.verdict == cmp.REGRESSION
+        pooled += c.ratio > 1.02 and c.p_adjusted < 0.05
+    assert pooled > 15  # 21 with this seed: four times alpha
+    assert alarms <= 10  # P(Binomial(100, 0.05) > 10) < 0.012
+    detected = sum(cmp.judge(record([simulated_pair(rng, 4, 0.01, effect=np.log(1.1))], make_env=make_env,
+                                    alpha=0.05)).comparisons[0].verdict == cmp.REGRESSION for _ in range(20))
+    assert detected >= 18
+
+
+def test_the_record_keeps_each_trial_s_process_and_reads_back(tmp_path, make_env):
+    from bench.records import encode_record, write_json_atomic
+    from tests.test_compare import record
+
+    _, pairs = process_pairs([1.0, 1.02, 0.99])
+    rec = record([measure(pairs)], make_env=make_env)
+    rec = cmp.dataclasses.replace(rec, processes=3, startup_s=12.5)
+    write_json_atomic(tmp_path / "compare.json", encode_record(rec))
+    back = cmp.load_compare(tmp_path / "compare.json")
+    assert back == rec and back.schema_version == 2 and set(back.pairs[0].process) == {0, 1, 2}
+    data = encode_record(rec)
+    data["schema_version"] = 1
+    write_json_atomic(tmp_path / "old.json", data)
+    with pytest.raises(cmp.InputError, match="schema_version"):
+        cmp.load_compare(tmp_path / "old.json")

@@ -522,3 +522,28 @@ def test_measure_synchronises_before_and_after_each_timed_round(benchmark, monke
     monkeypatch.setattr(harness, "synchronize", calls.append)
     measure(benchmark, _work, device=CPU, case_name="case[a]", policy=RoundPolicy(1, 5, 5, 1e-3), profile=False)
     assert calls == [CPU] * 10  # setup (nothing queued) and target (all done), for each of 5 rounds
+
+
+def test_the_gpu_state_is_read_just_before_and_just_after_the_timed_rounds(benchmark, monkeypatch):
+    """NVML readings (bench.telemetry) bracket the timed rounds and are recorded with the case; none is taken
+    inside a round, where it would be timed."""
+    from bench.telemetry import GpuReading
+
+    monkeypatch.delenv(CONTROLS_ENV, raising=False)
+    journal = []
+    readings = iter([GpuReading("recorded", 0, 1980, 2619, 41, 120.5, 0, 0, 0),
+                     GpuReading("recorded", 0, 1755, 2619, 63, 690.0, 100, 40, 0x4)])
+
+    def read_device(device):
+        journal.append("read")
+        return next(readings)
+
+    def work():
+        journal.append("round")
+        return _work()
+
+    monkeypatch.setattr(harness.telemetry, "read_device", read_device)
+    measure(benchmark, work, device=CPU, case_name="case[a]", policy=RoundPolicy(1, 5, 5, 1e-3), profile=False)
+    assert journal == ["round", "read"] + ["round"] * 5 + ["read"]  # warm-up, reading, timed rounds, reading
+    info = benchmark.extra_info
+    assert (info["gpu_before"]["sm_clock_mhz"], info["gpu_after"]["sm_clock_mhz"]) == (1980, 1755)

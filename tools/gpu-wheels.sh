@@ -12,7 +12,7 @@ set -euo pipefail
 dest=${1:-.whl}; shift || true
 mkdir -p "$dest"
 pkgs=(
-  diffusers==0.42.1 accelerate tqdm                                         # the project's own
+  diffusers==0.42.1 accelerate tqdm nvidia-ml-py                            # the project's own
   importlib_metadata zipp lazy-importer regex requests safetensors filelock # diffusers'
   huggingface_hub hf-xet click httpx2 httpcore2 anyio h11 truststore pyyaml typing-extensions
   charset_normalizer idna urllib3 certifi psutil                            # requests', accelerate's
