@@ -51,3 +51,15 @@ def test_bench_reads_the_suite_time_and_the_first_frame_ratio_from_a_run(tmp_pat
     (tmp_path / "run.json").write_text((REPO / "results" / "example" / "run.json").read_text())  # an H100 run
     line = summary.bench_line(0, 252, tmp_path)
     assert line.startswith("PASS bench: ") and " benchmarks, suite 239 s, step 252 s on NVIDIA H100" in line
+
+
+def test_bench_reports_the_first_frame_factor_at_both_sizes(make_case, make_run, tmp_path):
+    from bench.records import save_run
+
+    cases = [make_case("latent_prep", strategy, width=w, height=h, median_ms=ms, seed=i)
+             for i, (w, h, strategy, ms) in enumerate([(1280, 720, "single_frame", 20.7), (1280, 720, "first_frame_2d", 13.4),
+                                                      (832, 480, "single_frame", 14.0), (832, 480, "first_frame_2d", 12.0)])]
+    save_run(make_run(cases, suite_wall_s=250.0), tmp_path / "run.json")
+    line = summary.bench_line(0, 260, tmp_path)
+    assert "latent_prep 1280x720 81f single_frame / first_frame_2d 1.5" in line
+    assert "latent_prep 832x480 81f single_frame / first_frame_2d 1.1" in line
