@@ -1,0 +1,146 @@
+"""diffusers' Cosmos3OmniPipeline as a second implementation under test, called through its own methods.
+
+diffusers 0.42.1 prepares an image-to-video request the way sglang did before PR #27084
+(`Cosmos3OmniPipeline.prepare_latents`, pipelines/cosmos/pipeline_cosmos3_omni.py): a zero video of
+`num_frames` frames on the device, the image written into frame 0 and repeated into every other frame,
+the whole video VAE-encoded, and only latent frame 0 kept (`vision_condition_mask[0] = 1`). This module
+builds that pipeline from local parts (nothing is downloaded: a tokenizer built here, random or local
+weights, the safety checker off) and runs its methods unchanged. Its one change is a named patch of
+one call, `single_frame_encode`: `_encode_video` is handed pixel frame 0 alone and its latent placed in
+latent frame 0, with zeros (no tiling) in the frames the condition mask discards. The rest of
+diffusers' logic runs as shipped, so the two ways are compared on diffusers' own outputs.
+
+Why the patch keeps the output: the Wan VAE's encoder is temporally causal (pixel frame 0 is encoded
+alone before any 4-frame chunk), so the latent of frame 0 is the same whether later frames follow;
+and `prepare_latents` mixes `mask * x0 + (1 - mask) * noise` with mask 0 on every other latent frame,
+so what `x0` holds there never reaches the result (zeros, finite, times 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cosmos3.errors import InputError
+
+# The ways the pipeline's I2V latents are prepared: as diffusers ships it, and with the one-frame encode.
+# "wrong_frame" is the negative control of the equivalence check (latent frame 1 of a 5-frame encode put
+# in frame 0: an off-by-one a patch could make), never a benchmark case.
+SHIPPED, SINGLE_FRAME, WRONG_FRAME = "shipped", "single_frame", "wrong_frame"
+ENCODES = (SHIPPED, SINGLE_FRAME, WRONG_FRAME)
+
+# A prompt of a typical length for a video model (about 80 words); the chat template, the system prompt
+# and diffusers' duration and resolution templates are added around it, as they are for any request.
+PROMPT = (
+    "A slow cinematic dolly shot through a sunlit greenhouse in the early morning. Rows of tomato plants "
+    "and hanging ferns glisten with dew while a gardener in a blue apron walks between the tables, pausing "
+    "to inspect the leaves. Soft golden light streams through the glass roof, casting long shadows across "
+    "the wet stone floor. A small robot arm waters seedlings in the background. The camera moves steadily "
+    "forward at eye level, with a shallow depth of field and gentle film grain."
+)
+SPECIAL_TOKENS = ("<unk>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|endoftext|>")
+# The chat layout of Qwen-style tokenizers, which Cosmos3's text pathway was trained on; only its shape
+# (role markers around each turn, then the assistant's turn opened) matters to the token count.
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|> assistant{% endif %}")
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def local_tokenizer(extra_text: str = "") -> Any:
+    """A word-level fast tokenizer built here, whose vocabulary covers every word the pipeline's prompts use
+    (the prompt, diffusers' system prompts and templates, `extra_text`): no download, no unknown token.
+
+    Token ids stay below the vocabulary size, so any text embedding of at least that many rows takes them.
+    """
+    from diffusers.pipelines.cosmos import pipeline_cosmos3_omni as omni
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = " ".join([PROMPT, omni._SYSTEM_PROMPT_VIDEO, omni._SYSTEM_PROMPT_IMAGE, "system user assistant",
+                       "The video is not 0.0 seconds long and is of 24 FPS. This image is not of 720x1280 resolution.",
+                       "0 1 2 3 4 5 6 7 8 9 x", extra_text])
+    words = sorted(set(_WORDS.findall(corpus)) - set(SPECIAL_TOKENS))
+    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *words))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(),
+                                                  pre_tokenizers.Digits(individual_digits=True)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>",
+                                        additional_special_tokens=["<|im_start|>", "<|vision_start|>"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_pipeline(vae: Any, transformer: Any = None, scheduler: Any = None, tokenizer: Any = None) -> Any:
+    """diffusers' Cosmos3OmniPipeline from these parts, the safety checker off (it needs cosmos_guardrail and
+    its weights, and checks decoded frames only, after every stage this suite times).
+
+    `transformer` may be None for latent preparation alone: prepare_latents reads it only for sound and
+    action conditioning, which an image-to-video request has neither of.
+    """
+    from diffusers import UniPCMultistepScheduler
+    from diffusers.pipelines.cosmos.pipeline_cosmos3_omni import Cosmos3OmniPipeline
+
+    if scheduler is None:
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            num_train_timesteps=1000, flow_shift=10.0)
+    return Cosmos3OmniPipeline(transformer=transformer, text_tokenizer=tokenizer or local_tokenizer(), vae=vae,
+                               scheduler=scheduler, enable_safety_checker=False)
+
+
+def latent_frames(num_frames: int, temporal_factor: int) -> int:
+    return (num_frames - 1) // temporal_factor + 1
+
+
+@contextlib.contextmanager
+def encode_patch(pipe: Any, encode: str) -> Iterator[None]:
+    """`pipe._encode_video` as `encode` asks, for the block: SHIPPED leaves it alone; SINGLE_FRAME hands
+    it pixel frame 0 alone and puts that latent in latent frame 0, zeros in the others; WRONG_FRAME puts
+    latent frame 1 of pixel frames 0-4 there instead (the check's negative control)."""
+    if encode not in ENCODES:
+        raise InputError("encode", f"must be one of {list(ENCODES)}", encode)
+    if encode == SHIPPED:
+        yield
+        return
+    shipped = pipe._encode_video  # the bound method of the class, as diffusers defines it
+    temporal = int(pipe.vae.config.scale_factor_temporal)
+
+    def encode_one_frame(video: torch.Tensor) -> torch.Tensor:
+        if encode == SINGLE_FRAME:
+            first = shipped(video[:, :, :1])
+        else:
+            first = shipped(video[:, :, : temporal + 1])[:, :, 1:2]
+        out = first.new_zeros((*first.shape[:2], latent_frames(video.shape[2], temporal), *first.shape[3:]))
+        out[:, :, :1] = first
+        return out
+
+    pipe._encode_video = encode_one_frame  # an instance attribute: the class's method is untouched
+    try:
+        yield
+    finally:
+        del pipe._encode_video
+
+
+@dataclass(frozen=True)
+class PreparedLatents:
+    """What prepare_latents returns for an image-to-video request, by name."""
+
+    latents: torch.Tensor  # [1, z, T_lat, H/16, W/16]: mask * x0 + (1 - mask) * noise
+    condition_mask: torch.Tensor  # vision_condition_mask, [T_lat, 1, 1]: 1 on latent frame 0
+
+
+def prepare_i2v_latents(pipe: Any, image: Any, *, num_frames: int, height: int, width: int, seed: int,
+                        device: torch.device, dtype: torch.dtype, encode: str = SHIPPED) -> PreparedLatents:
+    """diffusers' own `prepare_latents` for one image-to-video request (its preprocessing of `image`
+    included), with the encode `encode` names."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with encode_patch(pipe, encode), torch.no_grad():
+        out = pipe.prepare_latents(image=image, num_frames=num_frames, height=height, width=width,
+                                   generator=generator, device=device, dtype=dtype)
+    latents, condition_mask = out[0], out[5]
+    return PreparedLatents(latents, condition_mask)
