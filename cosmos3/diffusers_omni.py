@@ -61,9 +61,9 @@ def local_tokenizer(extra_text: str = "") -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = " ".join([PROMPT, omni._SYSTEM_PROMPT_VIDEO, omni._SYSTEM_PROMPT_IMAGE, "system user assistant",
-                       "The video is not 0.0 seconds long and is of 24 FPS. This image is not of 720x1280 resolution.",
-                       "0 1 2 3 4 5 6 7 8 9 x", extra_text])
+    templates = "The video is not 0.0 seconds long and is of 24 FPS. This image is not of 720x1280 resolution."
+    corpus = (f"{PROMPT} {omni._SYSTEM_PROMPT_VIDEO} {omni._SYSTEM_PROMPT_IMAGE} system user assistant {templates} "
+              f"0 1 2 3 4 5 6 7 8 9 x {extra_text}")
     words = sorted(set(_WORDS.findall(corpus)) - set(SPECIAL_TOKENS))
     vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *words))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("transformers")  # the pipeline module imports it (the dev extra installs it)
 
-from cosmos3 import diffusers_omni as omni  # noqa: E402
-from tests import tiny  # noqa: E402
+from cosmos3 import diffusers_omni as omni
+from tests import tiny
 
 CPU = torch.device("cpu")
 
@@ -44,9 +44,8 @@ def test_negative_control_an_off_by_one_latent_frame_is_caught(prepared):
 def test_the_patch_leaves_the_pipeline_as_shipped_afterwards(prepared):
     pipe, _ = prepared
     assert "_encode_video" not in vars(pipe)
-    with pytest.raises(Exception, match="encode"):
-        with omni.encode_patch(pipe, "both"):
-            pass
+    with pytest.raises(Exception, match="encode"), omni.encode_patch(pipe, "both"):
+        pass
 
 
 def test_the_local_tokenizer_knows_every_word_of_the_prompts(prepared):
