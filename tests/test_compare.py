@@ -493,7 +493,8 @@ def test_a_base_that_fails_to_import_exits_2_naming_the_ref(repo, tmp_path, monk
     code = compare_in(repo, tmp_path, monkeypatch, "--base", "broken", "-k", ONE_CASE, "--run-id", "broken")
     captured = capsys.readouterr()
     assert code == 2, captured.out + captured.err
-    assert re.search(r"error: base broken \([0-9a-f]{12}\): worker died before answering Start", captured.err)
+    # "#1": the first of the base's worker processes (compare runs K pairs)
+    assert re.search(r"error: base broken \([0-9a-f]{12}\) #1: worker died before answering Start", captured.err)
     assert "ImportError: cosmos3 broken on purpose" in captured.err
     assert_no_worktree(repo, captured.out)
     assert not (tmp_path / "results" / "broken").exists()
