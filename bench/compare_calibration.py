@@ -5,7 +5,6 @@ a function it is given, so that tests drive it with scripted compares."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt
 from bench.compare import REGRESSION, CompareReport
 from bench.fmt import code
 from bench.records import encode_record, new_folder, write_json_atomic
+from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
 DEFAULT_SLOWDOWNS = (0.10,)
@@ -159,4 +159,4 @@ def write(cal: CompareCalibration, out_dir: Path) -> Path:
 
 
 def load(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    return strict_json.loads(Path(path).read_text(), str(path))

@@ -493,8 +493,8 @@ def test_a_base_that_fails_to_import_exits_2_naming_the_ref(repo, tmp_path, monk
     code = compare_in(repo, tmp_path, monkeypatch, "--base", "broken", "-k", ONE_CASE, "--run-id", "broken")
     captured = capsys.readouterr()
     assert code == 2, captured.out + captured.err
-    # "#1": the first of the base's worker processes (compare runs K pairs)
-    assert re.search(r"error: base broken \([0-9a-f]{12}\) #1: worker died before answering Start", captured.err)
+    # "#N": which of the base's worker processes (compare runs K pairs)
+    assert re.search(r"error: base broken \([0-9a-f]{12}\) #\d+: worker died before answering Start", captured.err)
     assert "ImportError: cosmos3 broken on purpose" in captured.err
     assert_no_worktree(repo, captured.out)
     assert not (tmp_path / "results" / "broken").exists()
@@ -568,7 +568,7 @@ def test_a_killed_worker_fails_the_run_with_its_stderr(repo, tmp_path):
     os.kill(workers["base"], signal.SIGKILL)
     out, err = proc.communicate(timeout=EXIT_TIMEOUT_S)
     assert proc.returncode == 2, err
-    assert re.search(r"error: base HEAD \([0-9a-f]{12}\): worker died before answering (Round|Prepare|Finish) "
+    assert re.search(r"error: base HEAD \([0-9a-f]{12}\) #\d+: worker died before answering (Round|Prepare|Finish) "
                      r"and was killed by SIGKILL; the end of its stderr:", err), err
     assert "  | worker base: cosmos3 from" in err
     assert_no_worktree(repo, "".join(lines) + out)

@@ -127,14 +127,16 @@ def test_a_merged_baseline_says_whose_counters_agreed_in_every_run(make_case, ma
     """`bench baseline` from several runs prints this line: the determinism the counter rules rest on."""
     from bench.cli import counter_agreement
 
-    same = [make_case(counters=counters()), make_case(num_frames=33, counters=counters()),
-            make_case("vae_encode", None)]
-    merged = merge_runs([make_run(same), make_run(same)])
+    def same(seed: int = 0) -> list:  # two runs of one code: the same counts, other samples (merge refuses a copy)
+        return [make_case(counters=counters(), seed=seed), make_case(num_frames=33, counters=counters(), seed=seed),
+                make_case("vae_encode", None, seed=seed)]
+
+    merged = merge_runs([make_run(same()), make_run(same(1))])
     assert counter_agreement(merged, 2) == ("work counters identical in all 2 runs and every profiled round: "
                                             "2 of 2 profiled benchmarks")
-    other = [make_case(counters=counters(syncs=1)), make_case(num_frames=33, counters=counters()),
-             make_case("vae_encode", None)]
-    merged = merge_runs([make_run(same), make_run(other), make_run(same)])
+    other = [make_case(counters=counters(syncs=1), seed=2), make_case(num_frames=33, counters=counters(), seed=2),
+             make_case("vae_encode", None, seed=2)]
+    merged = merge_runs([make_run(same()), make_run(other), make_run(same(3))])
     assert counter_agreement(merged, 3) == (
         "work counters identical in all 3 runs and every profiled round: 1 of 2 profiled benchmarks; these varied, "
         f"and the gate will not judge them:\n- {NAME}: syncs")

@@ -152,7 +152,8 @@ RULES = [
      "r.cases[0].samples_ms[0]: must be finite and > 0 (got -1.0)"),
     (lambda: run_from_dict(run(CASE, "x"), source="r"), "r.cases[1]: must be a JSON object (CaseResult) (got 'str')"),
     (lambda: run_from_dict(run(w(CASE, bogus=1)), source="r"),
-     ("r.cases[0].bogus: is not a field of CaseResult (known: ['counters', 'equivalence', 'injected', "
+     ("r.cases[0].bogus: is not a field of CaseResult (known: ['counters', 'equivalence', 'gpu_after', 'gpu_before', "
+     "'injected', "
      "'num_inference_steps', 'peak_mem_gib', 'resident_mem_gib', 'run_device_medians_ms', 'run_medians_ms', "
      "'samples_ms', 'spec', 'stage_samples_ms', 'warmup_ms'])")),
     # Schema 1 files, upgraded on load.
