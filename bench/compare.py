@@ -105,6 +105,16 @@ SCHEMA_VERSION = 2  # 2: process pairs (CompareRecord.processes, PairedCase.proc
 # Worker process pairs per compare (see the module docstring); at least MIN_TRIALS_PER_PROCESS trials each.
 DEFAULT_PROCESSES = 4
 MIN_TRIALS_PER_PROCESS = 3
+MAX_PROCESSES = 32
+
+
+def check_processes(k: object) -> None:
+    """1 (no process test) or 3 to MAX_PROCESSES pairs. Two pairs leave the across-pair t-test one degree
+    of freedom: a one-sided p < 0.01 then needs t > 31.8, an effect 22 times the pair spread, so a 4x
+    slowdown with an 8% pair spread would pass as "not significant"."""
+    if isinstance(k, bool) or not isinstance(k, int) or not (k == 1 or 3 <= k <= MAX_PROCESSES):
+        raise InputError("processes", f"must be 1, or 3 to {MAX_PROCESSES} worker pairs (with 2 the across-pair "
+                         "t-test has one degree of freedom and cannot tell a large slowdown from process noise)", k)
 
 # Verdicts of a paired case (the gate's words where they mean the same) and of cases not paired.
 REGRESSION, NOT_SIGNIFICANT, OK, FASTER = gate.REGRESSION, gate.NOT_SIGNIFICANT, gate.OK, gate.FASTER
@@ -737,8 +747,7 @@ class CompareSettings:
     processes: int = DEFAULT_PROCESSES  # worker process pairs
 
     def __post_init__(self) -> None:
-        if not 1 <= self.processes <= 32:
-            raise InputError("processes", "must be 1 to 32 worker pairs", self.processes)
+        check_processes(self.processes)
 
 
 def _side_env(shim: Path, head_root: Path) -> dict[str, str]:

@@ -28,7 +28,7 @@ from bench.compare import (
     first_line,
     judge,
 )
-from bench.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci
+from bench.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci, gpu_cells
 from bench.records import encode_record, new_folder, write_json_atomic
 from bench.report import ENV_ROWS, PLOT_DPI, SUMMARY_NAME, table
 
@@ -121,16 +121,7 @@ def gpu_section(report: CompareReport) -> list[str]:
         pair = by_name[c.name]
         if not pair.head_gpu and not pair.base_gpu:
             continue
-        cells = [code(c.name)]
-        for readings in (pair.head_gpu, pair.base_gpu):
-            if not readings:
-                cells += [DASH, DASH, DASH]
-                continue
-            sm = [r.sm_clock_mhz for r in readings]
-            throttled = sorted({t for r in readings for t in r.throttled})
-            cells += [f"{min(sm)}-{max(sm)}", f"{max(r.temperature_c for r in readings)}",
-                      ", ".join(throttled) or "none"]
-        cells.append(c.gpu_note or "")
+        cells = [code(c.name), *gpu_cells(pair.head_gpu), *gpu_cells(pair.base_gpu), c.gpu_note or ""]
         rows.append(cells)
     if not rows:
         return []

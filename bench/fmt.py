@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 DASH = "—"  # a cell with no value
 
@@ -47,3 +49,13 @@ def fmt_share(part: float, total: float) -> str:
 def code(name: str) -> str:
     # Backticks keep the brackets and underscores of case names literal in markdown.
     return f"`{name}`"
+
+
+def gpu_cells(readings: Sequence[Any]) -> tuple[str, str, str]:
+    """Report cells for one side's GPU readings (bench.telemetry.GpuReading): SM clock range in MHz,
+    the hottest reading in C, and the throttle reasons seen."""
+    if not readings:
+        return DASH, DASH, DASH
+    sm = [r.sm_clock_mhz for r in readings]
+    throttled = sorted({t for r in readings for t in r.throttled})
+    return f"{min(sm)}-{max(sm)}", f"{max(r.temperature_c for r in readings)}", ", ".join(throttled) or "none"

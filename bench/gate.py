@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from scipy import stats
 
+from bench import telemetry
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
 from bench.records import CaseResult, Environment, RunRecord, WorkCounters, matches
 from cosmos3.errors import InputError, check_number
@@ -121,6 +122,7 @@ class LatencyComparison:
     verdict: str
     note: str = ""
     what: str = "latency"  # "latency" (wall time of the timed rounds) | "device time" (kernels, profiled rounds)
+    gpu_note: str | None = None  # a regression's GPU state differed from the baseline's (telemetry.sm_clock_note)
 
     @property
     def failure(self) -> str | None:
@@ -306,10 +308,23 @@ def compare_samples(
     return LatencyComparison(**common, ci_low=ci_low, ci_high=ci_high, p_value=p_slower, verdict=verdict, note=note)
 
 
+def with_gpu_note(c: LatencyComparison, current: CaseResult, baseline: CaseResult) -> LatencyComparison:
+    """A regression whose SM clocks differ from the baseline's beyond telemetry.SM_CLOCK_LIMIT, or that ran
+    throttled, says so. It still fails (exit 1): the timing stands, and a rerun tells code from GPU."""
+    if c.verdict != REGRESSION:
+        return c
+    note = telemetry.sm_clock_note(telemetry.case_readings(current), telemetry.case_readings(baseline),
+                                   names=("run", "baseline"))
+    if note is None:
+        return c
+    return dataclasses.replace(c, gpu_note=note, note=f"{c.note}; but the GPU may explain it: {note}")
+
+
 def compare_latency(current: CaseResult, baseline: CaseResult, config: GateConfig) -> LatencyComparison:
     """Wall time of the timed rounds against the baseline's."""
-    return compare_samples(current.name, current.samples_ms, baseline.samples_ms, baseline.run_medians_ms,
-                           config.threshold_for(current.name), config)
+    return with_gpu_note(compare_samples(current.name, current.samples_ms, baseline.samples_ms,
+                                         baseline.run_medians_ms, config.threshold_for(current.name), config),
+                         current, baseline)
 
 
 def compare_device_time(current: CaseResult, baseline: CaseResult, config: GateConfig) -> LatencyComparison | None:
@@ -317,8 +332,9 @@ def compare_device_time(current: CaseResult, baseline: CaseResult, config: GateC
     cur, base = current.counters, baseline.counters
     if cur is None or base is None or not cur.device_ms_samples or not base.device_ms_samples:
         return None
-    return compare_samples(current.name, cur.device_ms_samples, base.device_ms_samples,
-                           baseline.run_device_medians_ms, config.device_threshold, config, what="device time")
+    return with_gpu_note(compare_samples(current.name, cur.device_ms_samples, base.device_ms_samples,
+                                         baseline.run_device_medians_ms, config.device_threshold, config,
+                                         what="device time"), current, baseline)
 
 
 def compare_memory(current: CaseResult, baseline: CaseResult, config: GateConfig) -> MemoryComparison:

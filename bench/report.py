@@ -13,8 +13,8 @@ matplotlib.use("Agg")  # report writing runs on headless CI runners; never ask f
 import matplotlib.pyplot as plt
 from matplotlib import ticker
 
-from bench import upstream
-from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share
+from bench import telemetry, upstream
+from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share, gpu_cells
 from bench.gate import CI_LEVEL, RULES, GateReport
 from bench.records import CaseResult, Environment, RunRecord, new_folder
 
@@ -89,6 +89,21 @@ def measurements_section(run: RunRecord) -> list[str]:
     ]
     header = ["benchmark", "median ms", "IQR ms", "min ms", "rounds", "peak GiB", "working GiB"]
     return ["## Measurements", "", *table(header, rows), ""]
+
+
+def gpu_section(run: RunRecord, gate: GateReport) -> list[str]:
+    """What the GPU was doing around each case's timed rounds (NVML; absent without it)."""
+    notes = {c.name: c.gpu_note for c in gate.comparisons if c.gpu_note}
+    rows = [[code(c.name), *gpu_cells(telemetry.case_readings(c)), notes.get(c.name, "")]
+            for c in run.cases if telemetry.case_readings(c)]
+    if not rows:
+        return []
+    explain = ("NVML readings just before the first and just after the last timed round of each case. A latency "
+               f"regression whose mean SM clock differs from the baseline's by more than "
+               f"{telemetry.SM_CLOCK_LIMIT:.0%}, or that ran throttled, still fails, with a note that the GPU may "
+               "explain it: rerun to tell the code from the node.")
+    return ["## GPU state", "", explain, "",
+            *table(["benchmark", "SM MHz", "max C", "throttled", "note"], rows), ""]
 
 
 def rule_sections(gate: GateReport) -> list[str]:
@@ -196,6 +211,7 @@ def render_summary(run: RunRecord, gate: GateReport, plots: Sequence[str] = ()) 
         environment_section(run.environment, gate.baseline_environment),
         measurements_section(run),
         rule_sections(gate),
+        gpu_section(run, gate),
         e2e_section(run, gate),
         upstream_section(run),
         notes_section(gate),

@@ -136,8 +136,13 @@ def read_device(device: Any) -> GpuReading | None:
     return read_gpu(index)
 
 
-def sm_clock_note(readings_a: list[GpuReading], readings_b: list[GpuReading], limit: float = SM_CLOCK_LIMIT
-                  ) -> str | None:
+def case_readings(case: Any) -> list[GpuReading]:
+    """A CaseResult's readings (before and after its timed rounds), those it has."""
+    return [r for r in (case.gpu_before, case.gpu_after) if r is not None]
+
+
+def sm_clock_note(readings_a: list[GpuReading], readings_b: list[GpuReading], limit: float = SM_CLOCK_LIMIT,
+                  names: tuple[str, str] = ("head", "base")) -> str | None:
     """Why a timing of side a against side b may be the GPU's doing rather than the code's: their mean SM
     clocks differ by more than `limit`, or either side was throttled. None where neither, or no readings."""
     problems = []
@@ -145,9 +150,9 @@ def sm_clock_note(readings_a: list[GpuReading], readings_b: list[GpuReading], li
         a = sum(r.sm_clock_mhz for r in readings_a) / len(readings_a)
         b = sum(r.sm_clock_mhz for r in readings_b) / len(readings_b)
         if max(a, b) > 0 and abs(a - b) / max(a, b) > limit:
-            problems.append(f"SM clocks differ by {abs(a - b) / max(a, b):.1%} (head {a:.0f} MHz, base {b:.0f} MHz) "
-                            f"> {limit:.0%}")
-    for side, readings in (("head", readings_a), ("base", readings_b)):
+            problems.append(f"SM clocks differ by {abs(a - b) / max(a, b):.1%} ({names[0]} {a:.0f} MHz, "
+                            f"{names[1]} {b:.0f} MHz) > {limit:.0%}")
+    for side, readings in zip(names, (readings_a, readings_b), strict=True):
         reasons = sorted({t for r in readings for t in r.throttled})
         if reasons:
             problems.append(f"the {side} was throttled ({', '.join(reasons)})")

@@ -55,7 +55,7 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # see the module docstring
 ONE_CASE = "latent_prep and single_frame and 64x48 and 9f"  # the shortest round of the tiny grid
 ONE_CASE_NAME = "latent_prep[single_frame-64x48-9f]"
 # Few trials: the end-to-end tests check wiring and verdicts on effects far beyond the noise.
-FEW_TRIALS = ["--rounds", "1,6,6,1", "--processes", "2"]  # two worker pairs: 3 trials each
+FEW_TRIALS = ["--rounds", "1,9,9,1", "--processes", "3"]  # three worker pairs (the fewest with a process test): 3 trials each
 STARTUP_TIMEOUT_S = 240.0  # two workers import torch and diffusers on a loaded 2-core machine
 EXIT_TIMEOUT_S = 120.0
 
@@ -458,12 +458,13 @@ def test_a_committed_slowdown_fails_naming_the_case(repo, tmp_path, monkeypatch,
     stage.write_text(text.replace("from __future__ import annotations\n",
                                   "from __future__ import annotations\n\nimport time\n"))
     assert "time.sleep(0.3)" in stage.read_text()
-    code = compare_in(head, tmp_path, monkeypatch, "--base", "main", "-k", ONE_CASE, *FEW_TRIALS,
-                      "--threshold", "0.5", "--run-id", "slowed")
+    code = compare_in(head, tmp_path, monkeypatch, "--base", "main", "-k", ONE_CASE, "--rounds", "1,9,9,1",
+                      "--processes", "1", "--threshold", "0.5", "--run-id", "slowed")  # one pair: 2 workers
     out, err = capsys.readouterr()
     assert code == 1, out + err
     (failure,) = failure_lines(out)
-    assert re.fullmatch(rf"- {re.escape(ONE_CASE_NAME)}: median paired ratio [\d.]+ .* the head is slower", failure)
+    assert re.fullmatch(rf"- {re.escape(ONE_CASE_NAME)}: median paired ratio [\d.]+ .* the head is slower "
+                        r"\(one process pair: process bias not measured\)", failure), failure
     assert "(dirty)" in out
     assert_no_worktree(head, out)
 
@@ -527,11 +528,12 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def start_compare(repo: Path, tmp_path: Path, run_id: str) -> tuple[subprocess.Popen, list[str]]:
+def start_compare(repo: Path, tmp_path: Path, run_id: str, processes: int) -> tuple[subprocess.Popen, list[str]]:
     """A long compare in its own process; returns once it has started measuring (its first case's line)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench", "compare", "--base", "HEAD", "--preset", "tiny", "-k", ONE_CASE,
-         "--rounds", "1,200,200,600000", "--results-dir", str(tmp_path / "results"), "--run-id", run_id],
+         "--rounds", "1,200,200,600000", "--results-dir", str(tmp_path / "results"), "--run-id", run_id,
+         "--processes", str(processes)],
         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **WORKER_ENV, "PYTHONUNBUFFERED": "1"},
     )
@@ -547,12 +549,13 @@ def start_compare(repo: Path, tmp_path: Path, run_id: str) -> tuple[subprocess.P
     return proc, lines
 
 
-def workers_of(pid: int) -> dict[str, int]:
-    out = {}
+def workers_of(pid: int) -> dict[str, list[int]]:
+    """The compare's live worker processes by side."""
+    out: dict[str, list[int]] = {}
     for child in children(pid):
         if "bench.worker" in cmdline(child):
             side = "base" if "path-base" in os.readlink(f"/proc/{child}/cwd") else "head"
-            out[side] = child
+            out.setdefault(side, []).append(child)
     return out
 
 
@@ -562,31 +565,33 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="re
 @pytest.mark.slow
 @linux_only
 def test_a_killed_worker_fails_the_run_with_its_stderr(repo, tmp_path):
-    proc, lines = start_compare(repo, tmp_path, "killed")
+    proc, lines = start_compare(repo, tmp_path, "killed", processes=3)
     workers = workers_of(proc.pid)
-    assert set(workers) == {"base", "head"}, workers
-    os.kill(workers["base"], signal.SIGKILL)
+    assert {side: len(pids) for side, pids in workers.items()} == {"base": 3, "head": 3}, workers
+    os.kill(workers["base"][1], signal.SIGKILL)
     out, err = proc.communicate(timeout=EXIT_TIMEOUT_S)
     assert proc.returncode == 2, err
     assert re.search(r"error: base HEAD \([0-9a-f]{12}\) #\d+: worker died before answering (Round|Prepare|Finish) "
                      r"and was killed by SIGKILL; the end of its stderr:", err), err
     assert "  | worker base: cosmos3 from" in err
     assert_no_worktree(repo, "".join(lines) + out)
-    assert not workers_of(proc.pid) and not Path(f"/proc/{workers['head']}").exists()
+    assert not workers_of(proc.pid)
+    assert not any(Path(f"/proc/{pid}").exists() for pids in workers.values() for pid in pids)
 
 
 @pytest.mark.slow
 @linux_only
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_compare_removes_its_worktree_and_workers(repo, tmp_path, signum):
-    proc, lines = start_compare(repo, tmp_path, "stopped")
+    proc, lines = start_compare(repo, tmp_path, "stopped", processes=1)  # the kill test runs several pairs
     workers = workers_of(proc.pid)
+    assert {side: len(pids) for side, pids in workers.items()} == {"base": 1, "head": 1}, workers
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=EXIT_TIMEOUT_S)
     assert proc.returncode == 128 + signum, err
     assert f"stopped by {signal.Signals(signum).name}" in err
     assert_no_worktree(repo, "".join(lines) + out)
-    for pid in workers.values():
+    for pid in (pid for pids in workers.values() for pid in pids):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     run_dir = tmp_path / "results" / "stopped"
     assert sorted(p.name for p in run_dir.iterdir()) == ["interrupted.json"]

@@ -70,6 +70,7 @@ def test_parse_slowdowns():
     ([], "selects its cases with -k"),
     (["-k", "latent_prep", "--inject-slowdown", "*=0.1"], "other negative controls are refused"),
     (["-k", "latent_prep", "--processes", "0"], "processes"),
+    (["-k", "latent_prep", "--processes", "2"], "one degree of freedom"),
 ])
 def test_the_command_line_refuses_bad_input_before_measuring(tmp_path, capsys, args, message):
     if "-k" not in args and message != "selects its cases with -k":

@@ -161,6 +161,24 @@ def test_one_process_pair_says_the_process_bias_was_not_measured(make_env):
     assert "process bias not measured" in c.note
 
 
+def test_a_4x_slowdown_with_an_8_percent_pair_spread_fails_in_three_pairs(make_env):
+    """CI's failure: in two pairs a 4.46x injected slowdown with an 8.3% pair spread gave p=0.012 across
+    the pairs (one degree of freedom) and passed; three pairs, the fewest compare accepts, catch it."""
+    _, pairs = process_pairs([4.0, 4.8, 4.4])
+    c = judged(measure(pairs), make_env)
+    assert c.verdict == cmp.REGRESSION and c.p_process_adjusted < 0.01 and c.process_spread > 0.04
+    two = judged(measure(process_pairs([4.0, 4.8])[1]), make_env)
+    assert two.verdict == cmp.NOT_SIGNIFICANT and two.p_process_adjusted > 0.01  # why 2 pairs are refused
+
+
+@pytest.mark.parametrize("k", [0, 2, 33, True, 2.5])
+def test_compare_refuses_a_process_count_that_cannot_test_across_pairs(k):
+    with pytest.raises(cmp.InputError, match="processes"):
+        cmp.check_processes(k)
+    for ok in (1, 3, 4, 32):
+        cmp.check_processes(ok)
+
+
 def simulated_pair(rng, k, process_sd, trial_sd=0.01, trials_per_pair=4, effect=0.0):
     spec = SPEC
     bias = rng.normal(0, process_sd, k)

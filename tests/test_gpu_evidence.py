@@ -59,8 +59,8 @@ def check(argv: list[str]) -> None:
         assert (REPO / argv[3]).is_file()
         return
     if args.command in ("run", "compare", "calibrate"):
-        patterns = args.case or (["latent_prep[single_frame-*]", "vae_encode[*-1f]"] if args.command == "calibrate"
-                                 else [])
+        calibrate_gate = args.command == "calibrate" and not args.compare  # calibrate --compare selects with -k
+        patterns = args.case or (["latent_prep[single_frame-*]", "vae_encode[*-1f]"] if calibrate_gate else [])
         chosen = cases.chosen("wan22", args.grid, args.keyword, patterns)
         cli.run_controls(args).check_applies(chosen)
     if args.command == "run" and args.baselines_dir == cli.REPO_ROOT / "baselines" and args.dit_layers is None:
@@ -76,7 +76,7 @@ def covered(args, measured: set[str]) -> None:
 
 def test_the_script_is_valid_bash_and_every_step_is_documented():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], check=False).returncode == 0
-    assert len(STEPS) == 21
+    assert len(STEPS) == 23
     for step in STEPS:
         assert re.search(rf"#   .*{re.escape(step.split('-')[0])}", HEADER), step
 
@@ -90,6 +90,16 @@ def test_each_step_prints_commands_that_parse(step, tmp_path):
     for argv in commands:
         check(argv)
     assert not (tmp_path / "evidence").exists()  # a dry run writes nothing
+
+
+def test_the_compare_calibration_steps_compare_the_720p_single_frame_cases(tmp_path):
+    """The issue asked for the two 720p single_frame cases of its day; the grid now holds three."""
+    for step in ("compare-calib-1", "compare-calib-2"):
+        (line,) = dry(step, tmp_path=tmp_path).stdout.splitlines()
+        args = cli.parse_args(["calibrate", *shlex.split(line)[6:]])
+        assert args.compare and args.aa_runs == 5 and args.runs_per_size == 0
+        chosen = cases.chosen("wan22", args.grid, args.keyword, [])
+        assert [s.name for s in chosen] == [f"latent_prep[single_frame-1280x720-{n}f]" for n in (33, 81, 121)]
 
 
 def test_counting_steps_plan_their_runs():

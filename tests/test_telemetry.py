@@ -109,3 +109,40 @@ def test_steady_clocks_add_no_note_and_noise_gets_none_either(make_env):
     (c,) = cmp.judge(record([same], make_env=make_env)).comparisons
     assert c.verdict == cmp.OK and c.gpu_note and c.note == ""  # the note speaks only to a regression's verdict
     assert np.isfinite(c.ratio)
+
+
+# ---- the stored-baseline gate and `bench run`'s report ------------------------------------------------
+
+
+def test_a_stored_baseline_regression_on_a_throttled_run_says_so_and_still_fails(make_case, make_run):
+    from bench.gate import evaluate
+    from bench.report import render_summary as render_run
+
+    baseline = make_run([cmp.dataclasses.replace(make_case(), gpu_before=reading("h200_busy"),
+                                                 gpu_after=reading("h200_busy"))])
+    hot = cmp.dataclasses.replace(make_case(seed=1, median_ms=11.0), gpu_before=reading("h200_busy"),
+                                  gpu_after=reading("h200_thermal"))
+    report = evaluate(make_run([hot]), baseline, cmp.gate.GateConfig())
+    (c,) = report.comparisons
+    assert c.verdict == cmp.REGRESSION and report.exit_code == 1
+    assert c.gpu_note == ("SM clocks differ by 14.4% (run 1695 MHz, baseline 1980 MHz) > 5%; "
+                          "the run was throttled (hw_thermal_slowdown, sw_thermal_slowdown)")
+    assert report.failures[0].endswith(f"but the GPU may explain it: {c.gpu_note}")
+    summary = render_run(make_run([hot]), report)
+    assert "## GPU state" in summary
+    assert "| 1410-1980 | 87 | hw_thermal_slowdown, sw_thermal_slowdown | SM clocks differ by 14.4%" in summary
+
+
+def test_steady_clocks_leave_a_stored_baseline_regression_unannotated_and_no_nvml_no_section(make_case, make_run):
+    from bench.gate import evaluate
+    from bench.report import render_summary as render_run
+
+    busy = {"gpu_before": reading("h200_busy"), "gpu_after": reading("h200_busy")}
+    baseline = make_run([cmp.dataclasses.replace(make_case(), **busy)])
+    slow = make_run([cmp.dataclasses.replace(make_case(seed=1, median_ms=11.0), **busy)])
+    report = evaluate(slow, baseline, cmp.gate.GateConfig())
+    (c,) = report.comparisons
+    assert c.verdict == cmp.REGRESSION and c.gpu_note is None and "GPU" not in report.failures[0]
+    assert "## GPU state" in render_run(slow, report)
+    cpu = make_run([make_case(seed=1, median_ms=11.0)])
+    assert "## GPU state" not in render_run(cpu, evaluate(cpu, make_run([make_case()]), cmp.gate.GateConfig()))

@@ -36,6 +36,9 @@
 #                          full-1/2, five unchanged runs of every profiled case (the counters' agreement)
 #   dit30-480, dit30-720-single_frame, dit30-720-expand   240, 420, 420   e2e at full depth (30 layers)
 #   baseline-dit30     20  merge the three into baselines/<gpu>/wan22-dit30.json
+#   compare-calib-1, compare-calib-2   480 each   `calibrate --compare`: 5 A/A compares of the three 720p
+#                          single_frame latent-prep cases (33/81/121f, K=4) per call, their false alarms, spreads and GPU state
+#                          (issue 20; not in the default PLAN: run them by name)
 #   calib         12 x 60  calibration, sized to fit: 3 baseline, 3 A/A, 2 at each of +3/10%, 1 sync, 1 kernel run
 #   calib-report       30  calibration.md, calibration.json and the plot, from every calibration run so far
 # The default PLAN: 8 calls (`plan` prints them); the full-depth steps are left out of it (run them by name).
@@ -50,7 +53,7 @@ CAL_RUNS=(--baseline-runs 3 --aa-runs 3 --runs-per-size 2 --sizes 0.03,0.1 --run
 CAL_TOTAL=12  # 3 + 3 + 2 x 2 + 2 x 1
 declare -A EST=([smoke]=420 [first-frame]=300 [revert-2d]=90 [full-1]=300 [full-2]=300 [extended]=200 [baseline]=20
   [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [compare-inject-gpu]=100 [compare-twelve]=360 [fast-1]=150 [fast-2]=150 [fast-3]=150
-  [dit30-480]=240 [dit30-720-single_frame]=420 [dit30-720-expand]=420 [baseline-dit30]=20 [calib]=60
+  [compare-calib-1]=480 [compare-calib-2]=480 [dit30-480]=240 [dit30-720-single_frame]=420 [dit30-720-expand]=420 [baseline-dit30]=20 [calib]=60
   [calib-report]=30)  # for a counting step: one run
 step=${1:?usage: gpu-evidence.sh session | STEP (the steps are listed at the top of this file)}
 dry=${DRY_RUN:-}
@@ -286,6 +289,12 @@ one() {  # one STEP: run it; its exit status is its verdict
         -k 'test_latent_prep and not first_frame_2d' --results-dir "$E" --run-id "$s"; rc=$?
       if [ -z "$dry" ]; then echo "$s: $(( SECONDS - t0 )) s for the compare (the limit is 300 s)" | tee -a "$E/logs/$s.log"; fi
       done_if "$s" $rc 0 "$E/$s/compare.json" ;;
+    compare-calib-*)  # issue 20: A/A compares of the 720p single_frame cases, through calibrate --compare
+      fresh "$s"
+      run "$s" python3 -m nox -s calibrate -- --compare --base "$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)" \
+        -k 'latent_prep and single_frame and 1280x720' --aa-runs 5 --runs-per-size 0 --calibration-dir "$E/$s" \
+        --load "gpu-evidence.sh $s"
+      done_if "$s" $? 0 "$E/$s/compare_calibration.json" ;;
     dit30-480)
       bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' \
         --case 'e2e[single_frame-832x480-81f]' --case 'e2e[expand-832x480-81f]'; done_if "$s" $? 0 "$(rec "$s")" ;;
