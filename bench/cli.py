@@ -28,8 +28,8 @@ from bench import compare_calibration as compare_cal
 from bench import gate as gate_mod
 from bench.cases import GRID_NAMES
 from bench.compare_report import write_compare_run
+from bench.controls import CONTROLS_ENV, RoundPolicy, RunControls
 from bench.environment import REPO_ROOT, device_identity, display_path, run_label
-from bench.harness import CONTROLS_ENV, RoundPolicy, RunControls
 from bench.records import (
     RunRecord,
     load_run,

@@ -53,7 +53,7 @@ import numpy as np
 
 from bench import cases as cases_mod
 from bench import gate, stats, telemetry
-from bench.harness import RoundPolicy, RunControls
+from bench.controls import RoundPolicy, RunControls
 from bench.protocol import (
     REPLIES,
     Bye,
