@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import cases, cli, stats
+from bench import cases, cli, gate, stats
 from bench import compare as cmp
 from bench.harness import RunControls
 from bench.protocol import (
@@ -171,6 +171,13 @@ def test_working_memory_is_judged_by_the_gate_rule(make_env):
 def test_pair_rules_leave_out_the_in_run_checks():
     assert [r.name for r in cmp.PAIR_RULES] == ["device_time", "counters", "memory"]
 
+
+def test_every_gate_rule_is_applied_by_compare_or_left_out_with_a_reason():
+    """A new rule of bench.gate is not applied to base against head until someone decides which it is."""
+    names = [rule.name for rule in gate.RULES]
+    assert set(names) == cmp.PAIR_RULE_NAMES | set(cmp.NOT_PAIR_RULES), "name the new gate rule in one of the two"
+    assert not cmp.PAIR_RULE_NAMES & set(cmp.NOT_PAIR_RULES)
+    assert all(reason.strip() for reason in cmp.NOT_PAIR_RULES.values())
 
 
 def simulate_compare(rng, *, cases_n: int, noise: float, threshold: float, alpha: float) -> bool:
