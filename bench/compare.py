@@ -54,6 +54,7 @@ import numpy as np
 from bench import cases as cases_mod
 from bench import gate, stats, telemetry
 from bench.controls import RoundPolicy, RunControls
+from bench.interrupt import STOP_SIGNALS, Interrupted, write_interrupted
 from bench.protocol import (
     REPLIES,
     Bye,
@@ -70,7 +71,7 @@ from bench.protocol import (
     decode_message,
     encode_message,
 )
-from bench.records import CaseResult, CaseSpec, Environment, RunRecord, decode_record, write_json_atomic
+from bench.records import CaseResult, CaseSpec, Environment, RunRecord, decode_record
 from bench.stats import REGRESSION, log_ratios, median_ci, min_trials_for
 from bench.telemetry import GpuReading
 from cosmos3 import strict_json
@@ -93,9 +94,7 @@ START_TIMEOUT_S = 900.0
 REPLY_TIMEOUT_S = 900.0
 QUIT_TIMEOUT_S = 30.0
 STDERR_TAIL_LINES = 25
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 COMPARE_RECORD = "compare.json"
-INTERRUPTED_RECORD = "interrupted.json"  # all a stopped compare leaves in its run folder
 SCHEMA_VERSION = 2  # 2: process pairs (CompareRecord.processes, PairedCase.process)
 # Worker process pairs per compare (see the module docstring); at least MIN_TRIALS_PER_PROCESS trials each.
 DEFAULT_PROCESSES = 4
@@ -131,14 +130,6 @@ NOT_PAIR_RULES = {
     "stage_consistency": "an in-run check of `bench run`, not base against head",
 }
 PAIR_RULES: tuple[gate.Rule, ...] = tuple(rule for rule in gate.RULES if rule.name in PAIR_RULE_NAMES)
-
-
-class Stopped(Exception):
-    """The compare was stopped by a signal; workers and worktree are gone."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 class WorkerError(InputError):
@@ -504,10 +495,11 @@ def deferred_signals() -> Iterator[list[int]]:
 
 @contextlib.contextmanager
 def stopped_by_signals() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise Stopped, so every `finally` below runs."""
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted, so every `finally` below runs (and the workers and the
+    worktree are gone when it reaches the caller)."""
 
     def stop(signum: int, _frame: object) -> None:
-        raise Stopped(signum)
+        raise Interrupted(signum)
 
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
@@ -529,7 +521,7 @@ def base_worktree(repo: Path, ref: str, commit: str, scratch: Path) -> Iterator[
         with deferred_signals() as pending:
             remove_worktree(repo, tree)
         if pending:
-            raise Stopped(pending[0])
+            raise Interrupted(pending[0])
 
 
 def remove_worktree(repo: Path, tree: Path) -> None:
@@ -722,7 +714,7 @@ def started_workers(settings: CompareSettings, trees: dict[str, Path], labels: d
             for worker in workers.values():
                 worker.stop()
         if pending:
-            raise Stopped(pending[0])
+            raise Interrupted(pending[0])
 
 
 def _check_ready(ready: dict[str, tuple[WorkerProcess, Ready]], trees: dict[str, Path], head_root: Path) -> None:
@@ -878,18 +870,14 @@ def measure(settings: CompareSettings, base_commit: str, scratch: Path) -> tuple
 
 def measure_run(settings: CompareSettings) -> tuple[CompareRecord, dict[str, str]]:
     """`measure` in a scratch folder, stopped cleanly by SIGINT, SIGTERM or SIGHUP: then the run's
-    folder holds only interrupted.json (as a stopped `bench run` leaves it) and Stopped is raised."""
+    folder holds only interrupted.json (as a stopped `bench run` leaves it) and Interrupted is raised."""
     base_commit = resolve_ref(settings.repo, settings.base_ref)
     scratch = Path(tempfile.mkdtemp(prefix="cosmos3-compare-"))
     try:
         with stopped_by_signals():
             return measure(settings, base_commit, scratch)
-    except Stopped as stop:
-        write_json_atomic(settings.results_dir / settings.run_id / INTERRUPTED_RECORD, {
-            "interrupted_by": signal.Signals(stop.signum).name,
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "argv": settings.argv,
-        })
+    except Interrupted as stop:
+        write_interrupted(settings.results_dir / settings.run_id, stop.signum, settings.argv)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the worktree inside is already removed, and pruned
