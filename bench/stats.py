@@ -1,13 +1,15 @@
-"""The statistics of the gate (bench.gate), compare (bench.compare) and calibration: one place each.
+"""The statistics of the gate (bench.gate) and compare (bench.compare), and so of calibration: one place each.
 
-- a stored baseline against a run: the ratio of medians, its percentile-bootstrap interval (ratio_ci)
-  and a one-sided Mann-Whitney test (mann_whitney_p, testable);
+- a stored baseline against a run: the ratio of medians, its percentile-bootstrap interval (ratio_ci),
+  a one-sided Mann-Whitney test (mann_whitney_p, testable) and the spread of a merged baseline's run
+  medians (run_to_run_cv);
 - interleaved pairs (compare): the log ratios, the bootstrap interval of their median (median_ci), a
   one-sided Wilcoxon signed-rank test (wilcoxon_p), a t-test across process pairs (process_t_p), Holm's
   adjustment across cases (holm) and the trials a case needs (min_trials_for);
 - both: one verdict tree (verdict) that a median ratio and its p-values go through.
 
-Only numbers go in and out; what the verdicts say is worded by the gate and compare.
+Numbers go in; numbers and verdict words come out. The notes that explain a verdict are the gate's
+and compare's own.
 """
 
 from __future__ import annotations
