@@ -17,9 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from bench.controls import MAX_INJECTED_FRACTION
 from bench.fmt import DASH, code
 from bench.gate import CounterRule, DeviceTimeRule, GateConfig, LatencyRule, evaluate
-from bench.harness import MAX_INJECTED_FRACTION
 from bench.records import RunRecord, encode_record, merge_counters, merge_runs, new_folder, write_json_atomic
 from cosmos3.errors import InputError
 

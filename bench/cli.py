@@ -28,8 +28,9 @@ from bench import compare_calibration as compare_cal
 from bench import gate as gate_mod
 from bench.cases import GRID_NAMES
 from bench.compare_report import write_compare_run
+from bench.controls import CONTROLS_ENV, RoundPolicy, RunControls
 from bench.environment import REPO_ROOT, device_identity, display_path, run_label
-from bench.harness import CONTROLS_ENV, RoundPolicy, RunControls
+from bench.interrupt import INTERRUPTED_RECORD, STOP_SIGNALS, Interrupted, write_interrupted
 from bench.records import (
     RunRecord,
     load_run,
@@ -37,7 +38,6 @@ from bench.records import (
     parse_pattern_values,
     run_from_pytest_benchmark,
     save_run,
-    write_json_atomic,
 )
 from bench.report import append_github_summary, write_report
 from cosmos3 import strict_json
@@ -51,21 +51,12 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent / "benchmarks"
 RUN_RECORD = "run.json"
 PYTEST_JSON = "pytest-benchmark.json"
 JUNIT_XML = "junit.xml"
-INTERRUPTED_RECORD = "interrupted.json"  # all a stopped run leaves behind
 REPORT_DIR = "report"  # the run's own report, beside its evidence
 # A run id names one folder: letters, digits and . _ - only, so it can never climb out of results/.
 # The same rule as every record field that becomes part of a path (cosmos3.paths.check_name).
 RUN_ID_RULE = NAME_RULE
 # After a stop signal the benchmark child gets this long to exit before it is killed.
 CHILD_GRACE_S = 10.0
-
-
-class Interrupted(Exception):
-    """The run was stopped by a signal; it has left only interrupted.json."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 def add_gate_options(p: argparse.ArgumentParser) -> None:
@@ -300,7 +291,7 @@ def _run_child(cmd: list[str], env: dict[str, str]) -> int:
         stopped.append(signum)
         proc.send_signal(signal.SIGTERM)  # the child may also have had the terminal's SIGINT
 
-    handlers = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    handlers = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
         code = proc.wait()
         if stopped:
@@ -370,11 +361,7 @@ def run_benchmarks(args: argparse.Namespace, plan: RunPlan, run_dir: Path) -> tu
         # Nothing half-written stays: the child's partial outputs go, one record says what happened.
         for name in (PYTEST_JSON, JUNIT_XML):
             (run_dir / name).unlink(missing_ok=True)
-        write_json_atomic(run_dir / INTERRUPTED_RECORD, {
-            "interrupted_by": signal.Signals(stop.signum).name,
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "argv": "python -m bench " + " ".join(sys.argv[1:]),
-        })
+        write_interrupted(run_dir, stop.signum, "python -m bench " + " ".join(sys.argv[1:]))
         raise
     wall_s = time.perf_counter() - started
     print(f"benchmark suite wall time: {wall_s:.1f} s", flush=True)
@@ -598,10 +585,7 @@ def cmd_calibrate_compare(args: argparse.Namespace) -> int:
             base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=controls, criteria=criteria,
             results_dir=runs_dir, run_id=run_id, keyword=args.keyword, dit_layers=args.dit_layers,
             weights_dir=args.weights_dir, argv=f"calibrate --compare #{index}", processes=args.processes)
-        try:
-            record, logs = compare_mod.measure_run(settings)
-        except compare_mod.Stopped as stop:
-            raise Interrupted(stop.signum) from None
+        record, logs = compare_mod.measure_run(settings)  # a stop signal raises Interrupted
         return write_compare_run(record, logs, runs_dir / run_id)[0]
 
     cal = compare_cal.run_calibration(run_compare, aa_runs=args.aa_runs, slowdowns=slowdowns,
@@ -669,10 +653,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         results_dir=args.results_dir, run_id=plan.run_id, keyword=args.keyword, dit_layers=args.dit_layers,
         weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]), processes=args.processes,
     )
-    try:
-        record, logs = compare_mod.measure_run(settings)
-    except compare_mod.Stopped as stop:
-        raise Interrupted(stop.signum) from None
+    record, logs = compare_mod.measure_run(settings)  # a stop signal raises Interrupted
     report, summary = write_compare_run(record, logs, args.results_dir / plan.run_id)
     append_github_summary(summary)
     print(summary.read_text())

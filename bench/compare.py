@@ -6,7 +6,7 @@ both warm up, then each trial runs one synchronised round on each side in a seed
 one side at a time, so slow drifts of the machine (clocks, host load) hit both sides of a pair
 alike. The per-trial log ratio head/base carries the verdict:
 
-- estimate: the median ratio, exp(median log ratio), with a CI_LEVEL bootstrap interval;
+- estimate: the median ratio, exp(median log ratio), with a CI_LEVEL (bench.stats) bootstrap interval;
 - test: one-sided Wilcoxon signed-rank on the log ratios (is the head slower?), Holm-adjusted
   across the run's cases, so that a whole compare raises a false alarm with probability <= alpha;
 - regression: median ratio > 1 + threshold and adjusted p < alpha.
@@ -26,8 +26,8 @@ process bias is neither randomized nor measured, and the verdict says so.
 
 Trials stop (see `stop_reason`) once the interval lies below the limit, or is narrower than the
 threshold, or the case's round-time budget is spent; never before the minimum that lets the test
-reach significance. Memory (and any later pair rule of bench.gate) is judged as against a stored
-baseline. Statistics are derived from the raw pairs in compare.json, never stored.
+reach significance. Device time, work counters and memory (the gate rules in PAIR_RULE_NAMES) are
+judged as against a stored baseline. Statistics are derived from the raw pairs in compare.json, never stored.
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from bench import cases as cases_mod
-from bench import gate, telemetry
-from bench.harness import RoundPolicy, RunControls
+from bench import gate, stats, telemetry
+from bench.controls import RoundPolicy, RunControls
+from bench.interrupt import STOP_SIGNALS, Interrupted, write_interrupted
 from bench.protocol import (
     REPLIES,
     Bye,
@@ -71,24 +71,20 @@ from bench.protocol import (
     decode_message,
     encode_message,
 )
-from bench.records import CaseResult, CaseSpec, Environment, RunRecord, decode_record, write_json_atomic
+from bench.records import CaseResult, CaseSpec, Environment, RunRecord, decode_record
+from bench.stats import REGRESSION, log_ratios, median_ci, min_trials_for
 from bench.telemetry import GpuReading
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
 DEFAULT_THRESHOLD = 0.02  # a paired median ratio above 1.02 is a regression (when significant)
-CI_LEVEL = gate.CI_LEVEL  # the interval reported and used by the stopping rule
-BOOTSTRAP_RESAMPLES = 2000
 # Trials per case. At least MIN_TRIALS, and at least enough for the Holm-adjusted Wilcoxon test to
-# be able to reach alpha (see min_trials_for); at most MAX_TRIALS.
+# be able to reach alpha (see bench.stats.min_trials_for); at most MAX_TRIALS.
 MIN_TRIALS = 10
 MAX_TRIALS = 400
 # Beyond the minimum, a case's trials stop when the sum of both sides' round times reaches its
 # budget: a few seconds on a GPU (about 90 trials of a 22 ms stage), a tiny one on the CPU.
 CASE_BUDGET_S = {"cuda": 4.0, "cpu": 1.0}
-# With n pairs the smallest one-sided Wilcoxon p is 2**-n (every pair slower). These extra trials
-# beyond that bare minimum let a pair or two go the other way and still reach significance.
-REACH_MARGIN_TRIALS = 2
 # The stopping rule's bootstrap runs at n_min and then each time n has grown by this factor, so its
 # cost (tens of ms on a loaded host) stays small beside the rounds it judges.
 CHECK_GROWTH = 1.2
@@ -98,9 +94,7 @@ START_TIMEOUT_S = 900.0
 REPLY_TIMEOUT_S = 900.0
 QUIT_TIMEOUT_S = 30.0
 STDERR_TAIL_LINES = 25
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 COMPARE_RECORD = "compare.json"
-INTERRUPTED_RECORD = "interrupted.json"  # all a stopped compare leaves in its run folder
 SCHEMA_VERSION = 2  # 2: process pairs (CompareRecord.processes, PairedCase.process)
 # Worker process pairs per compare (see the module docstring); at least MIN_TRIALS_PER_PROCESS trials each.
 DEFAULT_PROCESSES = 4
@@ -116,79 +110,30 @@ def check_processes(k: object) -> None:
         raise InputError("processes", f"must be 1, or 3 to {MAX_PROCESSES} worker pairs (with 2 the across-pair "
                          "t-test has one degree of freedom and cannot tell a large slowdown from process noise)", k)
 
-# Verdicts of a paired case (the gate's words where they mean the same) and of cases not paired.
-REGRESSION, NOT_SIGNIFICANT, OK, FASTER = gate.REGRESSION, gate.NOT_SIGNIFICANT, gate.OK, gate.FASTER
+# A paired case's verdict is bench.stats's (REGRESSION, NOT_SIGNIFICANT, OK, FASTER); those of cases not paired:
 NEW = "new"  # in the head's grid only
 REMOVED = "removed"  # in the base's grid only
 NOT_COMPARABLE = "not comparable"  # the base cannot build or run it (its cosmos3 lacks something)
 FAILED = gate.FAILED  # the head cannot build or run it: fails the compare
 
-# Rules of the stored-baseline gate that judge a (head, base) pair of records beyond latency:
-# working memory today, and any rule added to bench.gate.RULES later (work counters, device time)
-# unless it is named here. Latency is replaced by the paired test, coverage by new/removed, and
-# errors by FAILED; speedup and equivalence are in-run checks of `bench run`, not base against head.
-NOT_PAIR_RULES = frozenset({"latency", "coverage", "errors", "speedup", "equivalence", "stage_consistency"})
-PAIR_RULES: tuple[gate.Rule, ...] = tuple(rule for rule in gate.RULES if rule.name not in NOT_PAIR_RULES)
-
-
-class Stopped(Exception):
-    """The compare was stopped by a signal; workers and worktree are gone."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
+# The rules of the stored-baseline gate that compare applies to the head's records against the base's, by
+# name: an allow-list. A rule added to bench.gate.RULES is applied here only once it is named here; until it
+# is named here or in NOT_PAIR_RULES, with the reason, tests/test_compare.py fails.
+PAIR_RULE_NAMES = frozenset({"device_time", "counters", "memory"})
+# The gate's other rules, each with why compare does not apply it.
+NOT_PAIR_RULES = {
+    "latency": "replaced by the paired test",
+    "coverage": "replaced by the new and removed cases",
+    "errors": "replaced by the failed cases",
+    "speedup": "an in-run check of `bench run`, not base against head",
+    "equivalence": "an in-run check of `bench run`, not base against head",
+    "stage_consistency": "an in-run check of `bench run`, not base against head",
+}
+PAIR_RULES: tuple[gate.Rule, ...] = tuple(rule for rule in gate.RULES if rule.name in PAIR_RULE_NAMES)
 
 
 class WorkerError(InputError):
     """A worker died, hung or broke the protocol; the message ends with its stderr."""
-
-
-# ---- statistics on the pairs -------------------------------------------------------------------
-
-
-def log_ratios(head_ms: Sequence[float], base_ms: Sequence[float]) -> np.ndarray:
-    return np.log(np.asarray(head_ms, dtype=float)) - np.log(np.asarray(base_ms, dtype=float))
-
-
-def median_ci(d: np.ndarray, *, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """CI_LEVEL percentile-bootstrap interval of the median of `d` (as bench.gate: BCa is unreliable for
-    a median's lumpy bootstrap distribution and undefined on ties)."""
-    if np.all(d == d[0]):
-        return float(d[0]), float(d[0])
-    result = stats.bootstrap((d,), np.median, n_resamples=resamples, confidence_level=CI_LEVEL,
-                             method="percentile", vectorized=True, rng=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def wilcoxon_p(d: np.ndarray, alternative: str) -> float:
-    """One-sided Wilcoxon signed-rank p on the log ratios; 1 where every pair is a tie (no evidence)."""
-    if np.all(d == 0):
-        return 1.0
-    return float(stats.wilcoxon(d, alternative=alternative).pvalue)
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the input's order.
-
-    Sorted ascending, p_(k) is multiplied by (m - k + 1); each adjusted value is the running
-    maximum of those, capped at 1. Rejecting where the adjusted p < alpha is Holm's procedure, and
-    keeps the chance of any false rejection among the m at or below alpha, whatever their dependence.
-    """
-    p = np.asarray(p_values, dtype=float)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
-def min_trials_for(tests: int, alpha: float) -> int:
-    """The fewest pairs with which a one-sided Wilcoxon test can reach alpha / tests (Holm's strictest
-    level): 2**-n < alpha / tests, plus REACH_MARGIN_TRIALS."""
-    return math.floor(math.log2(max(tests, 1) / alpha)) + 1 + REACH_MARGIN_TRIALS
 
 
 @dataclass(frozen=True)
@@ -442,26 +387,6 @@ def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def process_t_p(medians: np.ndarray, alternative: str) -> float | None:
-    """One-sided one-sample t-test that the per-process-pair median log ratios centre on 0 (is the head
-    slower / faster?); None with fewer than two pairs. Equal medians are decided by their sign."""
-    if len(medians) < 2:
-        return None
-    if np.all(medians == medians[0]):
-        sign = 1 if alternative == "greater" else -1
-        return 0.0 if sign * medians[0] > 0 else 1.0
-    return float(stats.ttest_1samp(medians, 0.0, alternative=alternative).pvalue)
-
-
-def _holm_optional(p_values: Sequence[float | None]) -> list[float | None]:
-    present = [i for i, p in enumerate(p_values) if p is not None]
-    adjusted = holm([p_values[i] for i in present])
-    out: list[float | None] = [None] * len(p_values)
-    for i, p in zip(present, adjusted, strict=True):
-        out[i] = p
-    return out
-
-
 def judge(record: CompareRecord) -> CompareReport:
     """Every paired case's verdict (Holm across them) and the pair rules; pure, from the record alone.
 
@@ -474,12 +399,12 @@ def judge(record: CompareRecord) -> CompareReport:
         d = pair.log_ratios
         lo, hi = median_ci(d, seed=record.seed)
         medians = pair.process_medians()
-        raw.append((pair, d, lo, hi, wilcoxon_p(d, "greater"), wilcoxon_p(d, "less"),
-                    process_t_p(medians, "greater"), process_t_p(medians, "less")))
-    slower_adj = holm([r[4] for r in raw])
-    faster_adj = holm([r[5] for r in raw])
-    proc_slower_adj = _holm_optional([r[6] for r in raw])
-    proc_faster_adj = _holm_optional([r[7] for r in raw])
+        raw.append((pair, d, lo, hi, stats.wilcoxon_p(d, "greater"), stats.wilcoxon_p(d, "less"),
+                    stats.process_t_p(medians, "greater"), stats.process_t_p(medians, "less")))
+    slower_adj = stats.holm([r[4] for r in raw])
+    faster_adj = stats.holm([r[5] for r in raw])
+    proc_slower_adj = stats.holm_optional([r[6] for r in raw])
+    proc_faster_adj = stats.holm_optional([r[7] for r in raw])
     comparisons = []
     for (pair, d, lo, hi, p_slower, _, p_proc, _), p_adj, p_faster_adj, pp_adj, pf_adj in zip(
             raw, slower_adj, faster_adj, proc_slower_adj, proc_faster_adj, strict=True):
@@ -490,29 +415,23 @@ def judge(record: CompareRecord) -> CompareReport:
         change = (f"median paired ratio {ratio:.3f} [{math.exp(lo):.3f}, {math.exp(hi):.3f}] over {len(d)} trials "
                   f"in {k} process pair{'s' if k != 1 else ''} "
                   f"(head {pair.head.median_ms:.2f} ms, base {pair.base.median_ms:.2f} ms)")
-        proc_ok = pp_adj is None or pp_adj < criteria.alpha
-        faster_proc_ok = pf_adj is None or pf_adj < criteria.alpha
-        if ratio > 1 + threshold:
-            if p_adj < criteria.alpha and not proc_ok:
-                verdict = NOT_SIGNIFICANT
-                note = (f"{change} with Holm-adjusted p={p_adj:.2g}, but across the process pairs "
-                        f"(spread {spread:.1%}) Holm-adjusted p={pp_adj:.2g} >= {criteria.alpha:g}: "
-                        "a process-level difference, not one of the code")
-            elif p_adj < criteria.alpha:
-                verdict = REGRESSION
-                across = ("" if pp_adj is None else
-                          f" and across {k} process pairs p={pp_adj:.2g}")
-                alone = "" if pp_adj is not None else " (one process pair: process bias not measured)"
-                note = (f"{change} > +{threshold:.1%} with Holm-adjusted p={p_adj:.2g}{across} < "
-                        f"{criteria.alpha:g}: the head is slower{alone}")
-            else:
-                verdict, note = NOT_SIGNIFICANT, f"{change} but Holm-adjusted p={p_adj:.2g} >= {criteria.alpha:g}"
-        elif ratio < 1 - threshold and p_faster_adj < criteria.alpha and faster_proc_ok:
-            verdict, note = FASTER, ""
-        elif ratio > 1 and p_adj < criteria.alpha and proc_ok:
-            verdict, note = OK, f"{change}: significant but within +{threshold:.1%}"
+        verdict, why = stats.verdict(ratio, threshold, criteria.alpha, p_adj, p_faster_adj, pp_adj, pf_adj)
+        if why == stats.PROCESS_NOISE:
+            note = (f"{change} with Holm-adjusted p={p_adj:.2g}, but across the process pairs "
+                    f"(spread {spread:.1%}) Holm-adjusted p={pp_adj:.2g} >= {criteria.alpha:g}: "
+                    "a process-level difference, not one of the code")
+        elif why == stats.SLOWER:
+            across = ("" if pp_adj is None else
+                      f" and across {k} process pairs p={pp_adj:.2g}")
+            alone = "" if pp_adj is not None else " (one process pair: process bias not measured)"
+            note = (f"{change} > +{threshold:.1%} with Holm-adjusted p={p_adj:.2g}{across} < "
+                    f"{criteria.alpha:g}: the head is slower{alone}")
+        elif why == stats.NOISE:
+            note = f"{change} but Holm-adjusted p={p_adj:.2g} >= {criteria.alpha:g}"
+        elif why == stats.SIGNIFICANT:
+            note = f"{change}: significant but within +{threshold:.1%}"
         else:
-            verdict, note = OK, ""
+            note = ""
         gpu_note = telemetry.sm_clock_note(list(pair.head_gpu), list(pair.base_gpu))
         if gpu_note and verdict == REGRESSION:
             # Still a regression (exit 1): the timing stands, but the GPU may explain it; rerun to tell.
@@ -576,10 +495,11 @@ def deferred_signals() -> Iterator[list[int]]:
 
 @contextlib.contextmanager
 def stopped_by_signals() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise Stopped, so every `finally` below runs."""
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted, so every `finally` below runs (and the workers and the
+    worktree are gone when it reaches the caller)."""
 
     def stop(signum: int, _frame: object) -> None:
-        raise Stopped(signum)
+        raise Interrupted(signum)
 
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
@@ -601,7 +521,7 @@ def base_worktree(repo: Path, ref: str, commit: str, scratch: Path) -> Iterator[
         with deferred_signals() as pending:
             remove_worktree(repo, tree)
         if pending:
-            raise Stopped(pending[0])
+            raise Interrupted(pending[0])
 
 
 def remove_worktree(repo: Path, tree: Path) -> None:
@@ -794,7 +714,7 @@ def started_workers(settings: CompareSettings, trees: dict[str, Path], labels: d
             for worker in workers.values():
                 worker.stop()
         if pending:
-            raise Stopped(pending[0])
+            raise Interrupted(pending[0])
 
 
 def _check_ready(ready: dict[str, tuple[WorkerProcess, Ready]], trees: dict[str, Path], head_root: Path) -> None:
@@ -950,18 +870,14 @@ def measure(settings: CompareSettings, base_commit: str, scratch: Path) -> tuple
 
 def measure_run(settings: CompareSettings) -> tuple[CompareRecord, dict[str, str]]:
     """`measure` in a scratch folder, stopped cleanly by SIGINT, SIGTERM or SIGHUP: then the run's
-    folder holds only interrupted.json (as a stopped `bench run` leaves it) and Stopped is raised."""
+    folder holds only interrupted.json (as a stopped `bench run` leaves it) and Interrupted is raised."""
     base_commit = resolve_ref(settings.repo, settings.base_ref)
     scratch = Path(tempfile.mkdtemp(prefix="cosmos3-compare-"))
     try:
         with stopped_by_signals():
             return measure(settings, base_commit, scratch)
-    except Stopped as stop:
-        write_json_atomic(settings.results_dir / settings.run_id / INTERRUPTED_RECORD, {
-            "interrupted_by": signal.Signals(stop.signum).name,
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "argv": settings.argv,
-        })
+    except Interrupted as stop:
+        write_interrupted(settings.results_dir / settings.run_id, stop.signum, settings.argv)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the worktree inside is already removed, and pruned

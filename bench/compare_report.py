@@ -16,12 +16,9 @@ import numpy as np
 from matplotlib import ticker
 
 from bench.compare import (
-    CI_LEVEL,
     COMPARE_RECORD,
     FAILED,
-    FASTER,
     PAIR_RULES,
-    REGRESSION,
     CompareRecord,
     CompareReport,
     Side,
@@ -31,6 +28,7 @@ from bench.compare import (
 from bench.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci, gpu_cells
 from bench.records import encode_record, new_folder, write_json_atomic
 from bench.report import ENV_ROWS, PLOT_DPI, SUMMARY_NAME, table
+from bench.stats import CI_LEVEL, FASTER, REGRESSION
 
 REPORT_DIR = "report"
 PAIRED_RATIO_PLOT = "paired_ratio.png"

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-from scipy import stats
 
-from bench import telemetry
+from bench import stats, telemetry
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
 from bench.records import CaseResult, Environment, RunRecord, WorkCounters, matches
+from bench.stats import CI_LEVEL, OK, REGRESSION
 from cosmos3.errors import InputError, check_number
 
 DEFAULT_LATENCY_THRESHOLD = 0.05  # a median may grow by 5% before it counts as a regression
@@ -29,29 +29,19 @@ DEFAULT_MIN_SPEEDUP = 2.0  # single_frame must beat expand by this factor in lat
 # reported, not gated, until a GPU run of this suite measures it (tools/gpu-evidence.sh smoke prints both).
 DEFAULT_MIN_SPEEDUP_2D = 1.5
 MIN_SPEEDUP_2D_RESOLUTIONS = frozenset({"1280x720"})
-DEFAULT_BOOTSTRAP_RESAMPLES = 2000
+DEFAULT_BOOTSTRAP_RESAMPLES = stats.BOOTSTRAP_RESAMPLES
 # A slowdown must also exceed this many run-to-run standard deviations (the spread of the per-run
 # medians in a baseline merged from several runs) before it counts. On a shared H100 VM, leave-one-out
 # over five unchanged runs flagged 4 of 84 comparisons at 2 and none at 3 (README, "Measured figures").
 DEFAULT_NOISE_K = 3.0
-# A standard deviation of fewer run medians than this is too rough to widen a threshold with.
-MIN_RUNS_FOR_NOISE = 3
-# The ratio's confidence interval is descriptive (the verdict rests on the Mann-Whitney test), so it
-# uses the customary 95% rather than following alpha.
-CI_LEVEL = 0.95
-# Below this many rounds on either side no test is attempted; the harness never records fewer than 5.
-MIN_SAMPLES = 3
 # Benchmarks that run both encode strategies on the same grid, so they can be compared within a run.
 STRATEGY_BENCHMARKS = ("latent_prep", "e2e")
 # Only latent preparation must reach min_speedup; end to end the saving is diluted by denoising.
 SPEEDUP_GATED = frozenset({"latent_prep"})
 
 # Verdicts. A finding fails the gate when its rule gives it a failure message (regression, too few samples,
-# missing, failed); the others only describe.
-OK = "ok"
-FASTER = "faster"
-REGRESSION = "regression"
-NOT_SIGNIFICANT = "not significant"  # slower than the threshold, but within the noise
+# missing, failed); the others only describe. OK, FASTER, REGRESSION and NOT_SIGNIFICANT, the verdicts of a
+# median ratio, are bench.stats's.
 TOO_FEW = "too few samples"
 # Device time is a second opinion beside latency: where its samples could never reach alpha (a baseline
 # profiled 3 rounds a case), the rule says so and passes, and latency still judges the case.
@@ -205,46 +195,6 @@ class SpeedupCheck:
         )
 
 
-def _ratio_ci(current: np.ndarray, baseline: np.ndarray, config: GateConfig) -> tuple[float, float]:
-    def ratio_of_medians(cur: np.ndarray, base: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.median(cur, axis=axis) / np.median(base, axis=axis)
-
-    # Percentile, not BCa: the bootstrap distribution of a small sample's median is lumpy and BCa's
-    # jackknife acceleration estimate for a median is unreliable (and undefined on tied data).
-    result = stats.bootstrap(
-        (current, baseline),
-        ratio_of_medians,
-        n_resamples=config.bootstrap_resamples,
-        confidence_level=CI_LEVEL,
-        method="percentile",
-        vectorized=True,
-        rng=np.random.default_rng(config.seed),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def _p_value(current: np.ndarray, baseline: np.ndarray, alternative: str) -> float:
-    p = float(stats.mannwhitneyu(current, baseline, alternative=alternative).pvalue)
-    # NaN only arises when every value on both sides is equal: no evidence of any difference.
-    return 1.0 if math.isnan(p) else p
-
-
-def _testable(n_current: int, n_baseline: int, alpha: float) -> bool:
-    # The smallest one-sided p-value Mann-Whitney can give is 1 / C(n1 + n2, n1); when even that is
-    # not below alpha, no slowdown could ever be detected and "ok" would be a false assurance.
-    if min(n_current, n_baseline) < MIN_SAMPLES:
-        return False
-    return 1 / math.comb(n_current + n_baseline, n_current) < alpha
-
-
-def run_to_run_cv(run_medians: Sequence[float]) -> float | None:
-    """Relative standard deviation of a merged baseline's per-run medians; None below MIN_RUNS_FOR_NOISE runs."""
-    medians = np.asarray(run_medians)
-    if len(medians) < MIN_RUNS_FOR_NOISE:
-        return None
-    return float(np.std(medians, ddof=1) / np.mean(medians))
-
-
 def compare_samples(
     name: str,
     current: Sequence[float],
@@ -265,7 +215,7 @@ def compare_samples(
     cur, base = np.asarray(current), np.asarray(baseline)
     cur_median, base_median = float(np.median(cur)), float(np.median(base))
     ratio = cur_median / base_median
-    noise_cv = run_to_run_cv(run_medians)
+    noise_cv = stats.run_to_run_cv(run_medians)
     allowed = threshold if noise_cv is None else max(threshold, config.noise_k * noise_cv)
     common = {
         "name": name,
@@ -277,7 +227,7 @@ def compare_samples(
         "allowed": allowed,
         "what": what,
     }
-    if not _testable(len(cur), len(base), config.alpha):
+    if not stats.testable(len(cur), len(base), config.alpha):
         note = (
             f"{what}: only {len(cur)} samples in this run and {len(base)} in the baseline; too few for a "
             f"one-sided test at alpha={config.alpha:g}"
@@ -287,24 +237,18 @@ def compare_samples(
             verdict, note = CANNOT_JUDGE, f"{note}, so this rule cannot judge it ({fmt_change(ratio)}; latency does)"
         return LatencyComparison(**common, ci_low=None, ci_high=None, p_value=None, verdict=verdict, note=note)
 
-    p_slower = _p_value(cur, base, "greater")
-    ci_low, ci_high = _ratio_ci(cur, base, config)
+    p_slower = stats.mann_whitney_p(cur, base, "greater")
+    p_faster = stats.mann_whitney_p(cur, base, "less")
+    ci_low, ci_high = stats.ratio_ci(cur, base, resamples=config.bootstrap_resamples, seed=config.seed)
     label = "median" if what == "latency" else f"{what} median"
     change = f"{label} {cur_median:.2f} ms vs baseline {base_median:.2f} ms ({fmt_change(ratio)})"
     limit = f"+{allowed:.1%}" + ("" if allowed == threshold else f" ({config.noise_k:g} x run-to-run CV {noise_cv:.1%})")
-    if ratio > 1 + allowed:
-        if p_slower < config.alpha:
-            verdict = REGRESSION
-            note = f"{change} > {limit} with p={p_slower:.2g} < {config.alpha:g}: {what} regression"
-        else:
-            verdict, note = NOT_SIGNIFICANT, f"{change} but p={p_slower:.2g} >= {config.alpha:g}: within the noise"
-        return LatencyComparison(**common, ci_low=ci_low, ci_high=ci_high, p_value=p_slower, verdict=verdict, note=note)
-    if ratio < 1 - allowed and _p_value(cur, base, "less") < config.alpha:
-        verdict, note = FASTER, ""
-    elif ratio > 1 and p_slower < config.alpha:
-        verdict, note = OK, f"{change}: significant but within the allowed {limit}"
-    else:
-        verdict, note = OK, ""
+    verdict, why = stats.verdict(ratio, allowed, config.alpha, p_slower, p_faster)
+    note = {
+        stats.SLOWER: f"{change} > {limit} with p={p_slower:.2g} < {config.alpha:g}: {what} regression",
+        stats.NOISE: f"{change} but p={p_slower:.2g} >= {config.alpha:g}: within the noise",
+        stats.SIGNIFICANT: f"{change}: significant but within the allowed {limit}",
+    }.get(why, "")
     return LatencyComparison(**common, ci_low=ci_low, ci_high=ci_high, p_value=p_slower, verdict=verdict, note=note)
 
 

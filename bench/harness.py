@@ -1,169 +1,31 @@
-"""Measures one benchmark case on pytest-benchmark: synchronised rounds, warm-up excluded, peak memory."""
+"""Measures one benchmark case on pytest-benchmark: synchronised rounds, warm-up excluded, peak memory.
+
+The round policy and the run controls are bench.controls's (torch-free); they are re-exported here, where
+they lived before.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import functools
-import json
-import math
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from bench import collector, telemetry
+from bench.controls import CONTROLS_ENV, MAX_INJECTED_FRACTION, MIN_ROUNDS, RoundPolicy, RunControls  # noqa: F401
 from bench.counters import PROFILED_ROUNDS, profile_rounds
-from bench.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, decode_record, encode_record, matches
-from cosmos3 import strict_json
+from bench.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, encode_record
 from cosmos3.equivalence import check_against_oracle, check_encode_equivalence, fp32_oracle
-from cosmos3.errors import InputError
 from cosmos3.timing import DeviceTimer, synchronize
-
-# The one seam between `python -m bench` and its pytest child: a RunControls record as JSON.
-CONTROLS_ENV = "COSMOS3_BENCH_CONTROLS"
-# A one-sided Mann-Whitney test on 5 against 5 samples can reach p = 1/252 < 0.01; on 4 against 4
-# its smallest p is 1/70 > 0.01, so fewer rounds could never show a regression at the default alpha.
-MIN_ROUNDS = 5
-# An injected slowdown beyond 10x the round's own time is no longer a "slowdown" of that case.
-MAX_INJECTED_FRACTION = 10.0
 
 _GIB = 2**30
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-@dataclass(frozen=True)
-class RoundPolicy:
-    """How many rounds a case gets: enough for a stable median within a time budget per case.
-
-    Like triton's do_bench, the warm-up rounds (never recorded) also estimate the round
-    time; the number of timed rounds then fills `target_ms`, clamped to [min, max].
-    """
-
-    warmup_rounds: int = 2
-    min_rounds: int = MIN_ROUNDS
-    max_rounds: int = 60
-    target_ms: float = 2000.0
-
-    def __post_init__(self) -> None:
-        if not self.warmup_rounds >= 1:
-            raise InputError("rounds", "needs WARMUP >= 1 (the first round pays for compilation and caches)", self)
-        if not MIN_ROUNDS <= self.min_rounds <= self.max_rounds:
-            raise InputError("rounds", f"needs {MIN_ROUNDS} <= MIN <= MAX (fewer rounds cannot show a regression)",
-                             self)
-        if not (math.isfinite(self.target_ms) and self.target_ms > 0):
-            raise InputError("rounds", "needs a finite TARGET_MS > 0", self)
-
-    def rounds_for(self, round_ms: float) -> int:
-        wanted = math.ceil(self.target_ms / max(round_ms, 1e-3))
-        return max(self.min_rounds, min(self.max_rounds, wanted))
-
-    @classmethod
-    def parse(cls, raw: str) -> RoundPolicy:
-        """'WARMUP,MIN,MAX,TARGET_MS', e.g. '2,5,60,2000'."""
-        try:
-            warmup, lo, hi, target = raw.split(",")
-            numbers = int(warmup), int(lo), int(hi), float(target)
-        except ValueError:
-            raise InputError("rounds", "must read WARMUP,MIN,MAX,TARGET_MS, e.g. 2,5,60,2000", raw) from None
-        return cls(*numbers)
-
-
-@dataclass(frozen=True)
-class RunControls:
-    """What the parent process asks of the benchmark child: the round policy and negative controls.
-
-    Negative controls exist to prove that the gate can fail; a run with any is never a baseline.
-    """
-
-    rounds: RoundPolicy | None = None  # overrides every case's policy
-    # Case pattern -> fraction: sleep that fraction of each timed round's own time in matching cases.
-    slowdowns: dict[str, float] = field(default_factory=dict)
-    # Case pattern -> fraction: a busy GPU kernel inside the measured function, sized to that fraction
-    # of the case's device time (on the CPU, a host spin of that fraction of its round time).
-    gpu_work: dict[str, float] = field(default_factory=dict)
-    syncs: tuple[str, ...] = ()  # case patterns: one extra host-device synchronisation per round
-    kernels: tuple[str, ...] = ()  # case patterns: one extra small kernel per round
-    revert_single_frame: bool = False  # the old expand path runs under the single_frame label
-    revert_first_frame: bool = False  # the 3D single_frame encode runs under the first_frame_2d label
-    parent_pid: int | None = None  # the `python -m bench` process the child must not outlive
-
-    def __post_init__(self) -> None:
-        for option, fractions in (("inject_slowdown", self.slowdowns), ("inject_gpu_work", self.gpu_work)):
-            for pattern, fraction in fractions.items():
-                if not 0 < fraction <= MAX_INJECTED_FRACTION:
-                    raise InputError(option, f"needs 0 < FRACTION <= {MAX_INJECTED_FRACTION:g}", f"{pattern}={fraction}")
-        for option, patterns in (("inject_sync", self.syncs), ("inject_kernel", self.kernels)):
-            for pattern in patterns:
-                if not pattern:
-                    raise InputError(option, "must be a case name or pattern, e.g. 'latent_prep[*]'", pattern)
-
-    def check_applies(self, specs: Sequence[CaseSpec]) -> None:
-        """Each control must change at least one of the cases the run measures: one that applies to none
-        would leave the run unchanged, and a gate that passes it would seem blind."""
-        names = [spec.name for spec in specs]
-        for option, patterns in (("inject_slowdown", self.slowdowns), ("inject_gpu_work", self.gpu_work),
-                                 ("inject_sync", self.syncs), ("inject_kernel", self.kernels)):
-            for pattern in patterns:
-                if not any(matches(name, pattern) for name in names):
-                    raise InputError(option, f"matches none of the {len(names)} cases this run measures", pattern)
-        for option, label, wanted in (("revert_single_frame", "single_frame", self.revert_single_frame),
-                                      ("revert_first_frame", "first_frame_2d", self.revert_first_frame)):
-            if wanted and not any(spec.strategy == label for spec in specs):
-                raise InputError(option, f"needs a {label} case among the {len(names)} cases this run measures",
-                                 True)
-
-    def to_env(self) -> str:
-        return json.dumps(encode_record(self))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RunControls:
-        raw = environ.get(CONTROLS_ENV)
-        if not raw:
-            return cls()
-        return decode_record(cls, strict_json.loads(raw, CONTROLS_ENV), CONTROLS_ENV)
-
-    def slowdown_for(self, case_name: str) -> float:
-        """The injected slowdown fraction for a case (0 when no pattern matches)."""
-        return _fraction_for(self.slowdowns, case_name)
-
-    def gpu_work_for(self, case_name: str) -> float:
-        return _fraction_for(self.gpu_work, case_name)
-
-    def sync_for(self, case_name: str) -> bool:
-        return any(matches(case_name, p) for p in self.syncs)
-
-    def kernel_for(self, case_name: str) -> bool:
-        return any(matches(case_name, p) for p in self.kernels)
-
-    @property
-    def active(self) -> tuple[str, ...]:
-        """The negative controls switched on, as the run's environment records them."""
-        out = [f"slowdown {p}={f:g}" for p, f in self.slowdowns.items()]
-        out += [f"gpu work {p}={f:g}" for p, f in self.gpu_work.items()]
-        out += [f"extra sync {p}" for p in self.syncs]
-        out += [f"extra kernel {p}" for p in self.kernels]
-        if self.revert_single_frame:
-            out.append("single_frame reverted to expand")
-        if self.revert_first_frame:
-            out.append("first_frame_2d reverted to single_frame")
-        return tuple(out)
-
-    def strategy_for(self, label: str | None) -> str | None:
-        """The encode strategy a case labelled `label` really runs (the label itself unless reverted)."""
-        if label == "single_frame" and self.revert_single_frame:
-            return "expand"
-        if label == "first_frame_2d" and self.revert_first_frame:
-            return "single_frame"
-        return label
-
-
-def _fraction_for(fractions: Mapping[str, float], case_name: str) -> float:
-    return max((f for p, f in fractions.items() if matches(case_name, p)), default=0.0)
 
 
 @functools.cache

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.harness import RunControls
+from bench.controls import RunControls
 from bench.records import CaseResult, CaseSpec, Environment, decode_record, encode_record
 from cosmos3 import strict_json
 from cosmos3.errors import InputError

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
 
-from bench import cases, cli
+from bench import cases, cli, gate, stats
 from bench import compare as cmp
 from bench.harness import RunControls
 from bench.protocol import (
@@ -60,64 +59,7 @@ STARTUP_TIMEOUT_S = 240.0  # two workers import torch and diffusers on a loaded 
 EXIT_TIMEOUT_S = 120.0
 
 
-# ---- statistics ----------------------------------------------------------------------------------
-
-
-def test_holm_adjusts_by_rank_and_keeps_the_order():
-    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> running max 0.06
-    assert cmp.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert cmp.holm([0.5]) == [0.5]
-    assert cmp.holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
-    assert cmp.holm([]) == []
-
-
-def step_down_rejections(p: list[float], alpha: float) -> set[int]:
-    """Holm's procedure as written: reject in ascending order while p_(k) <= alpha / (m - k + 1)."""
-    order = sorted(range(len(p)), key=lambda i: p[i])
-    rejected = set()
-    for k, i in enumerate(order):
-        if p[i] > alpha / (len(p) - k):
-            break
-        rejected.add(i)
-    return rejected
-
-
-def test_holm_rejects_what_the_step_down_procedure_rejects():
-    rng = np.random.default_rng(0)
-    for _ in range(500):
-        m = int(rng.integers(1, 8))
-        p = list(rng.uniform(0, 0.05, m) ** rng.uniform(0.5, 2))
-        adjusted = cmp.holm(p)
-        assert {i for i, a in enumerate(adjusted) if a <= 0.01} == step_down_rejections(p, 0.01)
-
-
-def test_holm_keeps_the_family_wise_false_alarm_rate():
-    """Under the global null (uniform p-values), any rejection among m happens at most alpha of the time."""
-    rng = np.random.default_rng(1)
-    trials, m, alpha = 20000, 6, 0.05
-    p = rng.uniform(size=(trials, m))
-    any_rejected = sum(min(cmp.holm(row)) < alpha for row in p)
-    assert any_rejected / trials <= alpha + 0.005
-    # Without the correction it would be about 1 - (1 - alpha)**m = 26%.
-    assert (p.min(axis=1) < alpha).mean() > 0.2
-
-
-@pytest.mark.parametrize("tests", [1, 6, 18])
-def test_min_trials_can_reach_the_holm_level_and_one_fewer_cannot_without_margin(tests):
-    alpha = 0.01
-    n = cmp.min_trials_for(tests, alpha)
-    bare = n - cmp.REACH_MARGIN_TRIALS
-    assert 2.0**-bare < alpha / tests <= 2.0 ** -(bare - 1)
-    all_slower = np.full(n, 0.1) + np.arange(n) * 1e-3
-    assert stats.wilcoxon(all_slower, alternative="greater").pvalue < alpha / tests
-
-
-def test_wilcoxon_on_ties_is_no_evidence():
-    assert cmp.wilcoxon_p(np.zeros(12), "greater") == 1.0
-
-
-def test_median_ci_of_identical_pairs_is_a_point():
-    assert cmp.median_ci(np.full(10, 0.01)) == (0.01, 0.01)
+# ---- the stopping rule ---------------------------------------------------------------------------
 
 
 def stop(d, threshold=0.02, *, n_min=10, max_trials=400, spent_s=0.0, budget_s=4.0, check=True):
@@ -176,8 +118,8 @@ def record(pairs, unpaired=(), make_env=None, **criteria):
 def test_judge_passes_noise_and_fails_a_slowdown_naming_the_case(make_env):
     report = cmp.judge(record([paired(ratio=1.0, seed=1), paired("expand", ratio=1.05, seed=2)], make_env=make_env))
     verdicts = {c.name: c.verdict for c in report.comparisons}
-    assert verdicts == {"latent_prep[single_frame-1280x720-33f]": cmp.OK, "latent_prep[expand-1280x720-33f]":
-                        cmp.REGRESSION}
+    assert verdicts == {"latent_prep[single_frame-1280x720-33f]": stats.OK, "latent_prep[expand-1280x720-33f]":
+                        stats.REGRESSION}
     (failure,) = report.failures
     assert failure.startswith("latent_prep[expand-1280x720-33f]: median paired ratio 1.05")
     assert report.exit_code == 1
@@ -187,7 +129,7 @@ def test_judge_needs_size_as_well_as_significance(make_env):
     """1% slower, clearly significant, but within the 2% threshold: ok, with a note."""
     report = cmp.judge(record([paired(ratio=1.01, noise=0.002)], make_env=make_env))
     (c,) = report.comparisons
-    assert c.verdict == cmp.OK and c.p_adjusted < 0.01 and "significant but within +2.0%" in c.note
+    assert c.verdict == stats.OK and c.p_adjusted < 0.01 and "significant but within +2.0%" in c.note
     assert report.passed
 
 
@@ -196,12 +138,12 @@ def test_holm_across_cases_can_turn_a_marginal_regression_into_noise(make_env):
     # 8 of 10 trials 3-8% slower, 2 faster: exact one-sided Wilcoxon p = 0.0049.
     marginal = paired(log_ratios=np.r_[np.linspace(0.03, 0.08, 8), -0.01, -0.02])
     alone = cmp.judge(record([marginal], make_env=make_env)).comparisons[0]
-    assert alone.verdict == cmp.REGRESSION, alone
+    assert alone.verdict == stats.REGRESSION, alone
     others = [paired(ratio=1.0, seed=10 + i, frames=100 + 4 * i) for i in range(40)]
     crowd = {c.name: c for c in cmp.judge(record([marginal, *others], make_env=make_env)).comparisons}
     c = crowd[marginal.name]
     assert c.p_slower == alone.p_slower and c.p_adjusted > c.p_slower
-    assert c.verdict == cmp.NOT_SIGNIFICANT
+    assert c.verdict == stats.NOT_SIGNIFICANT
 
 
 def test_unpaired_cases_new_removed_and_not_comparable_pass_but_a_head_failure_fails(make_env):
@@ -230,9 +172,17 @@ def test_pair_rules_leave_out_the_in_run_checks():
     assert [r.name for r in cmp.PAIR_RULES] == ["device_time", "counters", "memory"]
 
 
+def test_every_gate_rule_is_applied_by_compare_or_left_out_with_a_reason():
+    """A new rule of bench.gate is not applied to base against head until someone decides which it is."""
+    names = [rule.name for rule in gate.RULES]
+    assert set(names) == cmp.PAIR_RULE_NAMES | set(cmp.NOT_PAIR_RULES), "name the new gate rule in one of the two"
+    assert not cmp.PAIR_RULE_NAMES & set(cmp.NOT_PAIR_RULES)
+    assert all(reason.strip() for reason in cmp.NOT_PAIR_RULES.values())
+
+
 def simulate_compare(rng, *, cases_n: int, noise: float, threshold: float, alpha: float) -> bool:
     """One A/A compare on heavy-tailed synthetic pairs, with the real stopping rule; True on a false alarm."""
-    n_min = max(cmp.MIN_TRIALS, cmp.min_trials_for(cases_n, alpha))
+    n_min = max(cmp.MIN_TRIALS, stats.min_trials_for(cases_n, alpha))
     p, ratios = [], []
     for _ in range(cases_n):
         d: list[float] = []
@@ -245,9 +195,9 @@ def simulate_compare(rng, *, cases_n: int, noise: float, threshold: float, alpha
             if cmp.stop_reason(np.asarray(d), threshold, n_min=n_min, max_trials=30, spent_s=0.0, budget_s=1.0,
                                check=check):
                 break
-        p.append(cmp.wilcoxon_p(np.asarray(d), "greater"))
+        p.append(stats.wilcoxon_p(np.asarray(d), "greater"))
         ratios.append(math.exp(float(np.median(d))))
-    return any(a < alpha and r > 1 + threshold for a, r in zip(cmp.holm(p), ratios, strict=True))
+    return any(a < alpha and r > 1 + threshold for a, r in zip(stats.holm(p), ratios, strict=True))
 
 
 @pytest.mark.slow

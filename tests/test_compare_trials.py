@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bench import compare as cmp
+from bench import stats
 from bench.protocol import Finish, Finished, Prepare, Prepared, Round, RoundDone, Unavailable
 from bench.records import CaseResult, CaseSpec
 
@@ -142,7 +143,7 @@ def test_a_per_process_bias_of_10_percent_with_no_real_difference_passes(make_en
     c = judged(outcome, make_env)
     assert c.ratio > 1.02 and c.p_adjusted < 0.01  # what one process per side would have concluded
     assert c.processes == 4 and c.p_process_adjusted > 0.01
-    assert c.verdict == cmp.NOT_SIGNIFICANT and "a process-level difference" in c.note
+    assert c.verdict == stats.NOT_SIGNIFICANT and "a process-level difference" in c.note
     assert c.process_spread == pytest.approx(np.std(np.log([1.10, 1.06, 1.0, 0.97]), ddof=1), rel=0.05)
     assert c.within_spread < 0.01
 
@@ -150,14 +151,14 @@ def test_a_per_process_bias_of_10_percent_with_no_real_difference_passes(make_en
 def test_a_real_10_percent_difference_with_no_process_bias_fails(make_env):
     _, pairs = process_pairs([1.0] * 4, head_ms=11.0)
     c = judged(measure(pairs), make_env)
-    assert c.verdict == cmp.REGRESSION and c.p_process_adjusted < 1e-3
+    assert c.verdict == stats.REGRESSION and c.p_process_adjusted < 1e-3
     assert "across 4 process pairs" in c.note and c.process_spread < 0.01
 
 
 def test_one_process_pair_says_the_process_bias_was_not_measured(make_env):
     _, pairs = process_pairs([1.0], head_ms=11.0)
     c = judged(measure(pairs[0]), make_env)
-    assert c.verdict == cmp.REGRESSION and c.p_process is None and c.processes == 1
+    assert c.verdict == stats.REGRESSION and c.p_process is None and c.processes == 1
     assert "process bias not measured" in c.note
 
 
@@ -166,9 +167,9 @@ def test_a_4x_slowdown_with_an_8_percent_pair_spread_fails_in_three_pairs(make_e
     the pairs (one degree of freedom) and passed; three pairs, the fewest compare accepts, catch it."""
     _, pairs = process_pairs([4.0, 4.8, 4.4])
     c = judged(measure(pairs), make_env)
-    assert c.verdict == cmp.REGRESSION and c.p_process_adjusted < 0.01 and c.process_spread > 0.04
+    assert c.verdict == stats.REGRESSION and c.p_process_adjusted < 0.01 and c.process_spread > 0.04
     two = judged(measure(process_pairs([4.0, 4.8])[1]), make_env)
-    assert two.verdict == cmp.NOT_SIGNIFICANT and two.p_process_adjusted > 0.01  # why 2 pairs are refused
+    assert two.verdict == stats.NOT_SIGNIFICANT and two.p_process_adjusted > 0.01  # why 2 pairs are refused
 
 
 @pytest.mark.parametrize("k", [0, 2, 33, True, 2.5])
@@ -199,12 +200,12 @@ def test_aa_false_alarms_stay_within_alpha_whatever_the_process_bias(make_env):
     alarms = pooled = 0
     for case in cases:
         (c,) = cmp.judge(record([case], make_env=make_env, alpha=0.05)).comparisons
-        alarms += c.verdict == cmp.REGRESSION
+        alarms += c.verdict == stats.REGRESSION
         pooled += c.ratio > 1.02 and c.p_adjusted < 0.05
     assert pooled > 15  # 21 with this seed: four times alpha
     assert alarms <= 10  # P(Binomial(100, 0.05) > 10) < 0.012
     detected = sum(cmp.judge(record([simulated_pair(rng, 4, 0.01, effect=np.log(1.1))], make_env=make_env,
-                                    alpha=0.05)).comparisons[0].verdict == cmp.REGRESSION for _ in range(20))
+                                    alpha=0.05)).comparisons[0].verdict == stats.REGRESSION for _ in range(20))
     assert detected >= 18
 
 

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from bench import gate as gate_module
-from bench.gate import GateConfig, _p_value, _ratio_ci, _testable, check_compatible, compare_samples, evaluate
+from bench import stats
+from bench.gate import GateConfig, check_compatible, compare_samples, evaluate
 from bench.records import EquivalenceRecord, load_run, matches, merge_runs, run_to_dict
 from cosmos3.errors import InputError
 
@@ -356,34 +356,16 @@ def test_gate_config_keeps_its_own_copies():
     assert config.exclude == frozenset({"x[*]"}) and isinstance(config.exclude, frozenset)
 
 
-def test_testable_at_its_boundaries():
-    assert gate_module.MIN_SAMPLES == 3
-    assert not _testable(2, 100, 0.5) and _testable(3, 100, 0.5)  # fewer than MIN_SAMPLES on a side
-    # 5 against 5: the smallest one-sided p is 1/252 (0.00397).
-    assert _testable(5, 5, 0.005) and not _testable(5, 5, 1 / 252) and not _testable(4, 4, 0.01)
-
-
-def test_p_value_is_one_sided_and_exact_for_small_samples():
-    slow, fast = [2.0, 3.0, 4.0, 5.0, 6.0], [1.0, 1.1, 1.2, 1.3, 1.4]
-    assert _p_value(slow, fast, "greater") == pytest.approx(1 / 252)
-    assert _p_value(slow, fast, "less") == pytest.approx(1.0)
-    assert _p_value([1.0] * 5, [1.0] * 5, "greater") == 1.0
-
-
-def test_ratio_ci_is_a_seeded_percentile_bootstrap_of_the_ratio_of_medians():
+def test_compare_samples_bootstraps_with_the_configs_seed_and_resamples():
     rng = np.random.default_rng(0)
     cur, base = 11 * np.exp(0.05 * rng.standard_normal(30)), 10 * np.exp(0.05 * rng.standard_normal(30))
-    low, high = _ratio_ci(cur, base, GateConfig())
-    ratio = np.median(cur) / np.median(base)
-    assert low < ratio < high and high - low < 0.2
-    assert (low, high) == _ratio_ci(cur, base, GateConfig())  # seeded: the same interval every time
-    assert (low, high) != _ratio_ci(cur, base, GateConfig(seed=1))
-    assert (low, high) != _ratio_ci(cur, base, GateConfig(bootstrap_resamples=50))
-    # The percentile interval of exactly these resamples (not BCa, not another level).
-    direct = stats.bootstrap((cur, base), lambda c, b, axis=-1: np.median(c, axis=axis) / np.median(b, axis=axis),
-                             n_resamples=2000, confidence_level=0.95, method="percentile", vectorized=True,
-                             rng=np.random.default_rng(0)).confidence_interval
-    assert (low, high) == (direct.low, direct.high)
+    c = compare_samples("c", cur, base, (), 0.05, GateConfig())
+    assert (c.ci_low, c.ci_high) == stats.ratio_ci(cur, base)
+    for config in (GateConfig(seed=1), GateConfig(bootstrap_resamples=50)):
+        other = compare_samples("c", cur, base, (), 0.05, config)
+        assert (other.ci_low, other.ci_high) == stats.ratio_ci(cur, base, resamples=config.bootstrap_resamples,
+                                                               seed=config.seed)
+        assert (other.ci_low, other.ci_high) != (c.ci_low, c.ci_high)
 
 
 def _samples(center, n=8, spread=0.01):
@@ -392,7 +374,7 @@ def _samples(center, n=8, spread=0.01):
 
 def test_compare_samples_at_the_significance_boundary():
     slow, fast = [1.35, 3.0, 4.0, 5.0, 6.0, 7.0], [1.0, 1.1, 1.2, 1.3, 1.4]  # one pair out of order
-    p = _p_value(slow, fast, "greater")
+    p = stats.mann_whitney_p(slow, fast, "greater")
     assert p == pytest.approx(2 / 462)
     at_alpha = compare_samples("c", slow, fast, (), 0.05, GateConfig(alpha=p))
     assert at_alpha.verdict == "not significant" and at_alpha.note.endswith(f"p=0.0043 >= {p:g}: within the noise")
@@ -445,7 +427,7 @@ def _exact(p_numerator: int):
 def test_faster_needs_p_strictly_below_alpha():
     # All five current samples below the baseline's but the largest, which beats one baseline sample: p = 2/462.
     cur, base = [5.0, 5.1, 5.2, 5.3, 10.05], [10.0, 10.1, 10.2, 10.3, 10.4, 10.5]
-    assert _p_value(np.array(cur), np.array(base), "less") == pytest.approx(2 / 462)
+    assert stats.mann_whitney_p(np.array(cur), np.array(base), "less") == pytest.approx(2 / 462)
     at = compare_samples("c", cur, base, [], 0.05, _exact(2))
     assert at.verdict == "ok" and at.note == ""
     assert compare_samples("c", cur, base, [], 0.05, _exact(3)).verdict == "faster"
@@ -453,7 +435,7 @@ def test_faster_needs_p_strictly_below_alpha():
 
 def test_a_significant_change_within_the_limit_is_noted_only_below_alpha():
     cur, base = [10.2, 10.3, 10.4, 10.5, 10.25], [10.0, 10.05, 10.1, 10.15, 10.21, 10.01]
-    assert _p_value(np.array(cur), np.array(base), "greater") == pytest.approx(2 / 462)
+    assert stats.mann_whitney_p(np.array(cur), np.array(base), "greater") == pytest.approx(2 / 462)
     at = compare_samples("c", cur, base, [], 0.05, _exact(2))
     assert at.verdict == "ok" and at.note == ""
     above = compare_samples("c", cur, base, [], 0.05, _exact(3))

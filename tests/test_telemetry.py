@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench import compare as cmp
-from bench import telemetry
+from bench import stats, telemetry
 from bench.compare_report import render_summary
 from bench.records import CaseResult, decode_record, encode_record
 from cosmos3.errors import InputError
@@ -93,7 +93,7 @@ def test_a_regression_on_a_throttled_side_says_so_and_still_fails(make_env):
     slow = with_gpu(paired(ratio=1.10, seed=4), [reading("h200_thermal")] * 2, [reading("h200_busy")] * 2)
     report = cmp.judge(record([slow], make_env=make_env))
     (c,) = report.comparisons
-    assert c.verdict == cmp.REGRESSION and report.exit_code == 1
+    assert c.verdict == stats.REGRESSION and report.exit_code == 1
     assert "but the GPU may explain it: SM clocks differ by 28.8%" in c.note
     assert "the head was throttled" in report.failures[0]
     summary = render_summary(report)
@@ -104,10 +104,10 @@ def test_steady_clocks_add_no_note_and_noise_gets_none_either(make_env):
     busy = [reading("h200_busy")] * 2
     slow = with_gpu(paired(ratio=1.10, seed=4), busy, busy)
     (c,) = cmp.judge(record([slow], make_env=make_env)).comparisons
-    assert c.verdict == cmp.REGRESSION and c.gpu_note is None and "GPU" not in c.note
+    assert c.verdict == stats.REGRESSION and c.gpu_note is None and "GPU" not in c.note
     same = with_gpu(paired(ratio=1.0, seed=5), [reading("h200_thermal")], busy)
     (c,) = cmp.judge(record([same], make_env=make_env)).comparisons
-    assert c.verdict == cmp.OK and c.gpu_note and c.note == ""  # the note speaks only to a regression's verdict
+    assert c.verdict == stats.OK and c.gpu_note and c.note == ""  # the note speaks only to a regression's verdict
     assert np.isfinite(c.ratio)
 
 
@@ -124,7 +124,7 @@ def test_a_stored_baseline_regression_on_a_throttled_run_says_so_and_still_fails
                                   gpu_after=reading("h200_thermal"))
     report = evaluate(make_run([hot]), baseline, cmp.gate.GateConfig())
     (c,) = report.comparisons
-    assert c.verdict == cmp.REGRESSION and report.exit_code == 1
+    assert c.verdict == stats.REGRESSION and report.exit_code == 1
     assert c.gpu_note == ("SM clocks differ by 14.4% (run 1695 MHz, baseline 1980 MHz) > 5%; "
                           "the run was throttled (hw_thermal_slowdown, sw_thermal_slowdown)")
     assert report.failures[0].endswith(f"but the GPU may explain it: {c.gpu_note}")
@@ -142,7 +142,7 @@ def test_steady_clocks_leave_a_stored_baseline_regression_unannotated_and_no_nvm
     slow = make_run([cmp.dataclasses.replace(make_case(seed=1, median_ms=11.0), **busy)])
     report = evaluate(slow, baseline, cmp.gate.GateConfig())
     (c,) = report.comparisons
-    assert c.verdict == cmp.REGRESSION and c.gpu_note is None and "GPU" not in report.failures[0]
+    assert c.verdict == stats.REGRESSION and c.gpu_note is None and "GPU" not in report.failures[0]
     assert "## GPU state" in render_run(slow, report)
     cpu = make_run([make_case(seed=1, median_ms=11.0)])
     assert "## GPU state" not in render_run(cpu, evaluate(cpu, make_run([make_case()]), cmp.gate.GateConfig()))

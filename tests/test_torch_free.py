@@ -1,0 +1,22 @@
+"""Modules that import no torch: the compare protocol and the run controls it carries, the statistics, and
+calibration's analysis. Each is imported in a fresh interpreter, since this one has torch loaded already."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("module", ["bench.protocol", "bench.controls", "bench.stats", "bench.calibrate"])
+def test_module_imports_no_torch(module):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, '{module} imports torch'"
+    child = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                           check=False, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
