@@ -157,8 +157,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "--slowdowns (a host slowdown of the head), on the cases of -k; the false alarms and "
                          "detection rate per case go to compare_calibration.{json,md} and a plot")
     cc.add_argument("--base", default="HEAD", metavar="REF", help="the base of every compare (default %(default)s)")
-    cc.add_argument("--processes", type=int, default=compare_mod.DEFAULT_PROCESSES, metavar="K",
-                    help="worker processes per side in each compare (default %(default)s)")
+    cc.add_argument("--processes", type=int, default=None, metavar="K",
+                    help="worker processes per side in each compare (default: as compare's)")
     cc.add_argument("--slowdowns", default=",".join(f"{s:g}" for s in compare_cal.DEFAULT_SLOWDOWNS),
                     help="head slowdowns injected, fractions of each round (default %(default)s)")
     cc.add_argument("--load", default="", help="a description of the machine's load, kept in the report")
@@ -179,9 +179,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            f"time (default: each kind's warm-up, {compare_mod.MIN_TRIALS}, {compare_mod.MAX_TRIALS}, "
                            f"{compare_mod.CASE_BUDGET_S['cuda'] * 1e3:g} on a GPU, "
                            f"{compare_mod.CASE_BUDGET_S['cpu'] * 1e3:g} on the CPU)")
-    ab.add_argument("--processes", type=int, default=compare_mod.DEFAULT_PROCESSES, metavar="K",
+    ab.add_argument("--processes", type=int, default=None, metavar="K",
                     help="worker processes per side, run as K (head, base) pairs that share the trials; a regression "
-                         "must also be significant across the pairs (default %(default)s; 1: process bias unmeasured)")
+                         "must also be significant across the pairs (default: "
+                         f"{compare_mod.DEFAULT_PROCESSES_BY_DEVICE['cuda']} on a GPU, "
+                         f"{compare_mod.DEFAULT_PROCESSES_BY_DEVICE['cpu']} on the CPU; 1: process bias unmeasured)")
     v = ab.add_argument_group("verdict")
     v.add_argument("--threshold", type=float, default=compare_mod.DEFAULT_THRESHOLD,
                    help="allowed paired slowdown, a fraction (default %(default)s)")
@@ -574,7 +576,7 @@ def cmd_calibrate_compare(args: argparse.Namespace) -> int:
     if folder.exists():
         raise InputError("calibration_dir", "exists; a compare calibration is written to a new folder", str(folder))
     compare_mod.CompareSettings("HEAD", REPO_ROOT, "tiny", run_controls(args), criteria, folder, "x",
-                                processes=args.processes)  # checks --processes before anything runs
+                                processes=processes_for(args))  # checks --processes before anything runs
     runs_dir = folder.parent / f".{folder.name}-compares"
     plan = plan_run(args, suffix="-compare")
 
@@ -584,7 +586,7 @@ def cmd_calibrate_compare(args: argparse.Namespace) -> int:
         settings = compare_mod.CompareSettings(
             base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=controls, criteria=criteria,
             results_dir=runs_dir, run_id=run_id, keyword=args.keyword, dit_layers=args.dit_layers,
-            weights_dir=args.weights_dir, argv=f"calibrate --compare #{index}", processes=args.processes)
+            weights_dir=args.weights_dir, argv=f"calibrate --compare #{index}", processes=processes_for(args))
         record, logs = compare_mod.measure_run(settings)  # a stop signal raises Interrupted
         return write_compare_run(record, logs, runs_dir / run_id)[0]
 
@@ -642,6 +644,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def processes_for(args: argparse.Namespace) -> int:
+    """--processes, or compare's default for this machine's device (its workers pick CUDA where there is one)."""
+    if args.processes is not None:
+        return args.processes
+    return compare_mod.default_processes("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     criteria = compare_mod.Criteria(args.threshold, parse_pattern_values(args.override, "override"), args.alpha,
                                     args.memory_threshold)
@@ -651,7 +660,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = compare_mod.CompareSettings(
         base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=plan.controls, criteria=criteria,
         results_dir=args.results_dir, run_id=plan.run_id, keyword=args.keyword, dit_layers=args.dit_layers,
-        weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]), processes=args.processes,
+        weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]), processes=processes_for(args),
     )
     record, logs = compare_mod.measure_run(settings)  # a stop signal raises Interrupted
     report, summary = write_compare_run(record, logs, args.results_dir / plan.run_id)

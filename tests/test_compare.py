@@ -441,7 +441,8 @@ def test_an_injected_slowdown_fails_and_a_case_the_base_cannot_run_is_not_compar
 
 @pytest.mark.slow
 def test_a_base_that_fails_to_import_exits_2_naming_the_ref(repo, tmp_path, monkeypatch, capsys):
-    code = compare_in(repo, tmp_path, monkeypatch, "--base", "broken", "-k", ONE_CASE, "--run-id", "broken")
+    code = compare_in(repo, tmp_path, monkeypatch, "--base", "broken", "-k", ONE_CASE, "--processes", "3",
+                      "--run-id", "broken")
     captured = capsys.readouterr()
     assert code == 2, captured.out + captured.err
     # "#N": which of the base's worker processes (compare runs K pairs)

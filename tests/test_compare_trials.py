@@ -224,3 +224,23 @@ def test_the_record_keeps_each_trial_s_process_and_reads_back(tmp_path, make_env
     write_json_atomic(tmp_path / "old.json", data)
     with pytest.raises(cmp.InputError, match="schema_version"):
         cmp.load_compare(tmp_path / "old.json")
+
+
+def test_with_noisy_rounds_more_pairs_buy_the_power_that_more_trials_per_pair_cannot(make_env):
+    """A +10% change in rounds that vary by 20% (the CPU's 64x48 cases on a loaded 2-core host), 160 trials in
+    all, judged at Holm's strictest level for three cases (0.01/3): spread over 4 pairs (3 dof) it is mostly
+    missed, over 8 pairs (7 dof) mostly caught (4 against 16 of 20 with this seed). Why the CPU default is 8."""
+    from tests.test_compare import record
+
+    rng = np.random.default_rng(11)
+
+    def detected(k):
+        cases = [simulated_pair(rng, k, 0.01, trial_sd=0.2, trials_per_pair=160 // k, effect=np.log(1.1))
+                 for _ in range(20)]
+        return sum(cmp.judge(record([c], make_env=make_env, alpha=0.01 / 3)).comparisons[0].verdict == cmp.REGRESSION
+                   for c in cases)
+
+    four, eight = detected(4), detected(8)
+    assert eight >= 16 and four <= eight - 5, (four, eight)
+    assert cmp.default_processes("cpu") == 8 and cmp.default_processes("cuda") == 4
+    assert cmp.CASE_BUDGET_S == {"cuda": 4.0, "cpu": 6.0}
