@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 
@@ -15,7 +16,7 @@ from cosmos3.errors import InputError
 from cosmos3.presets import FULL_DEPTH, get_preset
 from tests import tiny
 
-FULL_DEPTH_PARAMS = 0  # measured below
+FULL_DEPTH_PARAMS = 15_156_222_144  # Cosmos3OmniTransformer at diffusers' defaults (36 layers)
 
 
 def test_wan22_vae_config_is_the_real_one():
@@ -48,10 +49,12 @@ def test_wan22_models_build_at_full_size_on_meta():
 
 def test_the_default_config_is_diffusers_default_but_for_the_depth():
     """DiTConfig's defaults are Cosmos3-Nano's, which are diffusers' own: only the depth is cut."""
-    defaults = Cosmos3OmniTransformer.extract_init_dict({})[0]  # the constructor's defaults
+    signature = inspect.signature(Cosmos3OmniTransformer.__init__).parameters
+    defaults = {name: p.default for name, p in signature.items()}
+    defaults["rope_axes_dim"] = [24, 20, 20]  # None in the signature: the constructor's fallback
     ours = get_preset("wan22").dit.to_diffusers()
     assert {k: v for k, v in ours.items() if k != "num_hidden_layers"} == \
-        {k: defaults[k] if k != "rope_axes_dim" else [24, 20, 20] for k in ours if k != "num_hidden_layers"}
+        {k: defaults[k] for k in ours if k != "num_hidden_layers"}
     assert defaults["num_hidden_layers"] == FULL_DEPTH and ours["num_hidden_layers"] == 4
 
 
