@@ -92,7 +92,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     r.add_argument("--run-id", help="name of results/<run-id>/ (default: UTC time and preset); never reused")
     r.add_argument("--weights-dir", type=Path, help="local diffusers folder with real weights (vae/, transformer/)")
-    r.add_argument("--dit-layers", type=int, help="DiT stand-in depth (default: the preset's)")
+    r.add_argument("--dit-layers", type=int, help="Cosmos3 transformer depth (default: the preset's; 36 = all of Cosmos3-Nano)")
     r.add_argument("-k", dest="keyword", help="pytest -k expression to run a subset")
     r.add_argument("--grid", choices=GRID_NAMES, default="default",
                    help="extended: add the upstream table's e2e case (832x480 on wan22) and e2e first_frame_2d")

@@ -27,9 +27,10 @@ TABLE = (
 # What differs between that table and this suite's figures, said with every comparison.
 DIFFERENCES = (
     "random weights here, real Cosmos3-Nano weights upstream (latency does not depend on their values)",
-    ("a diffusers WanTransformer3DModel stand-in at TI2V-5B proportions, 4 layers by default "
-    "(--dit-layers 30 for full depth), against the ~15B Cosmos3 DiT: denoising is far shorter here"),
+    ("diffusers' Cosmos3OmniTransformer at Cosmos3-Nano's widths, 4 of its 36 layers by default "
+     "(--dit-layers 36 for all of it): denoising is about a ninth of upstream's at the default depth"),
     ("stage timers synchronised with the device here; upstream's are not, so its GPU work can be "
-    "charged to a later stage (its denoising moved 2.4% though the change does not touch it)"),
+     "charged to a later stage (its denoising moved 2.4% though the change does not touch it); "
+     "`python -m cosmos3 --stage-timer host` times stages upstream's way"),
     "medians of device-synchronised rounds here, means of 3 runs upstream",
 )

@@ -66,14 +66,15 @@ def i2v_request(case: CaseSpec, pixels: torch.Tensor) -> Req:
     return Req(height=case.height, width=case.width, num_frames=case.num_frames, image=pixels, image_pixels=pixels)
 
 
-def latent_prep(case: CaseSpec, vae: AutoencoderKLWan, *, dtype: torch.dtype, device: torch.device,
-                controls: RunControls) -> Workload:
-    """The stage as upstream runs it: noise, encode by strategy, mask and mix."""
+def latent_prep(case: CaseSpec, vae: AutoencoderKLWan, *, dtype: torch.dtype, controls: RunControls) -> Workload:
+    """The stage as upstream runs it: noise, encode by strategy, mask and mix. The preprocessed image is in
+    host memory, as upstream's `preprocessed_image` is: every strategy copies what it encodes to the device
+    inside the round (expand the whole repeated video, the others the one frame)."""
     from cosmos3.stages import Cosmos3LatentPreparationStage
 
     strategy = controls.strategy_for(case.strategy)  # a negative control may revert it
     stage = Cosmos3LatentPreparationStage(vae, encode_strategy=strategy, dtype=dtype)
-    pixels = seeded_image(case.width, case.height, device)
+    pixels = seeded_image(case.width, case.height)  # on the host
     return Workload(lambda: stage(i2v_request(case, pixels)),
                     equivalence=lambda: equivalence_for(vae, i2v_request(case, pixels), case.strategy, strategy, dtype))
 
@@ -121,12 +122,10 @@ def e2e(case: CaseSpec, components: Components, *, image_path: Path, steps: int,
 
 def e2e_components(preset: Preset, device: torch.device, vae: AutoencoderKLWan,
                    weights_dir: Path | None = None) -> Components:
-    """The VAE with the DiT stand-in and its fixed text context: what the end-to-end cases run."""
-    from cosmos3.components import Components, build_transformer, text_context
+    """The VAE with the Cosmos3 transformer and the fixed prompt's token ids: what the end-to-end cases run."""
+    from cosmos3.components import with_denoiser
 
-    transformer = build_transformer(preset, device, weights_dir=weights_dir)
-    text = text_context(preset.dit.text_seq_len, transformer.config.text_dim, device, preset.dtype)
-    return Components(preset, device, preset.dtype, vae, transformer, text)
+    return with_denoiser(preset, device, vae, weights_dir=weights_dir)
 
 
 def write_condition_image(path: Path, width: int, height: int) -> Path:
@@ -156,7 +155,7 @@ class Models:
 
     @functools.cached_property
     def components(self) -> Components:
-        """Built on the first end-to-end case only: the DiT stand-in is the largest model."""
+        """Built on the first end-to-end case only: the Cosmos3 transformer is the largest model."""
         return e2e_components(self.preset, self.device, self.vae, self.weights_dir)
 
     @functools.cache  # noqa: B019 (one Models per process; the images must outlive the calls)
@@ -167,7 +166,7 @@ class Models:
 def build(case: CaseSpec, models: Models, controls: RunControls) -> Workload:
     """The workload of any case, from parts built once per process."""
     if case.benchmark == "latent_prep":
-        return latent_prep(case, models.vae, dtype=models.preset.dtype, device=models.device, controls=controls)
+        return latent_prep(case, models.vae, dtype=models.preset.dtype, controls=controls)
     if case.benchmark == "vae_encode":
         return vae_encode(case, models.vae, device=models.device)
     if case.benchmark == "e2e":

@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from cosmos3 import timing
 from cosmos3.components import build_components, build_scheduler, check_weights_dir
 from cosmos3.errors import InputError
 from cosmos3.paths import check_output_dir, make_output_dir
@@ -25,8 +26,8 @@ from cosmos3.stages.preprocess import CropWarning, load_and_fit
 EXIT_OK, EXIT_COVERAGE, EXIT_USAGE = 0, 1, 2
 DEFAULT_TRACE_DIR = Path("results/traces")
 DEVICE_TYPES = ("cpu", "cuda")  # what the stages and DeviceTimer synchronise
-# Twice the full TI2V-5B depth (30). A wan22 layer is about 0.33 GB in bf16, so a mistyped depth
-# would otherwise fail minutes later as an out-of-memory error.
+# Beyond Cosmos3-Nano's 36 layers with room to spare. A wan22 layer is about 0.77 GB in bf16, so a
+# mistyped depth would otherwise fail minutes later as an out-of-memory error.
 MAX_DIT_LAYERS = 60
 # Errors name the request field; where the option that sets it has another name, say so too.
 OPTION_OF_FIELD = {"num_inference_steps": "--steps", "dit_num_layers": "--dit-layers", "output_kind": "--task"}
@@ -56,7 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="i2v conditioning image; transparency is composited on black (default: a seeded random one)",
     )
     p.add_argument("--weights-dir", type=Path, default=None, help="local diffusers folder (vae/, transformer/)")
-    p.add_argument("--dit-layers", type=int, default=None, help="DiT stand-in depth, 1 to 60 (30 = full TI2V-5B)")
+    p.add_argument("--dit-layers", type=int, default=None,
+                   help="Cosmos3 transformer depth, 1 to 60 (36 = all of Cosmos3-Nano)")
+    p.add_argument("--stage-timer", choices=sorted(timing.STAGE_TIMERS), default="device",
+                   help="device: synchronised stage times (default); host: unsynchronised, as upstream's stage timers")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN autotune its convolution algorithms (torch.backends.cudnn.benchmark); default off")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N; default: cuda if available, else cpu")
     p.add_argument("--profile", action="store_true", help="profile the request with torch.profiler")
     p.add_argument("--num-profiled-timesteps", type=int, default=-1, help="denoising steps to record; -1 = all")
@@ -97,6 +103,8 @@ class Plan:
     needs_trace_dir: bool  # the seeded conditioning image or a trace will be written there
     weights_dir: Path | None
     show_progress: bool
+    stage_timer: str = "device"
+    cudnn_benchmark: bool = False
 
 
 def parse_device(value: str | None) -> torch.device:
@@ -155,7 +163,7 @@ def validate(args: argparse.Namespace) -> Plan:
     if args.dit_layers is not None and not 1 <= args.dit_layers <= MAX_DIT_LAYERS:
         raise InputError(
             "dit_num_layers",
-            f"must be an integer in [1, {MAX_DIT_LAYERS}] (the full TI2V-5B depth is 30)",
+            f"must be an integer in [1, {MAX_DIT_LAYERS}] (all of Cosmos3-Nano is 36)",
             args.dit_layers,
         )
     preset_name = resolve_preset_name(args.preset, device.type)
@@ -208,6 +216,8 @@ def validate(args: argparse.Namespace) -> Plan:
         needs_trace_dir=needs_trace_dir,
         weights_dir=args.weights_dir,
         show_progress=not args.no_progress,
+        stage_timer=args.stage_timer,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
 
 
@@ -237,15 +247,20 @@ def run(plan: Plan) -> int:
             encode_strategy=plan.strategy,
             profile=plan.profile,
             show_progress=plan.show_progress,
+            stage_timer=plan.stage_timer,
         )
-        pipeline.warmup(req)
+        torch.backends.cudnn.benchmark = plan.cudnn_benchmark
+        first = pipeline.warmup(req)  # the first request of this shape: autotuning, allocator growth
         out = pipeline(req)
     device = plan.device
     print(
         f"{plan.task} {req.width}x{req.height} {req.num_frames}f, {req.num_inference_steps} steps, "
-        f"strategy {plan.strategy}, preset {plan.preset.name}, "
+        f"strategy {plan.strategy}, preset {plan.preset.name}, stage timer {plan.stage_timer}, "
         f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
+    print(f"first request of this shape (the warm-up; cudnn.benchmark {'on' if plan.cudnn_benchmark else 'off'}):")
+    print(stage_table(first))
+    print("the request:")
     print(stage_table(out))
     if out.coverage is not None:
         print(f"trace: {out.trace_path}\ncoverage: {out.coverage}")

@@ -1,4 +1,4 @@
-"""Builds the diffusers components (VAE, DiT stand-in, scheduler) from a preset or a local folder."""
+"""Builds the diffusers components (Wan 2.2 VAE, Cosmos3 transformer, scheduler) from a preset or a local folder."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKLWan, ModelMixin, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, Cosmos3OmniTransformer, ModelMixin, UniPCMultistepScheduler
 from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
 
-from cosmos3 import strict_json
+from cosmos3 import diffusers_omni, dit_inputs, strict_json
+from cosmos3.dit_inputs import PromptIds
 from cosmos3.errors import InputError
 from cosmos3.presets import Preset
 
@@ -144,10 +146,11 @@ def build_transformer(
     dtype: torch.dtype | None = None,
     weights_dir: Path | None = None,
     seed: int = 0,
-) -> WanTransformer3DModel:
-    """The DiT stand-in: seeded random weights at the preset's size, or `weights_dir/transformer`."""
+) -> Cosmos3OmniTransformer:
+    """diffusers' Cosmos3OmniTransformer: seeded random weights at the preset's size, or `weights_dir/transformer`."""
     return _build(
-        WanTransformer3DModel, preset.dit.to_diffusers(), "transformer", device, dtype or preset.dtype, weights_dir, seed
+        Cosmos3OmniTransformer, preset.dit.to_diffusers(), "transformer", device, dtype or preset.dtype, weights_dir,
+        seed,
     )
 
 
@@ -162,15 +165,6 @@ def build_scheduler(preset: Preset, *, output_kind: str = "video") -> UniPCMulti
     )
 
 
-def text_context(
-    seq_len: int, text_dim: int, device: torch.device | str, dtype: torch.dtype, *, seed: int = 0
-) -> torch.Tensor:
-    """A fixed random text embedding [2, L, text_dim] ([uncond, cond]); no text encoder is benchmarked."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    ctx = torch.randn(2, seq_len, text_dim, generator=generator)
-    return ctx.to(device=device, dtype=dtype)
-
-
 @dataclass
 class Components:
     """Everything the stages share, built once per process."""
@@ -179,8 +173,9 @@ class Components:
     device: torch.device
     dtype: torch.dtype
     vae: AutoencoderKLWan
-    transformer: WanTransformer3DModel | None = None
-    text_embeds: torch.Tensor | None = None  # [2, L, text_dim]: [uncond, cond]
+    transformer: Cosmos3OmniTransformer | None = None
+    omni: Any = None  # diffusers' Cosmos3OmniPipeline over these parts: the transformer's sequence builders
+    prompt: PromptIds | None = None  # the fixed prompt's token ids (cosmos3.dit_inputs)
 
 
 def build_components(
@@ -192,14 +187,28 @@ def build_components(
     with_transformer: bool = True,
     seed: int = 0,
 ) -> Components:
-    """VAE always; the DiT stand-in and text context only when the denoiser will run."""
+    """VAE always; the transformer and the prompt's token ids only when the denoiser will run."""
     device = torch.device(device)
     dtype = dtype or preset.dtype
     vae = build_vae(preset, device, dtype=dtype, weights_dir=weights_dir, seed=seed)
-    transformer = text_embeds = None
-    if with_transformer:
-        transformer = build_transformer(preset, device, dtype=dtype, weights_dir=weights_dir, seed=seed)
-        text_embeds = text_context(
-            preset.dit.text_seq_len, transformer.config.text_dim, device, dtype, seed=seed
-        )
-    return Components(preset, device, dtype, vae, transformer, text_embeds)
+    if not with_transformer:
+        return Components(preset, device, dtype, vae)
+    return with_denoiser(preset, device, vae, dtype=dtype, weights_dir=weights_dir, seed=seed)
+
+
+def with_denoiser(
+    preset: Preset,
+    device: torch.device | str,
+    vae: AutoencoderKLWan,
+    *,
+    dtype: torch.dtype | None = None,
+    weights_dir: Path | None = None,
+    seed: int = 0,
+) -> Components:
+    """Components around an already built `vae`: the transformer, diffusers' pipeline over both (for its
+    sequence builders; nothing of it runs but those) and the fixed prompt's token ids."""
+    device = torch.device(device)
+    dtype = dtype or preset.dtype
+    transformer = build_transformer(preset, device, dtype=dtype, weights_dir=weights_dir, seed=seed)
+    omni = diffusers_omni.build_pipeline(vae, transformer, scheduler=build_scheduler(preset))
+    return Components(preset, device, dtype, vae, transformer, omni, dit_inputs.prompt_ids(omni))

@@ -21,6 +21,7 @@ from cosmos3.stages import (
     EncodeStrategy,
     PipelineStage,
 )
+from cosmos3 import timing
 from cosmos3.timing import DeviceTimer
 
 # Each stage runs inside record_function(STAGE_EVENT + name), so that a trace splits by stage.
@@ -48,13 +49,19 @@ class Cosmos3Pipeline:
         encode_strategy: EncodeStrategy = "single_frame",
         profile: ProfileOptions | None = None,
         show_progress: bool = False,
+        stage_timer: str = "device",
     ) -> None:
-        if components.transformer is None or components.text_embeds is None:
-            raise InputError("components", "the pipeline needs the DiT stand-in (build with with_transformer=True)")
+        """`stage_timer`: "device" synchronises around every stage (this suite's figures); "host" times each
+        stage on the host alone, as upstream's stage timers do (cosmos3.timing.HostTimer). The total is
+        synchronised either way."""
+        timing.stage_timer(stage_timer, components.device)  # checks the name before anything is built
+        if components.transformer is None or components.prompt is None:
+            raise InputError("components", "the pipeline needs the transformer (build with with_transformer=True)")
         self.components = components
+        self.stage_timer = stage_timer
         self.profile = profile or ProfileOptions()
         self.denoising = Cosmos3DenoisingStage(
-            components.transformer, components.text_embeds, show_progress=show_progress
+            components.transformer, components.omni, components.prompt, show_progress=show_progress
         )
         self.stages: list[PipelineStage] = [
             Cosmos3ImagePreprocessStage(),
@@ -83,7 +90,8 @@ class Cosmos3Pipeline:
                     steps_profiled = profiler is not None and profiler.mode == "steps" and stage is self.denoising
                     if steps_profiled:
                         profiler.start()
-                    with DeviceTimer(self.components.device) as timer, record_function(STAGE_EVENT + stage.name):
+                    with timing.stage_timer(self.stage_timer, self.components.device) as timer, \
+                            record_function(STAGE_EVENT + stage.name):
                         req = stage(req)
                     if steps_profiled:
                         trace_path = profiler.stop()

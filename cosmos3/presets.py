@@ -55,24 +55,33 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class DiTConfig:
-    """The DiT stand-in: diffusers' `WanTransformer3DModel` with Wan 2.2 TI2V-5B proportions."""
+    """Constructor arguments of diffusers' `Cosmos3OmniTransformer` (names as diffusers spells them).
 
-    num_attention_heads: int = 24
-    attention_head_dim: int = 128
-    ffn_dim: int = 14336
-    num_layers: int = 4  # the full TI2V-5B depth is 30; a few layers keep a benchmark short
-    text_dim: int = 4096
-    freq_dim: int = 256
-    in_channels: int = 48
-    out_channels: int = 48
-    patch_size: tuple[int, int, int] = (1, 2, 2)
-    text_seq_len: int = 512  # tokens of the fixed random text context (UMT5 length)
+    The defaults are Cosmos3-Nano's, which are also diffusers' own defaults (transformer_cosmos3.py):
+    hidden 4096, 32 query and 8 key-value heads of 128, MLP 12288, 48 latent channels in 2x2 patches,
+    36 layers, each with an understanding (text) and a generation (vision) pathway of about 193M
+    parameters. Only the depth differs here: a few layers keep the default suite short, and
+    `--dit-layers 36` runs the whole model.
+    """
+
+    hidden_size: int = 4096
+    head_dim: int = 128
+    intermediate_size: int = 12288
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    num_hidden_layers: int = 4  # Cosmos3-Nano has 36 (FULL_DEPTH)
+    latent_channel: int = 48
+    latent_patch_size: int = 2
+    patch_latent_dim: int = 192  # latent_channel x latent_patch_size**2
+    vocab_size: int = 151936
+    rope_axes_dim: tuple[int, int, int] = (24, 20, 20)  # mRoPE sections (t, h, w) of head_dim / 2
 
     def to_diffusers(self) -> dict:
-        """Keyword arguments for `WanTransformer3DModel(**...)` (text_seq_len is ours, not a model arg)."""
-        kwargs = dataclasses.asdict(self)
-        del kwargs["text_seq_len"]
-        return kwargs
+        """Keyword arguments for `Cosmos3OmniTransformer(**...)`; diffusers wants lists, not tuples."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+FULL_DEPTH = 36  # Cosmos3-Nano's layers
 
 
 @dataclass(frozen=True)
@@ -94,9 +103,11 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
         vae=VAEConfig(base_dim=16, decoder_base_dim=24, num_res_blocks=1),
+        # The Cosmos3 transformer at toy widths: 2 query heads and 1 key-value head of 16, one layer,
+        # a vocabulary large enough for the local tokenizer's ids (cosmos3.prompt).
         dit=DiTConfig(
-            num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=1,
-            text_dim=32, freq_dim=32, text_seq_len=8,
+            hidden_size=32, head_dim=16, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+            num_hidden_layers=1, vocab_size=1024, rope_axes_dim=(4, 2, 2),
         ),
         # fp32: bf16 convolutions on the CPU are slow and would only test the CPU kernels.
         dtype=torch.float32,
@@ -107,14 +118,14 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str, *, dit_num_layers: int | None = None) -> Preset:
-    """The preset called `name`, optionally with another DiT depth (e.g. 30 for full TI2V-5B)."""
+    """The preset called `name`, optionally with another DiT depth (FULL_DEPTH, 36, for all of Cosmos3-Nano)."""
     if name not in PRESETS:
         raise InputError("preset", f"must be one of {sorted(PRESETS)}", name)
     preset = PRESETS[name]
     if dit_num_layers is not None:
         if dit_num_layers < 1:
             raise InputError("dit_num_layers", "must be >= 1", dit_num_layers)
-        preset = dataclasses.replace(preset, dit=dataclasses.replace(preset.dit, num_layers=dit_num_layers))
+        preset = dataclasses.replace(preset, dit=dataclasses.replace(preset.dit, num_hidden_layers=dit_num_layers))
     return preset
 
 

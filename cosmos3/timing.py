@@ -1,4 +1,8 @@
-"""Device-synchronised wall-clock timing: a timed region ends when the GPU is done with it."""
+"""Wall-clock timing of a region: device-synchronised (the region ends when the GPU is done with it), or
+as upstream's stage timers record it, on the host alone.
+
+    with stage_timer("device", device) as t: ...   # t.elapsed_ms
+"""
 
 from __future__ import annotations
 
@@ -35,3 +39,33 @@ class DeviceTimer:
     def __exit__(self, *exc: object) -> None:
         synchronize(self.device)
         self.elapsed_ms = (time.perf_counter() - self._start) * 1e3
+
+
+@dataclass
+class HostTimer:
+    """Context manager: the wall clock around the block and nothing else, as sglang's per-stage timers
+    record a stage. The block's queued GPU work is not waited for, so it is charged to the first later
+    region that waits (a sync, a copy to the host, a full queue); a region that only enqueues looks free.
+    For comparing with upstream's figures, never as this suite's own measure."""
+
+    device: torch.device
+    elapsed_ms: float = float("nan")
+
+    def __enter__(self) -> Self:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.elapsed_ms = (time.perf_counter() - self._start) * 1e3
+
+
+STAGE_TIMERS = {"device": DeviceTimer, "host": HostTimer}
+
+
+def stage_timer(kind: str, device: torch.device) -> DeviceTimer | HostTimer:
+    """A timer of `kind` ("device": synchronised; "host": upstream's, unsynchronised) for `device`."""
+    if kind not in STAGE_TIMERS:
+        from cosmos3.errors import InputError
+
+        raise InputError("stage_timer", f"must be one of {sorted(STAGE_TIMERS)}", kind)
+    return STAGE_TIMERS[kind](torch.device(device))

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, Cosmos3OmniTransformer
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 
 from cosmos3.components import build_scheduler, build_transformer, build_vae, check_weights_dir
 from cosmos3.errors import InputError
-from cosmos3.presets import get_preset
+from cosmos3.presets import FULL_DEPTH, get_preset
 from tests import tiny
+
+FULL_DEPTH_PARAMS = 15_156_222_144  # Cosmos3OmniTransformer at diffusers' defaults (36 layers)
 
 
 def test_wan22_vae_config_is_the_real_one():
@@ -28,15 +31,31 @@ def test_wan22_vae_config_is_the_real_one():
 
 
 def test_wan22_models_build_at_full_size_on_meta():
-    """The real configurations construct in diffusers (no memory allocated on the meta device)."""
-    preset = get_preset("wan22", dit_num_layers=30)
+    """The real configurations construct in diffusers (no memory allocated on the meta device). At full
+    depth the transformer is Cosmos3-Nano: 36 layers of two ~193M-parameter pathways, with the token
+    embedding and the LM head (151936 x 4096 each), FULL_DEPTH_PARAMS in all: 30.3 GB in bf16."""
+    preset = get_preset("wan22", dit_num_layers=FULL_DEPTH)
     with torch.device("meta"):
         vae = AutoencoderKLWan(**preset.vae.to_diffusers())
-        dit = WanTransformer3DModel(**preset.dit.to_diffusers())
-    dit_params = sum(p.numel() for p in dit.parameters())
-    assert 4.5e9 < dit_params < 5.5e9  # TI2V-5B proportions at full depth
-    assert dit.config.num_attention_heads * dit.config.attention_head_dim == 3072
+        dit = Cosmos3OmniTransformer(**preset.dit.to_diffusers())
+    assert sum(p.numel() for p in dit.parameters()) == FULL_DEPTH_PARAMS
+    layer = sum(p.numel() for p in dit.layers[0].parameters())
+    assert 2 * 190e6 < layer < 2 * 196e6  # two pathways of ~193M
+    assert (dit.config.hidden_size, dit.config.num_attention_heads, dit.config.num_key_value_heads) == (4096, 32, 8)
+    assert (dit.config.intermediate_size, dit.config.latent_channel, dit.config.latent_patch_size) == (12288, 48, 2)
+    assert len(dit.layers) == 36
     assert sum(p.numel() for p in vae.encoder.parameters()) > 1e8
+
+
+def test_the_default_config_is_diffusers_default_but_for_the_depth():
+    """DiTConfig's defaults are Cosmos3-Nano's, which are diffusers' own: only the depth is cut."""
+    signature = inspect.signature(Cosmos3OmniTransformer.__init__).parameters
+    defaults = {name: p.default for name, p in signature.items()}
+    defaults["rope_axes_dim"] = [24, 20, 20]  # None in the signature: the constructor's fallback
+    ours = get_preset("wan22").dit.to_diffusers()
+    assert {k: v for k, v in ours.items() if k != "num_hidden_layers"} == \
+        {k: defaults[k] for k in ours if k != "num_hidden_layers"}
+    assert defaults["num_hidden_layers"] == FULL_DEPTH and ours["num_hidden_layers"] == 4
 
 
 def test_unknown_preset():
@@ -77,8 +96,10 @@ def test_weights_dir_without_a_model(tmp_path):
 def test_bf16_keeps_diffusers_fp32_modules():
     dit = build_transformer(tiny.PRESET, "cpu", dtype=torch.bfloat16)
     dtypes = {n: p.dtype for n, p in dit.named_parameters()}
-    assert dtypes["blocks.0.attn1.to_q.weight"] == torch.bfloat16
-    assert dtypes["blocks.0.norm2.weight"] == torch.float32  # as from_pretrained(torch_dtype=bf16) keeps it
+    kept = {n for n, d in dtypes.items() if d == torch.float32}
+    assert kept and all(n.startswith("time_embedder.") for n in kept)  # as from_pretrained(torch_dtype=bf16) keeps it
+    assert {d for n, d in dtypes.items() if n not in kept} == {torch.bfloat16}
+    assert dit._keep_in_fp32_modules == ["time_embedder"]
 
 
 @pytest.mark.parametrize(("kind", "shift"), [("video", 10.0), ("image", 3.0)])

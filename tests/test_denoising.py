@@ -1,12 +1,15 @@
-"""Denoising: batched guidance, the I2V frame-0 write-back, odd latent sizes, the scheduler wiring."""
+"""Denoising: the Cosmos3 transformer driven as diffusers' pipeline drives it, guidance, the I2V frame-0
+write-back, odd latent sizes, the scheduler wiring."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 
+import PIL.Image
+
+from cosmos3 import diffusers_omni, dit_inputs
 from cosmos3.components import build_components
 from cosmos3.equivalence import check_encode_equivalence
 from cosmos3.errors import InputError
@@ -28,14 +31,35 @@ def ready_request(req: Req) -> Req:
 
 def denoiser(stage_cls=Cosmos3DenoisingStage, **kwargs) -> Cosmos3DenoisingStage:
     c = tiny.components()
-    return stage_cls(c.transformer, c.text_embeds, **kwargs)
+    return stage_cls(c.transformer, c.omni, c.prompt, **kwargs)
 
 
-def test_batched_guidance_equals_separate_branches():
-    req = ready_request(tiny.i2v_request(num_frames=9, num_inference_steps=3))
-    batched = denoiser(batched_guidance=True)(copy.copy(req)).latents
-    separate = denoiser(batched_guidance=False)(ready_request(tiny.i2v_request(num_frames=9, num_inference_steps=3)))
-    torch.testing.assert_close(batched, separate.latents, rtol=1e-4, atol=1e-5)
+SHAPE = {"height": 64, "width": 96, "num_frames": 9}
+
+
+@pytest.mark.parametrize("i2v", [False, True])
+def test_the_loop_is_diffusers_cosmos3_pipeline_s_loop(i2v):
+    """Two steps of guided denoising from the same latents: ours against diffusers' own
+    Cosmos3OmniPipeline.__call__ (output_type="latent"), the prompt tokenized for this request's shape."""
+    c = tiny.components()
+    req = ready_request(tiny.i2v_request(**SHAPE, num_inference_steps=2) if i2v else Req(**SHAPE, num_inference_steps=2))
+    start = req.latents.clone()
+    ours = Cosmos3DenoisingStage(c.transformer, c.omni, dit_inputs.prompt_ids(c.omni, **SHAPE))(req).latents
+    image = PIL.Image.new("RGB", (96, 64)) if i2v else None  # diffusers encodes it, then takes `latents` instead
+    theirs = c.omni(prompt=diffusers_omni.PROMPT, image=image, **SHAPE, num_inference_steps=2, guidance_scale=4.0,
+                    fps=dit_inputs.FPS, latents=start.clone(), output_type="latent", return_dict=False)[0]
+    assert theirs.shape == ours.shape and not torch.equal(ours, start)
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-4, atol=1e-5)
+
+
+def test_a_token_layout_of_our_own_would_be_caught():
+    """Negative control of the test above: one text token fewer in the conditional pass moves the result."""
+    c = tiny.components()
+    ids = dit_inputs.prompt_ids(c.omni, **SHAPE)
+    short = dit_inputs.PromptIds(ids.cond[:-1], ids.uncond)
+    a = Cosmos3DenoisingStage(c.transformer, c.omni, ids)(ready_request(Req(**SHAPE, num_inference_steps=2)))
+    b = Cosmos3DenoisingStage(c.transformer, c.omni, short)(ready_request(Req(**SHAPE, num_inference_steps=2)))
+    assert (a.latents - b.latents).abs().max() > 1e-4
 
 
 def test_guidance_actually_mixes_the_branches():
@@ -69,7 +93,7 @@ def test_t2v_frame0_is_denoised_too():
 
 
 def test_odd_latent_height_is_padded_and_cropped():
-    """720p has latent height 45; the patch-2 DiT needs even sizes (here 80/16 = 5 and 112/16 = 7)."""
+    """720p has latent height 45; diffusers pads the patch-2 grid and crops back (here 80/16 = 5, 112/16 = 7)."""
     req = ready_request(tiny.i2v_request(height=80, width=112, num_frames=5, num_inference_steps=2))
     out = denoiser()(req)
     assert out.latents.shape == (1, 48, 2, 5, 7)
@@ -95,6 +119,6 @@ def test_bf16_latents_stay_bf16_and_frame0_stays_bitwise():
     assert check_encode_equivalence(c.vae, req, dtype=torch.bfloat16).bitwise
     req = Cosmos3LatentPreparationStage(c.vae, dtype=torch.bfloat16)(req)
     req = Cosmos3TimestepPreparationStage(c.preset, c.device)(req)
-    out = Cosmos3DenoisingStage(c.transformer, c.text_embeds)(req)
+    out = Cosmos3DenoisingStage(c.transformer, c.omni, c.prompt)(req)
     assert out.latents.dtype == torch.bfloat16
     assert torch.equal(out.latents[:, :, :1], out.image_latent)

@@ -45,6 +45,11 @@ def check(argv: list[str]) -> None:
         args = cli.parse_args([SESSIONS[argv[4]], *argv[6:]])
     elif argv[:3] == ["python3", "-m", "bench"]:
         args = cli.parse_args(argv[3:])
+    elif argv[:3] == ["python3", "-m", "cosmos3"]:
+        from cosmos3 import __main__ as cosmos3_cli
+
+        cosmos3_cli.validate_reporting_warnings(cosmos3_cli.parse_args(argv[3:]))
+        return
     elif argv[:2] == ["python3", "tools/first_frame_speed.py"]:
         tool("first_frame_speed.py").parse_args(argv[2:])
         return
@@ -76,7 +81,7 @@ def covered(args, measured: set[str]) -> None:
 
 def test_the_script_is_valid_bash_and_every_step_is_documented():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], check=False).returncode == 0
-    assert len(STEPS) == 23
+    assert len(STEPS) == 25
     for step in STEPS:
         assert re.search(rf"#   .*{re.escape(step.split('-')[0])}", HEADER), step
 
@@ -253,12 +258,12 @@ def test_a_baseline_is_done_only_once_every_run_is_merged_into_it(tmp_path):
 
 
 def test_a_full_depth_baseline_waits_for_its_three_runs(tmp_path):
-    for name in ("dit30-480", "dit30-720-single_frame"):
+    for name in ("dit36-480", "dit36-720-single_frame"):
         (tmp_path / "evidence" / name).mkdir(parents=True)
         (tmp_path / "evidence" / name / "run.json").write_text("{}")
-    early = stubbed(tmp_path, 0, "session", PLAN="baseline-dit30")
-    assert "baseline-dit30: merged 2 of 3 runs" in early.stdout
-    assert not (tmp_path / "evidence" / "done" / "baseline-dit30").exists()
+    early = stubbed(tmp_path, 0, "session", PLAN="baseline-dit36")
+    assert "baseline-dit36: merged 2 of 3 runs" in early.stdout
+    assert not (tmp_path / "evidence" / "done" / "baseline-dit36").exists()
 
 
 def test_the_smoke_measures_the_720p_first_frame_two_compared_cases_and_the_default_suite(tmp_path):

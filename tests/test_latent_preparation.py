@@ -92,3 +92,35 @@ def test_preprocessed_pixels_of_the_wrong_size():
     req.height = 48
     with pytest.raises(InputError, match=r"image_pixels: must be 48x96"):
         prepare(req)
+
+
+class CopyLog(torch.overrides.TorchFunctionMode):
+    """Every Tensor.to that changes device or dtype, with the rank of the tensor it copies, and every expand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to and ("device" in kwargs or any(isinstance(a, torch.device) for a in args[1:])):
+            self.calls.append(("to", args[0].dim()))
+        elif func is torch.Tensor.expand:
+            self.calls.append(("expand", args[0].dim()))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("strategy", "expected"), [
+    # upstream's old path: repeated where the image is (the host), then the whole 5-D video copied, once
+    ("expand", [("expand", 5), ("to", 5)]),
+    # the one-frame paths copy the 4-D image, then make it a one-frame video on the device
+    ("single_frame", [("to", 4)]),
+])
+def test_expand_builds_the_video_on_the_host_before_its_one_copy(strategy, expected):
+    """On the CPU host and device are one, so the order of the calls is what tells the paths apart."""
+    stage = Cosmos3LatentPreparationStage(tiny.vae(), encode_strategy=strategy, dtype=tiny.PRESET.dtype)
+    req = tiny.i2v_request(num_frames=9)
+    with CopyLog() as log:
+        stage.encode_condition(req)
+    copies = [c for c in log.calls if c[0] == "expand" or c == ("to", 5) or c == ("to", 4)]
+    assert copies[:len(expected)] == expected, log.calls

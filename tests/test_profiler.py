@@ -101,7 +101,7 @@ def test_loop_without_profiler_step_fails_coverage(tmp_path, n):
     whatever N is, also where the window holds every step (N = -1, the command line's default, or N = the
     request's steps) and the trace alone looks complete."""
     pipe = pipeline(tmp_path, n)
-    pipe.denoising = PreFixDenoiser(tiny.components().transformer, tiny.components().text_embeds)
+    pipe.denoising = PreFixDenoiser(tiny.components().transformer, tiny.components().omni, tiny.components().prompt)
     pipe.stages[3] = pipe.denoising
     out = pipe(request(profile=True))
     expected = STEPS if n == -1 else n
@@ -123,7 +123,7 @@ def test_a_failing_stage_does_not_leave_the_profiler_running(tmp_path):
         def forward(self, req):
             raise RuntimeError("boom")
 
-    pipe.denoising = Broken(tiny.components().transformer, tiny.components().text_embeds)
+    pipe.denoising = Broken(tiny.components().transformer, tiny.components().omni, tiny.components().prompt)
     pipe.stages[3] = pipe.denoising
     with pytest.raises(RuntimeError, match="boom"):
         pipe(request(profile=True))

@@ -23,7 +23,8 @@ from bench.records import (
 from cosmos3.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
-V1_BASELINE = REPO / "baselines" / "nvidia-h100-80gb-hbm3" / "wan22.json"
+# The H100 baseline as recorded at schema 1 (2026-11-23), before its latent-prep and e2e cases were retired.
+V1_BASELINE = REPO / "tests" / "data" / "h100_wan22_schema1_baseline.json"
 CASE = "latent_prep[single_frame-1280x720-81f]"
 
 

@@ -34,8 +34,12 @@
 #   compare-twelve    360  one A/A compare of the twelve latent-prep cases (single_frame and expand): <= 300 s
 #   fast-1..3         150  the suite less e2e (excluded from the gate: the baseline holds them): with
 #                          full-1/2, five unchanged runs of every profiled case (the counters' agreement)
-#   dit30-480, dit30-720-single_frame, dit30-720-expand   240, 420, 420   e2e at full depth (30 layers)
-#   baseline-dit30     20  merge the three into baselines/<gpu>/wan22-dit30.json
+#   dit36-480, dit36-720-single_frame, dit36-720-expand   420, 480, 480   e2e at full depth (36 layers, Cosmos3-Nano;
+#                          480p is the upstream case: estimates from ~0.7 s per guided step at 480p, ~1.8 s at 720p)
+#   baseline-dit36     20  merge the three into baselines/<gpu>/wan22-dit36.json
+#   upstream-timers-single_frame, upstream-timers-expand   300, 200   the upstream case at full depth through
+#                          `python -m cosmos3`: stage tables with the synchronised and the host (upstream's) stage
+#                          timer, the first request of the shape apart, and (single_frame) cuDNN autotuning on
 #   compare-calib-1, compare-calib-2   480 each   `calibrate --compare`: 5 A/A compares of the three 720p
 #                          single_frame latent-prep cases (33/81/121f, K=4) per call, their false alarms, spreads and GPU state
 #                          (issue 20; not in the default PLAN: run them by name)
@@ -53,7 +57,7 @@ CAL_RUNS=(--baseline-runs 3 --aa-runs 3 --runs-per-size 2 --sizes 0.03,0.1 --run
 CAL_TOTAL=12  # 3 + 3 + 2 x 2 + 2 x 1
 declare -A EST=([smoke]=420 [first-frame]=300 [revert-2d]=90 [full-1]=300 [full-2]=300 [extended]=200 [baseline]=20
   [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [compare-inject-gpu]=100 [compare-twelve]=360 [fast-1]=150 [fast-2]=150 [fast-3]=150
-  [compare-calib-1]=480 [compare-calib-2]=480 [dit30-480]=240 [dit30-720-single_frame]=420 [dit30-720-expand]=420 [baseline-dit30]=20 [calib]=60
+  [compare-calib-1]=480 [compare-calib-2]=480 [dit36-480]=420 [dit36-720-single_frame]=480 [dit36-720-expand]=480 [baseline-dit36]=20 [upstream-timers-single_frame]=300 [upstream-timers-expand]=200 [calib]=60
   [calib-report]=30)  # for a counting step: one run
 step=${1:?usage: gpu-evidence.sh session | STEP (the steps are listed at the top of this file)}
 dry=${DRY_RUN:-}
@@ -74,7 +78,7 @@ count() {  # the runs a step still has to make (1 for a step that is not countin
     *) if [ -f "$E/done/$1" ]; then echo 0; else echo 1; fi ;;
   esac
 }
-declare -A MERGES=([baseline]="smoke full-2 fast-1 fast-2 fast-3" [baseline-dit30]="dit30-480 dit30-720-single_frame dit30-720-expand")
+declare -A MERGES=([baseline]="smoke full-2 fast-1 fast-2 fast-3" [baseline-dit36]="dit36-480 dit36-720-single_frame dit36-720-expand")
 plan_calls() {
   local -A n
   local s r k t line call=0 measured
@@ -295,14 +299,26 @@ one() {  # one STEP: run it; its exit status is its verdict
         -k 'latent_prep and single_frame and 1280x720' --aa-runs 5 --runs-per-size 0 --calibration-dir "$E/$s" \
         --load "gpu-evidence.sh $s"
       done_if "$s" $? 0 "$E/$s/compare_calibration.json" ;;
-    dit30-480)
-      bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' \
+    dit36-480)
+      bench "$s" --grid extended --dit-layers 36 -k test_e2e --exclude '*' \
         --case 'e2e[single_frame-832x480-81f]' --case 'e2e[expand-832x480-81f]'; done_if "$s" $? 0 "$(rec "$s")" ;;
-    dit30-720-*)
-      bench "$s" --grid extended --dit-layers 30 -k test_e2e --exclude '*' --case "e2e[${s#dit30-720-}-1280x720-81f]"
+    dit36-720-*)
+      bench "$s" --grid extended --dit-layers 36 -k test_e2e --exclude '*' --case "e2e[${s#dit36-720-}-1280x720-81f]"
       done_if "$s" $? 0 "$(rec "$s")" ;;
-    baseline-dit30)
-      merge "$s" dit30-480 dit30-720-single_frame dit30-720-expand; done_if "$s" $? 0 ;;
+    upstream-timers-*)  # the 342 ms of upstream's latent preparation, candidate by candidate
+      strategy=${s#upstream-timers-}; rc=0
+      for timer in device host; do
+        run "$s-$timer" python3 -m cosmos3 --preset wan22 --dit-layers 36 --width 832 --height 480 --num-frames 81 \
+          --steps 35 --guidance-scale 4.0 --strategy "$strategy" --stage-timer "$timer" --no-progress; rc=$(( rc | $? ))
+      done
+      if [ "$strategy" = single_frame ]; then
+        run "$s-host-cudnn" python3 -m cosmos3 --preset wan22 --dit-layers 36 --width 832 --height 480 \
+          --num-frames 81 --steps 35 --guidance-scale 4.0 --strategy "$strategy" --stage-timer host --cudnn-benchmark \
+          --no-progress; rc=$(( rc | $? ))
+      fi
+      done_if "$s" $rc 0 ;;
+    baseline-dit36)
+      merge "$s" dit36-480 dit36-720-single_frame dit36-720-expand; done_if "$s" $? 0 ;;
     calib)
       run "$s" python3 -m nox -s calibrate -- --calibration-dir "$CAL" "${CAL_RUNS[@]}" --step baseline --step aa \
         --step gpu --step controls --time-budget-s "$(( $(left) > ${EST[calib]} + 30 ? $(left) - ${EST[calib]} - 30 : 1 ))"

@@ -11,5 +11,5 @@ from bench.harness import RunControls, benchmark_case
 @pytest.mark.cases("latent_prep")
 def test_latent_prep(benchmark, case, vae, preset, device):
     """The stage as upstream runs it (bench.workloads.latent_prep): noise, encode by strategy, mask and mix."""
-    work = workloads.latent_prep(case, vae, dtype=preset.dtype, device=device, controls=RunControls.from_env())
+    work = workloads.latent_prep(case, vae, dtype=preset.dtype, controls=RunControls.from_env())
     benchmark_case(benchmark, case, work, device=device)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
-from diffusers import WanTransformer3DModel
+from diffusers import Cosmos3OmniTransformer
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
+from cosmos3 import dit_inputs
+from cosmos3.dit_inputs import PromptIds
 from cosmos3.errors import InputError
 from cosmos3.profiler import DENOISE_STEP_EVENT, get_active_profiler
 from cosmos3.request import Req
@@ -15,30 +18,35 @@ from cosmos3.stages.base import PipelineStage
 
 
 class Cosmos3DenoisingStage(PipelineStage):
-    """Runs the DiT over every timestep and steps the scheduler.
+    """Runs diffusers' Cosmos3OmniTransformer over every timestep and steps the scheduler.
 
-    For I2V the velocity is multiplied by velocity_mask and image_latent is written back
-    into latent frame 0 after every step. After each step of a profiled, non-warm-up
-    request the active profiler is advanced (the upstream fix this suite guards).
+    As diffusers' Cosmos3OmniPipeline drives it: one joint text-and-vision sequence per guidance pass
+    (cosmos3.dit_inputs, built once per request before the loop), the conditional pass then the
+    unconditional one, each batch 1, with the step's timestep on every noisy patch, and
+    `uncond + scale * (cond - uncond)` in float32. For I2V latent frame 0 is a condition, not noise:
+    the transformer predicts nothing there, the velocity is multiplied by velocity_mask, and
+    image_latent is written back into latent frame 0 after every step, as sglang does. After each
+    step of a profiled, non-warm-up request the active profiler is advanced (the upstream fix this
+    suite guards).
+
+    One difference from diffusers' loop: it reads the timestep with `t.item()` (a device sync each
+    step); here the timestep tensor is expanded on the device, so the loop does not wait on the GPU.
     """
 
     name = "denoising"
 
     def __init__(
         self,
-        transformer: WanTransformer3DModel,
-        text_embeds: torch.Tensor,
+        transformer: Cosmos3OmniTransformer,
+        omni: Any,
+        prompt: PromptIds,
         *,
-        batched_guidance: bool = True,
         show_progress: bool = False,
     ) -> None:
         self.transformer = transformer
-        self.text_embeds = text_embeds  # [2, L, D]: [uncond, cond]
-        # One forward over [uncond, cond] (batch 2) is how serving runs guidance; two batch-1
-        # forwards give the same result (within float tolerance) at lower peak memory.
-        self.batched_guidance = batched_guidance
+        self.omni = omni  # diffusers' Cosmos3OmniPipeline: its sequence builders (cosmos3.dit_inputs)
+        self.prompt = prompt
         self.show_progress = show_progress
-        self.patch_hw = tuple(transformer.config.patch_size[1:])
 
     def check_inputs(self, req: Req) -> None:
         super().check_inputs(req)
@@ -48,25 +56,28 @@ class Cosmos3DenoisingStage(PipelineStage):
         if req.is_i2v and (req.image_latent is None or req.velocity_mask is None):
             raise InputError("image_latent", "I2V denoising needs image_latent and velocity_mask from latent preparation")
 
-    def _dit(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """One transformer forward. Latent sizes that are not a multiple of the patch (720p's
-        latent height 45) are zero-padded at the bottom/right and the output cropped back."""
-        h, w = latents.shape[-2:]
-        ph, pw = self.patch_hw
-        pad_h, pad_w = -h % ph, -w % pw
-        x = F.pad(latents, (0, pad_w, 0, pad_h)) if pad_h or pad_w else latents
-        timestep = t.expand(x.shape[0])
-        out = self.transformer(x, timestep, context, return_dict=False)[0]
-        return out[..., :h, :w]
+    def passes(self, req: Req) -> dict[str, dict[str, Any]]:
+        """The static part of each guidance pass for this request's latent shape: cond, and uncond with guidance."""
+        device = req.latents.device
+        which = {"cond": self.prompt.cond}
+        if req.guidance_scale > 1.0:
+            which["uncond"] = self.prompt.uncond
+        return {name: dit_inputs.packed_pass(self.omni, ids, req.latents, image_condition=req.is_i2v, device=device)
+                for name, ids in which.items()}
 
-    def predict_velocity(self, latents: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-        uncond_ctx, cond_ctx = self.text_embeds[:1], self.text_embeds[1:]
-        if guidance_scale <= 1.0:
-            return self._dit(latents, t, cond_ctx)
-        if self.batched_guidance:
-            uncond, cond = self._dit(torch.cat([latents, latents]), t, self.text_embeds).chunk(2)
-        else:
-            uncond, cond = self._dit(latents, t, uncond_ctx), self._dit(latents, t, cond_ctx)
+    def _dit(self, latents: torch.Tensor, t: torch.Tensor, packed: dict[str, Any]) -> torch.Tensor:
+        """One transformer pass: [1, C, T, H, W] velocity, zero on the condition frames."""
+        timesteps = t.to(latents.device).reshape(1).expand(dit_inputs.noisy_tokens(packed))
+        preds, _, _ = self.transformer(vision_tokens=[latents.to(self.transformer.dtype)], vision_timesteps=timesteps,
+                                       **packed, return_dict=False)
+        return preds[0].float()
+
+    def predict_velocity(self, latents: torch.Tensor, t: torch.Tensor, guidance_scale: float,
+                         passes: dict[str, dict[str, Any]]) -> torch.Tensor:
+        cond = self._dit(latents, t, passes["cond"])
+        if "uncond" not in passes:
+            return cond
+        uncond = self._dit(latents, t, passes["uncond"])
         return uncond + guidance_scale * (cond - uncond)
 
     def after_step(self, req: Req) -> None:
@@ -79,10 +90,11 @@ class Cosmos3DenoisingStage(PipelineStage):
     @torch.no_grad()
     def forward(self, req: Req) -> Req:
         scheduler = req.scheduler
+        passes = self.passes(req)
         steps = tqdm(req.timesteps, desc="denoising", unit="step", disable=not self.show_progress, leave=False)
         for t in steps:
             with record_function(DENOISE_STEP_EVENT):
-                velocity = self.predict_velocity(req.latents, t, req.guidance_scale)
+                velocity = self.predict_velocity(req.latents, t, req.guidance_scale, passes).to(req.latents.dtype)
                 if req.is_i2v:
                     velocity = velocity * req.velocity_mask
                 latents = scheduler.step(velocity, t, req.latents, return_dict=False)[0]

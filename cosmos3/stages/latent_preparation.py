@@ -27,7 +27,9 @@ def encode_input(pixels: torch.Tensor, num_frames: int, strategy: EncodeStrategy
     """The pixel video handed to the VAE: the only thing the two strategies do differently.
 
     "expand" is the old upstream path: the image repeated to num_frames frames and materialised,
-    though only latent frame 0 is used. "single_frame" encodes the image as a one-frame video;
+    though only latent frame 0 is used (the stage builds it where the image is, on the host, as
+    upstream did; see Cosmos3LatentPreparationStage.encode_condition). "single_frame" encodes the
+    image as a one-frame video;
     the encoder is temporally causal, so latent frame 0 is the same. "first_frame_2d" takes the same
     one frame and encodes it with 2D convs (cosmos3.first_frame).
     """
@@ -92,7 +94,16 @@ class Cosmos3LatentPreparationStage(PipelineStage):
         return torch.randn(req.latent_shape, generator=generator, device=self.device, dtype=self.dtype)
 
     def encode_condition(self, req: Req) -> torch.Tensor:
-        """Normalised latents of the conditioning input; frame 0 is the image latent."""
+        """Normalised latents of the conditioning input; frame 0 is the image latent.
+
+        "expand" is upstream's old code as it ran: `preprocessed_image.unsqueeze(2).expand(-1, -1, num_frames,
+        -1, -1).contiguous().to(device=device, dtype=vae_dtype)`, the image (preprocessed on the host) repeated
+        into a float32 video in host memory, then one copy of all of it to the device in the VAE's dtype
+        (0.9 GB of float32 at 1280x720, 81 frames). The one-frame strategies copy the image alone."""
+        if self.encode_strategy == "expand":
+            video = encode_input(req.image_pixels, req.num_frames, "expand").to(device=self.device,
+                                                                                dtype=self.vae.dtype)
+            return encode_latents(self.vae, video).to(self.dtype)
         video = encode_input(req.image_pixels.to(self.device), req.num_frames, self.encode_strategy)
         if self.encode_strategy == "first_frame_2d":
             return self.first_frame(video[:, :, 0]).to(self.dtype)
