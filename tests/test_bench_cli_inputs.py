@@ -157,7 +157,7 @@ def test_reverting_a_strategy_is_a_recorded_negative_control():
     assert controls.strategy_for("single_frame") == "expand"
     assert controls.strategy_for("first_frame_2d") == "single_frame"
     assert controls.strategy_for("expand") == "expand"
-    assert controls.active == ("single_frame reverted to expand", "first_frame_2d reverted to single_frame")
+    assert controls.active == ("single_frame reverted to expand (diffusers' pipeline: to shipped)", "first_frame_2d reverted to single_frame")
     assert cli.RunControls().strategy_for("first_frame_2d") == "first_frame_2d"
 
 
