@@ -252,7 +252,9 @@ def diffusers_section(run: RunRecord, gate: GateReport) -> list[str]:
         lines += [("This run reverted the patch (a negative control): the single_frame cases ran prepare_latents "
                    "as shipped, so the factor above is the one the in-run check must fail on."), ""]
     lines += [("Its share of a whole request through diffusers' `__call__` is not measured yet (no diffusers "
-               "end-to-end case in this suite)."), ""]
+               "end-to-end case in this suite). The cross-check of diffusers' preprocessing and latents against this "
+               "package's, with the cause of each difference: `python tools/diffusers_crosscheck.py` "
+               "(bench/crosscheck.py)."), ""]
     return lines
 
 

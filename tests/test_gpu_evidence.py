@@ -56,6 +56,9 @@ def check(argv: list[str]) -> None:
     elif argv[:2] == ["python3", "tools/e2e_stage_counters.py"]:
         tool("e2e_stage_counters.py").parse_args(argv[2:])
         return
+    elif argv[:2] == ["python3", "tools/diffusers_crosscheck.py"]:
+        tool("diffusers_crosscheck.py").parse_args(argv[2:])
+        return
     elif argv[0] == "env" and argv[2:4] == ["python3", "tools/smoke_summary.py"]:
         tool("smoke_summary.py").parse_args(argv[4:])
         return
