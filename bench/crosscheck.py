@@ -138,21 +138,32 @@ def seeded_photo(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
     return PIL.Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
+def smooth_photo(width: int, height: int) -> PIL.Image.Image:
+    """bench.harness.smooth_image (a colour gradient and soft blobs) in 8 bits: what a photograph is closer to."""
+    from bench.harness import smooth_image
+
+    pixels = smooth_image(width, height)[0].permute(1, 2, 0)
+    return PIL.Image.fromarray(((pixels + 1) * LEVELS).round().clamp(0, 255).to(torch.uint8).numpy())
+
+
 def compare_preprocessing(scratch: Path, width: int, height: int) -> list[PreprocessCheck]:
+    """Random pictures (noise: the worst case for two filters), and one smooth picture at 5/4."""
+    five_fourths = (width * 5 // 4, height * 5 // 4)
     sources = {
-        "at the output size": (width, height),
-        "5/4 of the output (the e2e image)": (width * 5 // 4, height * 5 // 4),
-        "cover size rounds two ways": rounding_source(width, height),
+        "at the output size": (width, height, seeded_photo),
+        "5/4 of the output (the e2e image)": (*five_fourths, seeded_photo),
+        "cover size rounds two ways": (*rounding_source(width, height), seeded_photo),
+        "5/4 of the output, a smooth picture": (*five_fourths, smooth_photo),
     }
     out = []
-    for name, size in sources.items():
-        path = scratch / f"crosscheck-{size[0]}x{size[1]}.png"
-        seeded_photo(*size).save(path)
+    for name, (*size, picture) in sources.items():
+        path = scratch / f"crosscheck-{picture.__name__}-{size[0]}x{size[1]}.png"
+        picture(*size).save(path)
         ours, ours_cover = ours_preprocess(path, width, height)
         with PIL.Image.open(path) as img:
             theirs, their_cover = diffusers_preprocess(img, width, height)
         diff = (ours.float() - theirs.float()).abs() * LEVELS
-        max_abs = float(diff.max())
+        max_abs = round(float(diff.max()), 3)  # whole levels, less the float error of the [-1, 1] scaling
         if max_abs == 0:
             cause = "none: no resize, the same 8-bit values and the same mapping to [-1, 1]"
         elif ours_cover is None or ours_cover == their_cover:
@@ -161,7 +172,7 @@ def compare_preprocessing(scratch: Path, width: int, height: int) -> list[Prepro
         else:
             cause = (f"the filter, and the geometry: ours rounds the cover size to {ours_cover[0]}x{ours_cover[1]}, "
                      f"diffusers rounds it up to {their_cover[0]}x{their_cover[1]}, so the scale and the crop move")
-        out.append(PreprocessCheck(name, size, (width, height), ours_cover, their_cover, max_abs,
+        out.append(PreprocessCheck(name, tuple(size), (width, height), ours_cover, their_cover, max_abs,
                                    float(diff.mean()), float((diff > 0).float().mean()), cause))
     return out
 
@@ -229,7 +240,8 @@ def markdown(check: CrossCheck) -> str:
     lines = [
         f"{DIFFUSERS_HEADING}: cross-check against this package ({check.preset}, {check.device})", "",
         (f"Preprocessing, ours ({OURS_RESIZE}) against diffusers' `_preprocess_conditioning_image` "
-        f"({DIFFUSERS_RESIZE}), on seeded random 8-bit pictures; differences in 8-bit levels:"), "",
+        f"({DIFFUSERS_RESIZE}), on seeded random 8-bit pictures (noise, the worst case for two filters) and a "
+         "smooth one; differences in 8-bit levels:"), "",
         *table(["output", "source", "source size", "ours resized to", "diffusers resized to", "max abs", "mean abs",
                 "values differing", "cause"], pre_rows), "",
         ("Prepared latents, our stage (single_frame) against diffusers' `prepare_latents` (as shipped), on the same "

@@ -35,7 +35,7 @@ def figures(tmp_path_factory):
 
 
 def test_preprocessing_differs_by_the_filter_and_by_the_cover_size_only_where_each_applies(figures):
-    same, five_fourths, rounding = figures["preprocessing"]
+    same, five_fourths, rounding, smooth = figures["preprocessing"]
     assert same["source_size"] == [64, 48] and same["max_abs_levels"] == 0 and same["cause"].startswith("none")
     # 80x60 scales by exactly 0.8: both cover 64x48, so only the filter is left to differ.
     assert five_fourths["source_size"] == [80, 60]
@@ -44,6 +44,9 @@ def test_preprocessing_differs_by_the_filter_and_by_the_cover_size_only_where_ea
     assert rounding["ours_cover"] != rounding["diffusers_cover"]
     assert rounding["cause"].startswith("the filter, and the geometry: ours rounds the cover size")
     assert all(p["output_size"] == [64, 48] and 0 <= p["differing_share"] <= 1 for p in figures["preprocessing"])
+    # A smooth picture: the same geometry, and the two filters far closer than on noise.
+    assert smooth["source_size"] == [80, 60] and smooth["cause"].startswith("the filter alone")
+    assert 0 < smooth["max_abs_levels"] < five_fourths["max_abs_levels"]
 
 
 def test_our_latents_agree_with_diffusers_within_the_tolerance(figures):
