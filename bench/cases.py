@@ -80,6 +80,24 @@ def latent_prep_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     ]
 
 
+# diffusers' Cosmos3OmniPipeline.prepare_latents, both ways (cosmos3.diffusers_omni SINGLE_FRAME and SHIPPED):
+# the single-frame encode first, as in latent_prep. Literals here, not imported: a compare base whose
+# cosmos3 lacks diffusers_omni must still list its cases (it then reports them as not comparable).
+DIFFUSERS_LATENT_PREP = "diffusers_latent_prep"
+DIFFUSERS_ENCODES = ("single_frame", "shipped")
+
+
+def diffusers_latent_prep_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
+    """The latent_prep grid (sizes, frame counts), run through diffusers' own prepare_latents."""
+    g = grid_for(preset, grid)
+    return [
+        CaseSpec(DIFFUSERS_LATENT_PREP, w, h, n, encode)
+        for (w, h) in g.resolutions
+        for n in g.latent_prep_frames
+        for encode in DIFFUSERS_ENCODES
+    ]
+
+
 def vae_encode_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     g = grid_for(preset, grid)
     return [CaseSpec("vae_encode", w, h, n) for (w, h) in g.resolutions for n in g.vae_encode_frames]
@@ -91,9 +109,12 @@ def e2e_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
 
 
 # The kinds in the order they run (stage, component, whole pipeline), each in its own
-# bench/benchmarks/test_<kind>.py: peak memory depends on what earlier cases left resident.
+# bench/benchmarks/test_<kind>.py: peak memory depends on what earlier cases left resident. diffusers'
+# latent preparation runs beside ours (the same stage, the same VAE); its names start with "diffusers_", so
+# `-k diffusers` selects it and `-k test_latent_prep` does not.
 CASES_BY_KIND: dict[str, Callable[[str, str], list[CaseSpec]]] = {
     "latent_prep": latent_prep_cases,
+    DIFFUSERS_LATENT_PREP: diffusers_latent_prep_cases,
     "vae_encode": vae_encode_cases,
     "e2e": e2e_cases,
 }

@@ -77,7 +77,8 @@ def add_gate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exclude", action="append", default=[], metavar="NAME",
                    help="baseline benchmark this run need not contain; may use * (repeatable)")
     g.add_argument("--min-speedup", type=float, default=gate_mod.DEFAULT_MIN_SPEEDUP,
-                   help="single_frame must beat expand by this factor (default %(default)s)")
+                   help="single_frame must beat expand (diffusers' pipeline: shipped) by this factor in latent "
+                        "preparation (default %(default)s)")
     g.add_argument("--min-speedup-2d", type=float, default=gate_mod.DEFAULT_MIN_SPEEDUP_2D,
                    help="first_frame_2d must beat single_frame by this factor on a GPU (default %(default)s)")
     g.add_argument("--noise-k", type=float, default=gate_mod.DEFAULT_NOISE_K,
@@ -109,7 +110,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     n.add_argument("--inject-kernel", action="append", default=[], metavar="PATTERN",
                    help="one extra small kernel per round in matching cases")
     n.add_argument("--revert-single-frame", action="store_true",
-                   help="run the old expand path in the cases labelled single_frame")
+                   help="run the old expand path in the cases labelled single_frame (diffusers' pipeline: "
+                        "prepare_latents as shipped)")
     n.add_argument("--revert-first-frame", action="store_true",
                    help="run the 3D single_frame encode in the cases labelled first_frame_2d")
 

@@ -137,15 +137,19 @@ class RunControls:
         out += [f"extra sync {p}" for p in self.syncs]
         out += [f"extra kernel {p}" for p in self.kernels]
         if self.revert_single_frame:
-            out.append("single_frame reverted to expand")
+            out.append("single_frame reverted to expand (diffusers' pipeline: to shipped)")
         if self.revert_first_frame:
             out.append("first_frame_2d reverted to single_frame")
         return tuple(out)
 
-    def strategy_for(self, label: str | None) -> str | None:
-        """The encode strategy a case labelled `label` really runs (the label itself unless reverted)."""
+    def strategy_for(self, label: str | None, *, replaced: str = "expand") -> str | None:
+        """The encode strategy a case labelled `label` really runs (the label itself unless reverted).
+
+        `replaced` is the path the single-frame encode replaced in the implementation the case runs: "expand"
+        in this package's stage, "shipped" in diffusers' Cosmos3OmniPipeline (cosmos3.diffusers_omni).
+        """
         if label == "single_frame" and self.revert_single_frame:
-            return "expand"
+            return replaced
         if label == "first_frame_2d" and self.revert_first_frame:
             return "single_frame"
         return label

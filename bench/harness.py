@@ -12,7 +12,7 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -127,16 +127,23 @@ def seeded_image(width: int, height: int, device: torch.device | str = "cpu", se
     return (torch.rand(1, 3, height, width, generator=generator) * 2 - 1).to(device)
 
 
-def equivalence_record(report: Any) -> EquivalenceRecord:
-    """The record of a cosmos3.equivalence.EquivalenceReport: its verdicts and its worst tensor."""
-    compared = (report.frame0, report.image_latent, report.latents)
+def agreement_record(compared: Sequence[Any], *, rtol: float, reference: str) -> EquivalenceRecord:
+    """The record of tensors compared with a reference path (cosmos3.equivalence.Agreement each): equivalent
+    when every one is within the tolerance, bitwise when every one is identical, and its worst errors."""
     return EquivalenceRecord(
-        equivalent=report.equivalent,
-        bitwise=report.bitwise,
+        equivalent=all(a.within_tolerance for a in compared),
+        bitwise=all(a.bitwise for a in compared),
         max_abs_err=max(a.max_abs_err for a in compared),
         max_rel_err=max(a.max_rel_err for a in compared),
-        rule=f"bitwise, else normwise relative error <= {report.rtol:g}",
+        reference=reference,
+        rule=f"bitwise, else normwise relative error <= {rtol:g}",
     )
+
+
+def equivalence_record(report: Any) -> EquivalenceRecord:
+    """The record of a cosmos3.equivalence.EquivalenceReport: its verdicts and its worst tensor."""
+    return agreement_record((report.frame0, report.image_latent, report.latents), rtol=report.rtol,
+                            reference="expand")
 
 
 def equivalence_for(vae: Any, req: Any, label: str | None, strategy: str | None, dtype: torch.dtype
@@ -159,6 +166,20 @@ def equivalence_for(vae: Any, req: Any, label: str | None, strategy: str | None,
                 torch.cuda.empty_cache()  # the fp32 copy must not stay resident under later cases
         return EquivalenceRecord(**report.record_fields())
     return None
+
+
+def diffusers_equivalence_for(pipe: Any, image: Any, case: CaseSpec, encode: str, *, device: torch.device,
+                              dtype: torch.dtype) -> EquivalenceRecord | None:
+    """The equivalence check of a diffusers_latent_prep case labelled single_frame that ran `encode`, outside
+    the timed rounds: diffusers' prepare_latents with that encode against it as shipped, on the same image,
+    size and seed (cosmos3.diffusers_omni.check_equivalence). The shipped cases have no check."""
+    if case.strategy != "single_frame":
+        return None
+    from cosmos3 import diffusers_omni
+
+    report = diffusers_omni.check_equivalence(pipe, image, num_frames=case.num_frames, height=case.height,
+                                              width=case.width, device=device, dtype=dtype, encode=encode)
+    return agreement_record(report.compared, rtol=report.rtol, reference=diffusers_omni.SHIPPED)
 
 
 def smooth_image(width: int, height: int, device: torch.device | str = "cpu", seed: int = 0) -> torch.Tensor:

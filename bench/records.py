@@ -156,11 +156,13 @@ class CaseSpec:
     Resolutions read WIDTHxHEIGHT, as in the upstream resolution list (1280x720 is 720p landscape).
     """
 
-    benchmark: str  # "latent_prep" | "vae_encode" | "e2e"
+    benchmark: str  # "latent_prep" | "diffusers_latent_prep" | "vae_encode" | "e2e"
     width: int
     height: int
     num_frames: int
-    strategy: str | None = None  # "single_frame" | "expand"; None where no strategy applies
+    # "single_frame" | "expand" | "first_frame_2d"; diffusers' kinds: "single_frame" | "shipped"; None where no
+    # strategy applies
+    strategy: str | None = None
 
     def __post_init__(self) -> None:
         if not self.benchmark:

@@ -193,6 +193,71 @@ def upstream_section(run: RunRecord) -> list[str]:
             *table(header, rows), ""]
 
 
+DIFFUSERS_HEADING = "## diffusers Cosmos3OmniPipeline"
+
+
+def _equivalence_cell(case: CaseResult | None) -> str:
+    eq = case.equivalence if case is not None else None
+    if eq is None:
+        return "not checked"
+    if eq.bitwise:
+        return f"bitwise (against {eq.reference})"
+    if eq.equivalent:
+        return f"within tolerance (max rel err {eq.max_rel_err:.3g})"
+    return f"DIFFERENT (max abs err {eq.max_abs_err:.3g}, max rel err {eq.max_rel_err:.3g})"
+
+
+def diffusers_section(run: RunRecord, gate: GateReport) -> list[str]:
+    """diffusers' own I2V latent preparation, as shipped and with the single-frame encode, per size: what a user
+    of diffusers pays today and what the one-call patch saves, with its equivalence on diffusers' outputs."""
+    groups: dict[tuple[str, int], dict[str, CaseResult]] = {}
+    for case in run.cases:
+        if case.spec.benchmark == "diffusers_latent_prep" and case.spec.strategy:
+            groups.setdefault((case.spec.resolution, case.spec.num_frames), {})[case.spec.strategy] = case
+    if not groups:
+        return []
+    checks = {(s.resolution, s.num_frames): s for s in gate.speedups
+              if s.benchmark == "diffusers_latent_prep" and (s.new, s.old) == ("single_frame", "shipped")}
+    rows = []
+    for (resolution, frames), ways in groups.items():
+        shipped, single = ways.get("shipped"), ways.get("single_frame")
+        check = checks.get((resolution, frames))
+        factor = f"{check.factor:.2f}x" if check else DASH
+        saved = f"{fmt_ms(check.old_median_ms - check.new_median_ms)} ms ({check.reduction:.1%})" if check else DASH
+        if check is None:
+            verdict = DASH
+        elif check.min_factor is None:
+            verdict = "reported, not gated"
+        else:
+            verdict = f"{'pass' if check.passed else 'FAIL'} (>= {check.min_factor:.2f}x)"
+        rows.append([resolution, str(frames), fmt_ms(shipped.median_ms if shipped else None),
+                     fmt_ms(single.median_ms if single else None), factor, saved, _equivalence_cell(single), verdict])
+    env = run.environment
+    lines = [
+        DIFFUSERS_HEADING, "",
+        (f"Image-to-video latent preparation in diffusers {env.diffusers}'s own `Cosmos3OmniPipeline.prepare_latents` "
+         "(its preprocessing of the image, the video, the VAE encode, the noise and the mix, in the float32 its "
+         "`__call__` passes), on this run's VAE. **As shipped** it builds a video of every frame, repeats the image "
+         "into all of them, VAE-encodes the whole video and keeps latent frame 0 alone (`vision_condition_mask[0] = "
+         "1`). **Single frame** is the same method with one call patched (`cosmos3/diffusers_omni.py`, "
+         "`encode_patch`): `_encode_video` is handed pixel frame 0 alone, and its latent is put in latent frame 0; "
+         "the rest of diffusers' logic runs unchanged. The equivalence compares latent frame 0, the whole "
+         "returned latent and the condition mask with the shipped way's, on the same image, size and seed."),
+        "",
+        *table(["size", "frames", "shipped ms", "single_frame ms", "factor", "time saved", "equivalence",
+                "in-run check"], rows),
+        "",
+    ]
+    if any("reverted" in control for control in env.negative_controls):
+        lines += [("This run reverted the patch (a negative control): the single_frame cases ran prepare_latents "
+                   "as shipped, so the factor above is the one the in-run check must fail on."), ""]
+    lines += [("Its share of a whole request through diffusers' `__call__` is not measured yet (no diffusers "
+               "end-to-end case in this suite). The cross-check of diffusers' preprocessing and latents against this "
+               "package's, with the cause of each difference: `python tools/diffusers_crosscheck.py` "
+               "(bench/crosscheck.py)."), ""]
+    return lines
+
+
 def _stage_cell(case: CaseResult, ms: float | None) -> str:
     return DASH if ms is None else f"{fmt_ms(ms)} ({fmt_share(ms, case.median_ms)})"
 
@@ -214,6 +279,7 @@ def render_summary(run: RunRecord, gate: GateReport, plots: Sequence[str] = ()) 
         gpu_section(run, gate),
         e2e_section(run, gate),
         upstream_section(run),
+        diffusers_section(run, gate),
         notes_section(gate),
         plots_section(plots),
     ]

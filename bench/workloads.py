@@ -23,8 +23,8 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan
 
-from bench.cases import Grid
-from bench.harness import RoundPolicy, RunControls, equivalence_for, seeded_image
+from bench.cases import CASES_BY_KIND, DIFFUSERS_LATENT_PREP, Grid
+from bench.harness import RoundPolicy, RunControls, diffusers_equivalence_for, equivalence_for, seeded_image
 from bench.records import CaseSpec, EquivalenceRecord
 from cosmos3.errors import InputError
 
@@ -77,6 +77,49 @@ def latent_prep(case: CaseSpec, vae: AutoencoderKLWan, *, dtype: torch.dtype, co
     pixels = seeded_image(case.width, case.height)  # on the host
     return Workload(lambda: stage(i2v_request(case, pixels)),
                     equivalence=lambda: equivalence_for(vae, i2v_request(case, pixels), case.strategy, strategy, dtype))
+
+
+def seeded_pil_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
+    """harness.seeded_image as the 8-bit RGB picture a user hands diffusers' pipeline: each value in [-1, 1]
+    mapped to [0, 255] and rounded."""
+    pixels = seeded_image(width, height, seed=seed)[0].permute(1, 2, 0)
+    return PIL.Image.fromarray(((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+
+
+# The dtype Cosmos3OmniPipeline.__call__ hands prepare_latents (its `sampling_dtype`): the repeated video is
+# built in float32 on the device, and _encode_video casts it to the VAE's dtype.
+DIFFUSERS_SAMPLING_DTYPE = torch.float32
+
+
+def diffusers_pipeline(vae: AutoencoderKLWan) -> Any:
+    """diffusers' Cosmos3OmniPipeline over this VAE, for its latent preparation (no transformer: an I2V
+    request's prepare_latents never reads it; a local tokenizer; the safety checker off)."""
+    from cosmos3 import diffusers_omni
+
+    return diffusers_omni.build_pipeline(vae)
+
+
+def diffusers_latent_prep(case: CaseSpec, pipe: Any, *, device: torch.device, controls: RunControls) -> Workload:
+    """diffusers' own Cosmos3OmniPipeline.prepare_latents for one I2V request, as shipped (the whole repeated
+    video encoded) or with the single-frame encode patch (cosmos3.diffusers_omni.encode_patch).
+
+    The image is a PIL picture at the output size, made outside the timed round; the round runs what
+    prepare_latents runs: diffusers' preprocessing of it on the host, its copy to the device, the video,
+    the encode, the noise and the mix. The revert control runs the shipped encode under the single_frame label.
+    """
+    from cosmos3 import diffusers_omni
+
+    encode = controls.strategy_for(case.strategy, replaced=diffusers_omni.SHIPPED)
+    image = seeded_pil_image(case.width, case.height)
+    dtype = DIFFUSERS_SAMPLING_DTYPE
+
+    def prepare() -> diffusers_omni.PreparedLatents:
+        return diffusers_omni.prepare_i2v_latents(pipe, image, num_frames=case.num_frames, height=case.height,
+                                                  width=case.width, seed=0, device=device, dtype=dtype,
+                                                  encode=encode)
+
+    return Workload(prepare, equivalence=lambda: diffusers_equivalence_for(pipe, image, case, encode, device=device,
+                                                                           dtype=dtype))
 
 
 def vae_encode(case: CaseSpec, vae: AutoencoderKLWan, *, device: torch.device) -> Workload:
@@ -154,6 +197,10 @@ class Models:
         return build_vae(self.preset, self.device, weights_dir=self.weights_dir)
 
     @functools.cached_property
+    def diffusers_pipeline(self) -> Any:
+        return diffusers_pipeline(self.vae)
+
+    @functools.cached_property
     def components(self) -> Components:
         """Built on the first end-to-end case only: the Cosmos3 transformer is the largest model."""
         return e2e_components(self.preset, self.device, self.vae, self.weights_dir)
@@ -167,10 +214,12 @@ def build(case: CaseSpec, models: Models, controls: RunControls) -> Workload:
     """The workload of any case, from parts built once per process."""
     if case.benchmark == "latent_prep":
         return latent_prep(case, models.vae, dtype=models.preset.dtype, controls=controls)
+    if case.benchmark == DIFFUSERS_LATENT_PREP:
+        return diffusers_latent_prep(case, models.diffusers_pipeline, device=models.device, controls=controls)
     if case.benchmark == "vae_encode":
         return vae_encode(case, models.vae, device=models.device)
     if case.benchmark == "e2e":
         return e2e(case, models.components, image_path=models.image_path(case.width, case.height),
                    steps=models.grid.e2e_steps,
                    controls=controls)
-    raise InputError("case.benchmark", "has no workload (latent_prep, vae_encode, e2e)", case.benchmark)
+    raise InputError("case.benchmark", f"has no workload ({', '.join(CASES_BY_KIND)})", case.benchmark)

@@ -22,11 +22,18 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cosmos3.errors import InputError
+
+if TYPE_CHECKING:  # cosmos3.equivalence imports the stages, which import cosmos3.components, which imports this
+    from cosmos3.equivalence import Agreement
+
+# cosmos3.equivalence's tolerance (one bf16 ulp, normwise), repeated here for the import order above;
+# tests/test_diffusers_bench.py holds them equal.
+DEFAULT_ATOL, DEFAULT_RTOL = 0.0, 2.0**-7
 
 # The ways the pipeline's I2V latents are prepared: as diffusers ships it, and with the one-frame encode.
 # "wrong_frame" is the negative control of the equivalence check (latent frame 1 of a 5-frame encode put
@@ -144,3 +151,46 @@ def prepare_i2v_latents(pipe: Any, image: Any, *, num_frames: int, height: int, 
                                    generator=generator, device=device, dtype=dtype)
     latents, condition_mask = out[0], out[5]
     return PreparedLatents(latents, condition_mask)
+
+
+@dataclass(frozen=True)
+class OmniEquivalence:
+    """One encode's prepare_latents against the shipped one on the same request: bitwise, else within the
+    tolerance of this package's own check (cosmos3.equivalence: one bf16 ulp, normwise)."""
+
+    frame0: Agreement  # latent frame 0 of the returned latents: the conditioning frame's latent
+    latents: Agreement  # the whole returned latent (the noise of the other frames included)
+    condition_mask: Agreement  # vision_condition_mask
+    atol: float
+    rtol: float
+
+    @property
+    def compared(self) -> tuple[Agreement, ...]:
+        return (self.frame0, self.latents, self.condition_mask)
+
+    @property
+    def bitwise(self) -> bool:
+        return all(a.bitwise for a in self.compared)
+
+    @property
+    def equivalent(self) -> bool:
+        return all(a.within_tolerance for a in self.compared)
+
+
+def check_equivalence(pipe: Any, image: Any, *, num_frames: int, height: int, width: int, device: torch.device,
+                      dtype: torch.dtype, encode: str = SINGLE_FRAME, seed: int = 0, atol: float = DEFAULT_ATOL,
+                      rtol: float = DEFAULT_RTOL) -> OmniEquivalence:
+    """prepare_latents with `encode` against SHIPPED: the same image, size and seed."""
+    from cosmos3.equivalence import compare_tensors
+
+    common = {"num_frames": num_frames, "height": height, "width": width, "seed": seed, "device": device,
+              "dtype": dtype}
+    new = prepare_i2v_latents(pipe, image, encode=encode, **common)
+    old = prepare_i2v_latents(pipe, image, encode=SHIPPED, **common)
+    return OmniEquivalence(
+        frame0=compare_tensors("latent frame 0", new.latents[:, :, 0], old.latents[:, :, 0], atol=atol, rtol=rtol),
+        latents=compare_tensors("prepared latents", new.latents, old.latents, atol=atol, rtol=rtol),
+        condition_mask=compare_tensors("condition mask", new.condition_mask, old.condition_mask, atol=0.0, rtol=0.0),
+        atol=atol,
+        rtol=rtol,
+    )

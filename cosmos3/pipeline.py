@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch.profiler import record_function
 
+from cosmos3 import timing
 from cosmos3.components import Components
 from cosmos3.errors import InputError
 from cosmos3.profiler import Coverage, ProfileOptions, RequestProfiler, check_coverage
@@ -21,7 +22,6 @@ from cosmos3.stages import (
     EncodeStrategy,
     PipelineStage,
 )
-from cosmos3 import timing
 from cosmos3.timing import DeviceTimer
 
 # Each stage runs inside record_function(STAGE_EVENT + name), so that a trace splits by stage.

@@ -54,7 +54,7 @@ def never_measure(monkeypatch):
         (["-k", "test_vae_encode and expand"],
          "case: selects no case of preset tiny, grid default, with -k 'test_vae_encode and expand' (got [])"),
         (["--inject-slowdown", "latent_prep[single-frame-*]=0.1"],
-         "inject_slowdown: matches none of the 24 cases this run measures (got 'latent_prep[single-frame-*]')"),
+         "inject_slowdown: matches none of the 36 cases this run measures (got 'latent_prep[single-frame-*]')"),
         (["-k", "test_vae_encode", "--inject-gpu-work", "e2e[*]=0.1"],
          "inject_gpu_work: matches none of the 4 cases this run measures (got 'e2e[*]')"),
         (["--case", "vae_encode[*]", "--inject-sync", "latent_prep[*]"],
@@ -157,7 +157,7 @@ def test_reverting_a_strategy_is_a_recorded_negative_control():
     assert controls.strategy_for("single_frame") == "expand"
     assert controls.strategy_for("first_frame_2d") == "single_frame"
     assert controls.strategy_for("expand") == "expand"
-    assert controls.active == ("single_frame reverted to expand", "first_frame_2d reverted to single_frame")
+    assert controls.active == ("single_frame reverted to expand (diffusers' pipeline: to shipped)", "first_frame_2d reverted to single_frame")
     assert cli.RunControls().strategy_for("first_frame_2d") == "first_frame_2d"
 
 

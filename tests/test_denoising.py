@@ -3,11 +3,9 @@ write-back, odd latent sizes, the scheduler wiring."""
 
 from __future__ import annotations
 
-
+import PIL.Image
 import pytest
 import torch
-
-import PIL.Image
 
 from cosmos3 import diffusers_omni, dit_inputs
 from cosmos3.components import build_components

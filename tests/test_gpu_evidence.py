@@ -56,6 +56,9 @@ def check(argv: list[str]) -> None:
     elif argv[:2] == ["python3", "tools/e2e_stage_counters.py"]:
         tool("e2e_stage_counters.py").parse_args(argv[2:])
         return
+    elif argv[:2] == ["python3", "tools/diffusers_crosscheck.py"]:
+        tool("diffusers_crosscheck.py").parse_args(argv[2:])
+        return
     elif argv[0] == "env" and argv[2:4] == ["python3", "tools/smoke_summary.py"]:
         tool("smoke_summary.py").parse_args(argv[4:])
         return
@@ -81,7 +84,7 @@ def covered(args, measured: set[str]) -> None:
 
 def test_the_script_is_valid_bash_and_every_step_is_documented():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], check=False).returncode == 0
-    assert len(STEPS) == 25
+    assert len(STEPS) == 26
     for step in STEPS:
         assert re.search(rf"#   .*{re.escape(step.split('-')[0])}", HEADER), step
 
@@ -280,7 +283,8 @@ def test_the_smoke_measures_the_720p_first_frame_two_compared_cases_and_the_defa
     assert [c.name for c in cases.chosen("wan22", args.grid, args.keyword, [])] == [
         "latent_prep[single_frame-1280x720-33f]", "latent_prep[single_frame-1280x720-81f]"]
     args = cli.parse_args(["run", *bench[6:]])
-    assert (args.keyword, args.case, args.grid, args.preset) == (None, [], "default", "auto")  # the default suite
+    # The default suite, less diffusers' cases (the diffusers step measures them)
+    assert (args.keyword, args.case, args.grid, args.preset) == ("not diffusers", [], "default", "auto")
     assert not args.baselines_dir.exists() and not args.require_baseline  # in-run checks only, on any device
     assert args.run_id == "full-1"
     merged = dry("baseline", tmp_path=tmp_path).stdout

@@ -159,7 +159,7 @@ def test_active_lists_every_control_in_words():
     controls = RunControls(slowdowns={"a": 0.5}, gpu_work={"b": 0.25}, syncs=("c",), kernels=("d",),
                            revert_single_frame=True, revert_first_frame=True)
     assert controls.active == ("slowdown a=0.5", "gpu work b=0.25", "extra sync c", "extra kernel d",
-                               "single_frame reverted to expand", "first_frame_2d reverted to single_frame")
+                               "single_frame reverted to expand (diffusers' pipeline: to shipped)", "first_frame_2d reverted to single_frame")
     assert RunControls().active == ()
     assert RunControls(rounds=RoundPolicy(), parent_pid=1).active == ()
 
@@ -178,6 +178,9 @@ def test_active_lists_every_control_in_words():
 ])
 def test_strategy_for_reverts_only_its_own_label(controls, label, strategy):
     assert controls.strategy_for(label) == strategy
+    # In diffusers' pipeline the single-frame encode replaced prepare_latents as shipped: a revert runs that.
+    shipped = "shipped" if strategy == "expand" and label == "single_frame" else strategy
+    assert controls.strategy_for(label, replaced="shipped") == shipped
 
 
 # --- inject --------------------------------------------------------------------------------------

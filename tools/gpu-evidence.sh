@@ -23,7 +23,8 @@
 #   first-frame       300  speed of every mode (torch.compile default only), capture cost, FLOPs and roofline,
 #                          bf16 errors against the fp32 oracle, at 720p and 480p
 #   revert-2d          90  single_frame under the first_frame_2d label: the in-run 1.5x check must fail (exit 1)
-#   full-1, full-2    300  the default suite, e2e included (full-1 is the smoke's run)
+#   full-1, full-2    300  the default suite, e2e included (full-1 is the smoke's run), less diffusers' cases: the
+#                          diffusers step measures those (-k 'not diffusers' keeps these runs' estimates)
 #   extended          200  e2e on the extended grid, only what the full runs lack: 832x480 (the upstream case) in
 #                          all three strategies, and first_frame_2d at 720p
 #   baseline           20  merge full-1/2 and fast-1..3 into baselines/<gpu>/wan22.json (replaces it: more runs)
@@ -32,8 +33,14 @@
 #   compare-inject  n x 100  the same with a +2% host slowdown in the head: the detection rate at 1%
 #   compare-inject-gpu n x 100  the same with +2% GPU work in the head (--inject-gpu-work)
 #   compare-twelve    360  one A/A compare of the twelve latent-prep cases (single_frame and expand): <= 300 s
-#   fast-1..3         150  the suite less e2e (excluded from the gate: the baseline holds them): with
-#                          full-1/2, five unchanged runs of every profiled case (the counters' agreement)
+#   fast-1..3         150  the suite less e2e (excluded from the gate: the baseline holds them) and less diffusers'
+#                          cases: with full-1/2, five unchanged runs of every profiled case (the counters' agreement)
+#   diffusers         250  issue 24: diffusers' Cosmos3OmniPipeline.prepare_latents as shipped and with the
+#                          single-frame encode, at 1280x720 and 832x480 for 33, 81 and 121 frames: the in-run 2x check
+#                          (single_frame over shipped) and the bitwise equivalence on diffusers' own latents; estimate:
+#                          ours' expand cases' ~10 rounds of 0.6-2.4 s (720p) and 0.3-1.1 s (480p), plus the start
+#                          (not in the default PLAN, which it would take to nine calls: run it by name, in one call);
+#                          then tools/diffusers_crosscheck.py at both sizes: preprocessing and latents against ours
 #   dit36-480, dit36-720-single_frame, dit36-720-expand   420, 480, 480   e2e at full depth (36 layers, Cosmos3-Nano;
 #                          480p is the upstream case: estimates from ~0.7 s per guided step at 480p, ~1.8 s at 720p)
 #   baseline-dit36     20  merge the three into baselines/<gpu>/wan22-dit36.json
@@ -56,7 +63,7 @@ CAL=$E/calibration
 CAL_RUNS=(--baseline-runs 3 --aa-runs 3 --runs-per-size 2 --sizes 0.03,0.1 --runs-per-control 1)
 CAL_TOTAL=12  # 3 + 3 + 2 x 2 + 2 x 1
 declare -A EST=([smoke]=420 [first-frame]=300 [revert-2d]=90 [full-1]=300 [full-2]=300 [extended]=200 [baseline]=20
-  [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [compare-inject-gpu]=100 [compare-twelve]=360 [fast-1]=150 [fast-2]=150 [fast-3]=150
+  [e2e-stages]=180 [compare-aa]=100 [compare-inject]=100 [compare-inject-gpu]=100 [compare-twelve]=360 [fast-1]=150 [fast-2]=150 [fast-3]=150 [diffusers]=250
   [compare-calib-1]=480 [compare-calib-2]=480 [dit36-480]=420 [dit36-720-single_frame]=480 [dit36-720-expand]=480 [baseline-dit36]=20 [upstream-timers-single_frame]=300 [upstream-timers-expand]=200 [calib]=60
   [calib-report]=30)  # for a counting step: one run
 step=${1:?usage: gpu-evidence.sh session | STEP (the steps are listed at the top of this file)}
@@ -211,7 +218,8 @@ merge() {
 #                and the bf16 errors against the fp32 oracle                                     ~45 s, cap 75
 #   compare      an A/A compare (base: this tree, see snapshot) of latent_prep single_frame 1280x720 at
 #                33 and 81 frames: it must pass, its median paired ratios near 1                 ~60 s, cap 100
-#   bench        the default suite (`nox -s bench`, e2e included), gated by its in-run checks only: an empty
+#   bench        the default suite (`nox -s bench`, e2e included; diffusers' cases left to the diffusers step),
+#                gated by its in-run checks only: an empty
 #                --baselines-dir, so a committed baseline of another era is not used either. Its run id is
 #                full-1: the baseline step merges it and the full-1 step is done  ~300 s, the rest of SMOKE_S
 # The estimates: the default suite took 238-241 s on one H100 on 2026-11-23 (results/example/logs/, then
@@ -249,7 +257,7 @@ smoke() {
     python3 -m nox -s compare -- --base "$base" -k 'test_latent_prep and single_frame and 1280x720 and (33f or 81f)' \
     --results-dir "$E" --run-id smoke-compare
   smoke_part full-1 "$SMOKE_S" bench "$(rec full-1)" --run "$E/full-1" -- python3 -m nox -s bench -- \
-    --results-dir "$E" --run-id full-1 --baselines-dir "$E/$SMOKE_NO_BASELINE"
+    --results-dir "$E" --run-id full-1 --baselines-dir "$E/$SMOKE_NO_BASELINE" -k 'not diffusers'
   if [ -z "$dry" ]; then
     echo "smoke: $(( SECONDS - SMOKE_T0 )) s of ${SMOKE_S}"
     if [ -f "$E/done/smoke-first-frame" ] && [ -f "$E/done/smoke-compare" ] && [ -f "$E/done/full-1" ]; then
@@ -268,9 +276,14 @@ one() {  # one STEP: run it; its exit status is its verdict
     revert-2d)
       bench "$s" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame; done_if "$s" $? 1 "$(rec "$s")" ;;
     full-[0-9]*)
-      bench "$s"; done_if "$s" $? 0 "$(rec "$s")" ;;
+      bench "$s" -k 'not diffusers' --exclude 'diffusers_latent_prep[*]'; done_if "$s" $? 0 "$(rec "$s")" ;;
     fast-[0-9]*)
-      bench "$s" -k 'not test_e2e' --exclude 'e2e[*]'; done_if "$s" $? 0 "$(rec "$s")" ;;
+      bench "$s" -k 'not test_e2e and not diffusers' --exclude 'e2e[*]' --exclude 'diffusers_latent_prep[*]'
+      done_if "$s" $? 0 "$(rec "$s")" ;;
+    diffusers)  # the baseline (merged from the full and fast runs) holds none of these: gated in-run only
+      bench "$s" -k diffusers --exclude '*'; rc=$?
+      run "$s-crosscheck" python3 tools/diffusers_crosscheck.py --preset wan22 --num-frames 33 \
+        --json "$E/diffusers-crosscheck.json"; done_if "$s" $(( rc | $? )) 0 "$(rec "$s")" "$E/diffusers-crosscheck.json" ;;
     baseline)
       merge "$s" full-1 full-2 fast-1 fast-2 fast-3; done_if "$s" $? 0 ;;
     extended)
@@ -296,7 +309,7 @@ one() {  # one STEP: run it; its exit status is its verdict
     compare-calib-*)  # issue 20: A/A compares of the 720p single_frame cases, through calibrate --compare
       fresh "$s"
       run "$s" python3 -m nox -s calibrate -- --compare --base "$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)" \
-        -k 'latent_prep and single_frame and 1280x720' --aa-runs 5 --runs-per-size 0 --calibration-dir "$E/$s" \
+        -k 'test_latent_prep and single_frame and 1280x720' --aa-runs 5 --runs-per-size 0 --calibration-dir "$E/$s" \
         --load "gpu-evidence.sh $s"
       done_if "$s" $? 0 "$E/$s/compare_calibration.json" ;;
     dit36-480)

@@ -1,0 +1,22 @@
+"""diffusers' Cosmos3OmniPipeline.prepare_latents, as shipped and with the single-frame encode patch, over the
+latent_prep grid, with the patch's equivalence checked on diffusers' own outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import workloads
+from bench.harness import RunControls, benchmark_case
+
+
+@pytest.fixture(scope="module")
+def pipe(vae):
+    """diffusers' pipeline over the shared VAE (no transformer, a local tokenizer, the safety checker off)."""
+    return workloads.diffusers_pipeline(vae)
+
+
+@pytest.mark.cases("diffusers_latent_prep")
+def test_diffusers_latent_prep(benchmark, case, pipe, device):
+    """bench.workloads.diffusers_latent_prep: diffusers' preprocessing, video, encode, noise and mix."""
+    work = workloads.diffusers_latent_prep(case, pipe, device=device, controls=RunControls.from_env())
+    benchmark_case(benchmark, case, work, device=device)
