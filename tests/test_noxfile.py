@@ -92,7 +92,7 @@ def test_plan_holds_the_runners_torch_and_lists_what_it_lacks(runner_python, out
     plan = noxfile.plan_install(runner_python, DEPENDENCIES, outer_env)
     assert plan.torch_version == RUNNER_TORCH
     assert plan.constraint == f"torch=={RUNNER_TORCH}"
-    assert "diffusers>=0.35" in plan.requirements
+    assert "diffusers>=0.42.1" in plan.requirements and "transformers>=4.45" in plan.requirements
     assert not any(r.startswith("torch") for r in plan.requirements)
     assert plan.has_pip
 
@@ -127,15 +127,15 @@ def test_the_runners_torch_is_held_as_it_is_and_its_own_needs_left_alone(runner_
 def test_prepare_installs_what_is_lacking_with_torch_held(runner_python, outer_env, tmp_path):
     session = FakeSession(tmp_path)
     # The fake pip installs nothing, so the check after it finds the same gaps and stops the session.
-    with pytest.raises(SessionError, match=r"still unmet after pip install: diffusers>=0\.35"):
+    with pytest.raises(SessionError, match=r"still unmet after pip install: diffusers>=0\.42\.1"):
         noxfile.prepare(session, python=runner_python)
     [install] = session.installs
     constraint = tmp_path / "torch-constraint.txt"
     assert install[:5] == (runner_python, "-m", "pip", "install", "-c") and install[5] == str(constraint)
     assert constraint.read_text() == f"torch=={RUNNER_TORCH}\n"
-    assert "diffusers>=0.35" in install[6:] and not any(r.startswith("torch") for r in install[6:])
+    assert "diffusers>=0.42.1" in install[6:] and not any(r.startswith("torch") for r in install[6:])
     assert session.env["PYTHONPATH"] == str(ROOT)
-    assert f"torch=={RUNNER_TORCH} held" in session.logs[0] and "diffusers>=0.35 (absent" in session.logs[0]
+    assert f"torch=={RUNNER_TORCH} held" in session.logs[0] and "diffusers>=0.42.1 (absent" in session.logs[0]
 
 
 def test_nothing_is_installed_where_everything_is_present(tmp_path):

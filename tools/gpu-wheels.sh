@@ -12,7 +12,8 @@ set -euo pipefail
 dest=${1:-.whl}; shift || true
 mkdir -p "$dest"
 pkgs=(
-  diffusers==0.42.1 accelerate tqdm nvidia-ml-py                            # the project's own
+  diffusers==0.42.1 accelerate tqdm nvidia-ml-py transformers==5.24.0      # the project's own
+  tokenizers==0.23.3 typer shellingham rich markdown-it-py mdurl           # transformers' (typer's, rich's)
   importlib_metadata zipp lazy-importer regex requests safetensors filelock # diffusers'
   huggingface_hub hf-xet click httpx2 httpcore2 anyio h11 truststore pyyaml typing-extensions
   charset_normalizer idna urllib3 certifi psutil                            # requests', accelerate's
