@@ -83,11 +83,11 @@ def latent_prep_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
 # diffusers' Cosmos3OmniPipeline.prepare_latents, both ways (cosmos3.diffusers_omni SINGLE_FRAME and SHIPPED):
 # the single-frame encode first, as in latent_prep. Literals here, not imported: a compare base whose
 # cosmos3 lacks diffusers_omni must still list its cases (it then reports them as not comparable).
-DIFFUSERS_LATENT_PREP = "diffusers_latent_prep"
+DIFFUSERS_LATENT_PREP = "diffusers_prepare_latents"
 DIFFUSERS_ENCODES = ("single_frame", "shipped")
 
 
-def diffusers_latent_prep_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
+def diffusers_prepare_latents_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     """The latent_prep grid (sizes, frame counts), run through diffusers' own prepare_latents."""
     g = grid_for(preset, grid)
     return [
@@ -114,7 +114,7 @@ def e2e_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
 # `-k diffusers` selects it and `-k test_latent_prep` does not.
 CASES_BY_KIND: dict[str, Callable[[str, str], list[CaseSpec]]] = {
     "latent_prep": latent_prep_cases,
-    DIFFUSERS_LATENT_PREP: diffusers_latent_prep_cases,
+    DIFFUSERS_LATENT_PREP: diffusers_prepare_latents_cases,
     "vae_encode": vae_encode_cases,
     "e2e": e2e_cases,
 }

@@ -36,10 +36,10 @@ DEFAULT_BOOTSTRAP_RESAMPLES = stats.BOOTSTRAP_RESAMPLES
 DEFAULT_NOISE_K = 3.0
 # Benchmarks that run both encode strategies on the same grid, so they can be compared within a run:
 # ours, and diffusers' Cosmos3OmniPipeline.prepare_latents as shipped and with the single-frame encode patch.
-STRATEGY_BENCHMARKS = ("latent_prep", "diffusers_latent_prep", "e2e")
+STRATEGY_BENCHMARKS = ("latent_prep", "diffusers_prepare_latents", "e2e")
 # Only latent preparation must reach min_speedup (in either implementation); end to end the saving is
 # diluted by denoising.
-SPEEDUP_GATED = frozenset({"latent_prep", "diffusers_latent_prep"})
+SPEEDUP_GATED = frozenset({"latent_prep", "diffusers_prepare_latents"})
 
 # Verdicts. A finding fails the gate when its rule gives it a failure message (regression, too few samples,
 # missing, failed); the others only describe. OK, FASTER, REGRESSION and NOT_SIGNIFICANT, the verdicts of a

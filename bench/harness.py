@@ -170,7 +170,7 @@ def equivalence_for(vae: Any, req: Any, label: str | None, strategy: str | None,
 
 def diffusers_equivalence_for(pipe: Any, image: Any, case: CaseSpec, encode: str, *, device: torch.device,
                               dtype: torch.dtype) -> EquivalenceRecord | None:
-    """The equivalence check of a diffusers_latent_prep case labelled single_frame that ran `encode`, outside
+    """The equivalence check of a diffusers_prepare_latents case labelled single_frame that ran `encode`, outside
     the timed rounds: diffusers' prepare_latents with that encode against it as shipped, on the same image,
     size and seed (cosmos3.diffusers_omni.check_equivalence). The shipped cases have no check."""
     if case.strategy != "single_frame":

@@ -212,12 +212,12 @@ def diffusers_section(run: RunRecord, gate: GateReport) -> list[str]:
     of diffusers pays today and what the one-call patch saves, with its equivalence on diffusers' outputs."""
     groups: dict[tuple[str, int], dict[str, CaseResult]] = {}
     for case in run.cases:
-        if case.spec.benchmark == "diffusers_latent_prep" and case.spec.strategy:
+        if case.spec.benchmark == "diffusers_prepare_latents" and case.spec.strategy:
             groups.setdefault((case.spec.resolution, case.spec.num_frames), {})[case.spec.strategy] = case
     if not groups:
         return []
     checks = {(s.resolution, s.num_frames): s for s in gate.speedups
-              if s.benchmark == "diffusers_latent_prep" and (s.new, s.old) == ("single_frame", "shipped")}
+              if s.benchmark == "diffusers_prepare_latents" and (s.new, s.old) == ("single_frame", "shipped")}
     rows = []
     for (resolution, frames), ways in groups.items():
         shipped, single = ways.get("shipped"), ways.get("single_frame")

@@ -99,7 +99,7 @@ def diffusers_pipeline(vae: AutoencoderKLWan) -> Any:
     return diffusers_omni.build_pipeline(vae)
 
 
-def diffusers_latent_prep(case: CaseSpec, pipe: Any, *, device: torch.device, controls: RunControls) -> Workload:
+def diffusers_prepare_latents(case: CaseSpec, pipe: Any, *, device: torch.device, controls: RunControls) -> Workload:
     """diffusers' own Cosmos3OmniPipeline.prepare_latents for one I2V request, as shipped (the whole repeated
     video encoded) or with the single-frame encode patch (cosmos3.diffusers_omni.encode_patch).
 
@@ -215,7 +215,7 @@ def build(case: CaseSpec, models: Models, controls: RunControls) -> Workload:
     if case.benchmark == "latent_prep":
         return latent_prep(case, models.vae, dtype=models.preset.dtype, controls=controls)
     if case.benchmark == DIFFUSERS_LATENT_PREP:
-        return diffusers_latent_prep(case, models.diffusers_pipeline, device=models.device, controls=controls)
+        return diffusers_prepare_latents(case, models.diffusers_pipeline, device=models.device, controls=controls)
     if case.benchmark == "vae_encode":
         return vae_encode(case, models.vae, device=models.device)
     if case.benchmark == "e2e":

@@ -84,7 +84,8 @@ def test_reverted_optimisation_fails_the_in_run_check(workspace, capsys):
     code = main(["run", *SUBSET, *dirs, "--run-id", "revert", "--revert-single-frame"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "latent_prep[single_frame-vs-expand-64x48-33f]: single_frame is only" in out
+    failures = [line for line in out.splitlines() if line.startswith("- ")]
+    assert "latent_prep[single_frame-vs-expand-64x48-33f]: single_frame is only" in out, failures
 
 
 def test_baseline_is_never_overwritten_silently(workspace, capsys):

@@ -54,7 +54,7 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # see the module docstring
 ONE_CASE = "latent_prep and single_frame and 64x48 and 9f"  # the shortest round of the tiny grid
 ONE_CASE_NAME = "latent_prep[single_frame-64x48-9f]"
 # Few trials: the end-to-end tests check wiring and verdicts on effects far beyond the noise.
-FEW_TRIALS = ["--rounds", "1,9,9,1", "--processes", "3"]  # three worker pairs (the fewest with a process test): 3 trials each
+FEW_TRIALS = ["--rounds", "1,15,15,1", "--processes", "3"]  # three worker pairs (the fewest with a process test): 5 trials each
 STARTUP_TIMEOUT_S = 240.0  # two workers import torch and diffusers on a loaded 2-core machine
 EXIT_TIMEOUT_S = 120.0
 

@@ -1,4 +1,4 @@
-"""diffusers' Cosmos3OmniPipeline as a benchmark kind: diffusers_latent_prep, both ways over the latent_prep grid,
+"""diffusers' Cosmos3OmniPipeline as a benchmark kind: diffusers_prepare_latents, both ways over the latent_prep grid,
 its equivalence record (and the negative control that fails it), the in-run speedup check and its revert, the
 report section. The run through `python -m bench` is one module fixture (two child runs, the `slow` tests)."""
 
@@ -22,7 +22,7 @@ from cosmos3 import equivalence
 from cosmos3.presets import get_preset
 
 CPU = torch.device("cpu")
-KIND = "diffusers_latent_prep"
+KIND = "diffusers_prepare_latents"
 
 
 # ---- the cases: named by the implementation, over ours' grid --------------------------------------------
@@ -33,7 +33,7 @@ def test_minus_k_diffusers_selects_both_ways_over_the_latent_prep_grid():
     assert [s.name for s in chosen][:2] == [f"{KIND}[single_frame-96x64-9f]", f"{KIND}[shipped-96x64-9f]"]
     assert {s.benchmark for s in chosen} == {KIND} and len(chosen) == 12
     ours = {(s.width, s.height, s.num_frames) for s in cases.latent_prep_cases("wan22")}
-    theirs = cases.diffusers_latent_prep_cases("wan22")
+    theirs = cases.diffusers_prepare_latents_cases("wan22")
     assert {(s.width, s.height, s.num_frames) for s in theirs} == ours
     assert f"{KIND}[single_frame-1280x720-81f]" in {s.name for s in theirs}
     assert f"{KIND}[shipped-832x480-121f]" in {s.name for s in theirs}

@@ -276,9 +276,9 @@ one() {  # one STEP: run it; its exit status is its verdict
     revert-2d)
       bench "$s" --case 'latent_prep[*-81f]' --exclude '*' --revert-first-frame; done_if "$s" $? 1 "$(rec "$s")" ;;
     full-[0-9]*)
-      bench "$s" -k 'not diffusers' --exclude 'diffusers_latent_prep[*]'; done_if "$s" $? 0 "$(rec "$s")" ;;
+      bench "$s" -k 'not diffusers' --exclude 'diffusers_prepare_latents[*]'; done_if "$s" $? 0 "$(rec "$s")" ;;
     fast-[0-9]*)
-      bench "$s" -k 'not test_e2e and not diffusers' --exclude 'e2e[*]' --exclude 'diffusers_latent_prep[*]'
+      bench "$s" -k 'not test_e2e and not diffusers' --exclude 'e2e[*]' --exclude 'diffusers_prepare_latents[*]'
       done_if "$s" $? 0 "$(rec "$s")" ;;
     diffusers)  # the baseline (merged from the full and fast runs) holds none of these: gated in-run only
       bench "$s" -k diffusers --exclude '*'; rc=$?

@@ -15,8 +15,8 @@ def pipe(vae):
     return workloads.diffusers_pipeline(vae)
 
 
-@pytest.mark.cases("diffusers_latent_prep")
-def test_diffusers_latent_prep(benchmark, case, pipe, device):
-    """bench.workloads.diffusers_latent_prep: diffusers' preprocessing, video, encode, noise and mix."""
-    work = workloads.diffusers_latent_prep(case, pipe, device=device, controls=RunControls.from_env())
+@pytest.mark.cases("diffusers_prepare_latents")
+def test_diffusers_prepare_latents(benchmark, case, pipe, device):
+    """bench.workloads.diffusers_prepare_latents: diffusers' preprocessing, video, encode, noise and mix."""
+    work = workloads.diffusers_prepare_latents(case, pipe, device=device, controls=RunControls.from_env())
     benchmark_case(benchmark, case, work, device=device)
