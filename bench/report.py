@@ -185,9 +185,10 @@ def upstream_section(run: RunRecord) -> list[str]:
         rows.append([
             row.stage, fmt_ms(row.expand_ms), fmt_ms(row.single_frame_ms), fmt_change(row.single_frame_ms / row.expand_ms),
             fmt_ms(old), fmt_ms(new), fmt_change(new / old) if old and new is not None else DASH,
+            row.corresponds,
         ])
     header = ["stage", "upstream expand ms", "upstream single_frame ms", "upstream change",
-              "this run expand ms", "this run single_frame ms", "this run change"]
+              "this run expand ms", "this run single_frame ms", "this run change", "which figure is upstream's"]
     return [f"## The upstream table ({upstream.WIDTH}x{upstream.HEIGHT}, {upstream.NUM_FRAMES} frames)", "",
             f"Upstream: {upstream.SOURCE}. What differs:", "", *(f"- {d}" for d in upstream.DIFFERENCES), "",
             *table(header, rows), ""]

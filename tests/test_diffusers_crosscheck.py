@@ -4,9 +4,7 @@ and the cover size where it rounds two ways), and our prepared latents against d
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +13,13 @@ import torch
 pytest.importorskip("transformers")  # the pipeline module imports it (the dev extra installs it)
 
 from bench import crosscheck
+from tests.tools import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tool():
-    spec = importlib.util.spec_from_file_location("diffusers_crosscheck", REPO / "tools" / "diffusers_crosscheck.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("diffusers_crosscheck.py")
 
 
 @pytest.fixture(scope="module")

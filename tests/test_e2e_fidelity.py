@@ -57,6 +57,9 @@ def test_the_upstream_table_is_shown_beside_our_figures(make_case, make_run):
     assert "| latent_preparation | 1176.6 | 342.1 | -70.9% |" in text
     assert "| total | 28999 | 27528 | -5.1% |" in text
     assert "stage timers synchronised" in text and "random weights" in text
+    assert "| which figure is upstream's |" in text
+    (latent_row,) = [line for line in text.splitlines() if line.startswith("| latent_preparation | 1176.6 |")]
+    assert latent_row.endswith("compare with `python -m cosmos3 --stage-timer host` |")
 
 
 def test_the_upstream_grid_adds_the_upstream_size():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from bench.collector import GC_EVENT
 from bench.counters import IncompleteProfile, trace_events
 from cosmos3.pipeline import STAGE_EVENT
+from tests.tools import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("preprocess", "latent_preparation", "denoising")
@@ -18,12 +18,9 @@ STAGES = ("preprocess", "latent_preparation", "denoising")
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("e2e_stage_counters", REPO / "tools" / "e2e_stage_counters.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_tool("e2e_stage_counters.py")
     yield module
-    del sys.modules[spec.name]
+    del sys.modules[module.__name__]
 
 
 class Trace:

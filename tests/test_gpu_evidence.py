@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench import cases, cli
 from bench.records import matches
+from tests.tools import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "gpu-evidence.sh"
@@ -30,11 +29,7 @@ def dry(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def tool(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), REPO / "tools" / name)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 def check(argv: list[str]) -> None:

@@ -1,0 +1,19 @@
+"""The scripts of tools/ as modules, for their tests: they are files, not an importable package."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def load_tool(filename: str) -> ModuleType:
+    """tools/FILENAME imported under its name with '-' as '_' (and registered, so its dataclasses find it)."""
+    spec = importlib.util.spec_from_file_location(Path(filename).stem.replace("-", "_"), TOOLS / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
