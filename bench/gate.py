@@ -32,7 +32,7 @@ MIN_SPEEDUP_2D_RESOLUTIONS = frozenset({"1280x720"})
 DEFAULT_BOOTSTRAP_RESAMPLES = stats.BOOTSTRAP_RESAMPLES
 # A slowdown must also exceed this many run-to-run standard deviations (the spread of the per-run
 # medians in a baseline merged from several runs) before it counts. On a shared H100 VM, leave-one-out
-# over five unchanged runs flagged 4 of 84 comparisons at 2 and none at 3 (README, "Measured figures").
+# over five unchanged runs flagged 4 of 84 comparisons at 2 and none at 3 (docs/statistics.md, docs/history.md).
 DEFAULT_NOISE_K = 3.0
 # Benchmarks that run both encode strategies on the same grid, so they can be compared within a run:
 # ours, and diffusers' Cosmos3OmniPipeline.prepare_latents as shipped and with the single-frame encode patch.

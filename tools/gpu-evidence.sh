@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements this suite still lacks, in resumable steps sized to one call of the device tool:
-# about 530 s of device time on one H100/H200. A call runs (timeout_s 590, carry [".whl"]; fetch the wheels
+# The GPU measurements this suite still lacks, in resumable steps sized to one run of about 530 s on one
+# H100/H200 (a runner that allows about 590 s per command, with the wheels staged; fetch the wheels
 # first with `bash tools/gpu-wheels.sh .whl`):
 #
 #     bash tools/gpu-evidence.sh session
@@ -35,7 +35,7 @@
 #   compare-twelve    360  one A/A compare of the twelve latent-prep cases (single_frame and expand): <= 300 s
 #   fast-1..3         150  the suite less e2e (excluded from the gate: the baseline holds them) and less diffusers'
 #                          cases: with full-1/2, five unchanged runs of every profiled case (the counters' agreement)
-#   diffusers         250  issue 24: diffusers' Cosmos3OmniPipeline.prepare_latents as shipped and with the
+#   diffusers         250  diffusers' Cosmos3OmniPipeline.prepare_latents as shipped and with the
 #                          single-frame encode, at 1280x720 and 832x480 for 33, 81 and 121 frames: the in-run 2x check
 #                          (single_frame over shipped) and the bitwise equivalence on diffusers' own latents; estimate:
 #                          ours' expand cases' ~10 rounds of 0.6-2.4 s (720p) and 0.3-1.1 s (480p), plus the start
@@ -49,7 +49,7 @@
 #                          timer, the first request of the shape apart, and (single_frame) cuDNN autotuning on
 #   compare-calib-1, compare-calib-2   480 each   `calibrate --compare`: 5 A/A compares of the three 720p
 #                          single_frame latent-prep cases (33/81/121f, K=4) per call, their false alarms, spreads and GPU state
-#                          (issue 20; not in the default PLAN: run them by name)
+#                          (not in the default PLAN: run them by name)
 #   calib         12 x 60  calibration, sized to fit: 3 baseline, 3 A/A, 2 at each of +3/10%, 1 sync, 1 kernel run
 #   calib-report       30  calibration.md, calibration.json and the plot, from every calibration run so far
 # The default PLAN: 8 calls (`plan` prints them); the full-depth steps are left out of it (run them by name).
@@ -300,13 +300,13 @@ one() {  # one STEP: run it; its exit status is its verdict
       compares "$s" "$INJECT_COMPARES" --inject-slowdown 'latent_prep[single_frame-*]=0.02' ;;
     compare-inject-gpu)
       compares "$s" "$INJECT_COMPARES" --inject-gpu-work 'latent_prep[single_frame-*]=0.02' ;;
-    compare-twelve)  # issue 10: a compare of the twelve latent_prep cases takes at most 5 minutes
+    compare-twelve)  # a compare of the twelve latent_prep cases takes at most 5 minutes
       fresh "$s"; t0=$SECONDS
       run "$s" python3 -m nox -s compare -- --base "$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)" \
         -k 'test_latent_prep and not first_frame_2d' --results-dir "$E" --run-id "$s"; rc=$?
       if [ -z "$dry" ]; then echo "$s: $(( SECONDS - t0 )) s for the compare (the limit is 300 s)" | tee -a "$E/logs/$s.log"; fi
       done_if "$s" $rc 0 "$E/$s/compare.json" ;;
-    compare-calib-*)  # issue 20: A/A compares of the 720p single_frame cases, through calibrate --compare
+    compare-calib-*)  # A/A compares of the 720p single_frame cases, through calibrate --compare
       fresh "$s"
       run "$s" python3 -m nox -s calibrate -- --compare --base "$(if [ -n "$dry" ]; then echo BASE; else snapshot; fi)" \
         -k 'test_latent_prep and single_frame and 1280x720' --aa-runs 5 --runs-per-size 0 --calibration-dir "$E/$s" \
