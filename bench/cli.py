@@ -161,6 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cc.add_argument("--base", default="HEAD", metavar="REF", help="the base of every compare (default %(default)s)")
     cc.add_argument("--processes", type=int, default=None, metavar="K",
                     help="worker processes per side in each compare (default: as compare's)")
+    cc.add_argument("--worker-start", choices=compare_mod.WORKER_STARTS, default=None,
+                    help="how each compare's workers start (default: as compare's)")
     cc.add_argument("--slowdowns", default=",".join(f"{s:g}" for s in compare_cal.DEFAULT_SLOWDOWNS),
                     help="head slowdowns injected, fractions of each round (default %(default)s)")
     cc.add_argument("--load", default="", help="a description of the machine's load, kept in the report")
@@ -186,6 +188,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "must also be significant across the pairs (default: "
                          f"{compare_mod.DEFAULT_PROCESSES_BY_DEVICE['cuda']} on a GPU, "
                          f"{compare_mod.DEFAULT_PROCESSES_BY_DEVICE['cpu']} on the CPU; 1: process bias unmeasured)")
+    ab.add_argument("--worker-start", choices=compare_mod.WORKER_STARTS, default=None,
+                    help="exec: each worker a fresh interpreter; fork: forked from one server that has imported "
+                         "torch and diffusers, seconds faster per worker, never with CUDA (default: exec on a GPU, "
+                         "fork on the CPU)")
     v = ab.add_argument_group("verdict")
     v.add_argument("--threshold", type=float, default=compare_mod.DEFAULT_THRESHOLD,
                    help="allowed paired slowdown, a fraction (default %(default)s)")
@@ -578,7 +584,8 @@ def cmd_calibrate_compare(args: argparse.Namespace) -> int:
     if folder.exists():
         raise InputError("calibration_dir", "exists; a compare calibration is written to a new folder", str(folder))
     compare_mod.CompareSettings("HEAD", REPO_ROOT, "tiny", run_controls(args), criteria, folder, "x",
-                                processes=processes_for(args))  # checks --processes before anything runs
+                                processes=processes_for(args),  # checks --processes before anything runs
+                                worker_start=worker_start_for(args))
     runs_dir = folder.parent / f".{folder.name}-compares"
     plan = plan_run(args, suffix="-compare")
 
@@ -588,7 +595,8 @@ def cmd_calibrate_compare(args: argparse.Namespace) -> int:
         settings = compare_mod.CompareSettings(
             base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=controls, criteria=criteria,
             results_dir=runs_dir, run_id=run_id, keyword=args.keyword, dit_layers=args.dit_layers,
-            weights_dir=args.weights_dir, argv=f"calibrate --compare #{index}", processes=processes_for(args))
+            weights_dir=args.weights_dir, argv=f"calibrate --compare #{index}", processes=processes_for(args),
+            worker_start=worker_start_for(args))
         record, logs = compare_mod.measure_run(settings)  # a stop signal raises Interrupted
         return write_compare_run(record, logs, runs_dir / run_id)[0]
 
@@ -646,11 +654,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def device_kind() -> str:
+    """The device compare's workers will use: CUDA where there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def processes_for(args: argparse.Namespace) -> int:
-    """--processes, or compare's default for this machine's device (its workers pick CUDA where there is one)."""
+    """--processes, or compare's default for this machine's device."""
     if args.processes is not None:
         return args.processes
-    return compare_mod.default_processes("cuda" if torch.cuda.is_available() else "cpu")
+    return compare_mod.default_processes(device_kind())
+
+
+def worker_start_for(args: argparse.Namespace) -> str:
+    """--worker-start, or compare's default for this machine's device (never fork where CUDA is)."""
+    if args.worker_start is not None:
+        if args.worker_start == "fork" and device_kind() == "cuda":
+            raise InputError("worker_start", "cannot be fork where CUDA is available: a forked process cannot "
+                                             "use CUDA once its server may have initialised it", args.worker_start)
+        return args.worker_start
+    return compare_mod.default_start(device_kind())
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -663,6 +686,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=plan.controls, criteria=criteria,
         results_dir=args.results_dir, run_id=plan.run_id, keyword=args.keyword, dit_layers=args.dit_layers,
         weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]), processes=processes_for(args),
+        worker_start=worker_start_for(args),
     )
     record, logs = compare_mod.measure_run(settings)  # a stop signal raises Interrupted
     report, summary = write_compare_run(record, logs, args.results_dir / plan.run_id)

@@ -165,7 +165,9 @@ def settings_section(record: CompareRecord) -> list[str]:
     if record.keyword:
         lines.append(f"- cases: `-k {record.keyword}`")
     lines.append(f"- worker processes per side: {record.processes}"
-                 + ("" if record.startup_s is None else f", all {2 * record.processes} ready in {record.startup_s:.1f} s"))
+                 + ("" if record.startup_s is None else f", all {2 * record.processes} ready in {record.startup_s:.1f} s")
+                 + {None: "", "exec": " (each a fresh interpreter)",
+                    "fork": " (forked from one server that had imported torch and diffusers)"}[record.worker_start])
     if record.wall_s is not None:
         lines.append(f"- wall time {record.wall_s:.0f} s (checkout, model builds and warm-ups included)")
     if record.argv:

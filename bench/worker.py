@@ -219,10 +219,15 @@ def serve(requests: IO[str], replies: IO[str]) -> int:
     return 0
 
 
+def serve_child(requests: IO[str], replies: IO[str]) -> int:
+    """`serve`, in a process that ends when its parent does (the coordinator, or the fork server)."""
+    die_with_parent(os.getppid())
+    return serve(requests, replies)
+
+
 def main() -> int:
     replies = protocol_channel()
-    die_with_parent(os.getppid())
-    return serve(sys.stdin, replies)
+    return serve_child(sys.stdin, replies)
 
 
 if __name__ == "__main__":

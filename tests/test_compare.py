@@ -479,12 +479,13 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def start_compare(repo: Path, tmp_path: Path, run_id: str, processes: int) -> tuple[subprocess.Popen, list[str]]:
+def start_compare(repo: Path, tmp_path: Path, run_id: str, processes: int, start: str = "fork"
+                  ) -> tuple[subprocess.Popen, list[str]]:
     """A long compare in its own process; returns once it has started measuring (its first case's line)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench", "compare", "--base", "HEAD", "--preset", "tiny", "-k", ONE_CASE,
          "--rounds", "1,200,200,600000", "--results-dir", str(tmp_path / "results"), "--run-id", run_id,
-         "--processes", str(processes)],
+         "--processes", str(processes), "--worker-start", start],
         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **WORKER_ENV, "PYTHONUNBUFFERED": "1"},
     )
@@ -500,14 +501,41 @@ def start_compare(repo: Path, tmp_path: Path, run_id: str, processes: int) -> tu
     return proc, lines
 
 
-def workers_of(pid: int) -> dict[str, list[int]]:
-    """The compare's live worker processes by side."""
+def workers_of(lines: list[str]) -> dict[str, list[int]]:
+    """The compare's live worker processes by side, from the pids it printed (an exec'd worker is the
+    compare's child, a forked one the fork server's), each checked against the process tree."""
     out: dict[str, list[int]] = {}
-    for child in children(pid):
-        if "bench.worker" in cmdline(child):
-            side = "base" if "path-base" in os.readlink(f"/proc/{child}/cwd") else "head"
-            out.setdefault(side, []).append(child)
+    for line in lines:
+        if m := re.match(r"(base|head) .*: cosmos3 from (\S+) \(worker pid (\d+)\)$", line.strip()):
+            side, pid = m.group(1), int(m.group(3))
+            if alive(pid):
+                expected = "path-base" if side == "base" else "path-head"
+                assert expected in os.readlink(f"/proc/{pid}/cwd"), (side, pid)
+                out.setdefault(side, []).append(pid)
     return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, ended but not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def gone_within(pids: list[int], timeout_s: float) -> list[int]:
+    """Those of `pids` still running after `timeout_s` (the fork server ends when it reads its parent gone)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
 
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
@@ -515,9 +543,13 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="re
 
 @pytest.mark.slow
 @linux_only
-def test_a_killed_worker_fails_the_run_with_its_stderr(repo, tmp_path):
-    proc, lines = start_compare(repo, tmp_path, "killed", processes=3)
-    workers = workers_of(proc.pid)
+@pytest.mark.parametrize("start", ["fork", "exec"])
+def test_a_killed_worker_fails_the_run_with_its_stderr(repo, tmp_path, start):
+    proc, lines = start_compare(repo, tmp_path, "killed", processes=3, start=start)
+    assert "6 workers ready in" in "".join(lines) and f"({start})" in "".join(lines)
+    workers = workers_of(lines)
+    tree = descendants(proc.pid)
+    assert all(pid in tree for pids in workers.values() for pid in pids), (workers, tree)
     assert {side: len(pids) for side, pids in workers.items()} == {"base": 3, "head": 3}, workers
     os.kill(workers["base"][1], signal.SIGKILL)
     out, err = proc.communicate(timeout=EXIT_TIMEOUT_S)
@@ -526,8 +558,8 @@ def test_a_killed_worker_fails_the_run_with_its_stderr(repo, tmp_path):
                      r"and was killed by SIGKILL; the end of its stderr:", err), err
     assert "  | worker base: cosmos3 from" in err
     assert_no_worktree(repo, "".join(lines) + out)
-    assert not workers_of(proc.pid)
-    assert not any(Path(f"/proc/{pid}").exists() for pids in workers.values() for pid in pids)
+    assert not workers_of(lines)
+    assert not gone_within(tree, EXIT_TIMEOUT_S), "a worker or the fork server outlived the compare"
 
 
 @pytest.mark.slow
@@ -535,14 +567,13 @@ def test_a_killed_worker_fails_the_run_with_its_stderr(repo, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_compare_removes_its_worktree_and_workers(repo, tmp_path, signum):
     proc, lines = start_compare(repo, tmp_path, "stopped", processes=1)  # the kill test runs several pairs
-    workers = workers_of(proc.pid)
+    workers = workers_of(lines)
     assert {side: len(pids) for side, pids in workers.items()} == {"base": 1, "head": 1}, workers
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=EXIT_TIMEOUT_S)
     assert proc.returncode == 128 + signum, err
     assert f"stopped by {signal.Signals(signum).name}" in err
     assert_no_worktree(repo, "".join(lines) + out)
-    for pid in (pid for pids in workers.values() for pid in pids):
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not gone_within([pid for pids in workers.values() for pid in pids], EXIT_TIMEOUT_S)
     run_dir = tmp_path / "results" / "stopped"
     assert sorted(p.name for p in run_dir.iterdir()) == ["interrupted.json"]

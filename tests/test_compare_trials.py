@@ -5,11 +5,13 @@ reported (a failure on the head, not comparable on the base), and the trials sto
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
+from bench import cli, stats
 from bench import compare as cmp
-from bench import stats
 from bench.protocol import Finish, Finished, Prepare, Prepared, Round, RoundDone, Unavailable
 from bench.records import CaseResult, CaseSpec
 
@@ -178,6 +180,28 @@ def test_compare_refuses_a_process_count_that_cannot_test_across_pairs(k):
         cmp.check_processes(k)
     for ok in (1, 3, 4, 32):
         cmp.check_processes(ok)
+
+
+def test_workers_fork_only_where_no_gpu_is_used():
+    assert cmp.default_start("cpu") == "fork"
+    assert cmp.default_start("cuda") == "exec"
+    assert cmp.default_start("mps") == "exec"  # a device nobody checked: the fresh interpreter
+    for bad in ("spawn", "", None):
+        with pytest.raises(cmp.InputError, match="worker_start"):
+            cmp.check_start(bad)
+
+
+def test_fork_is_refused_where_cuda_is_available(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "device_kind", lambda: "cuda")
+    code = cli.main(["compare", "--base", "HEAD", "--preset", "tiny", "-k", "latent_prep",
+                     "--worker-start", "fork", "--results-dir", str(tmp_path / "results")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: worker_start" in err and "cannot be fork where CUDA is available" in err, err
+    assert not (tmp_path / "results").exists()
+    monkeypatch.setattr(cli, "device_kind", lambda: "cpu")
+    assert cli.worker_start_for(argparse.Namespace(worker_start=None)) == "fork"
+    assert cli.worker_start_for(argparse.Namespace(worker_start="exec")) == "exec"
 
 
 def simulated_pair(rng, k, process_sd, trial_sd=0.01, trials_per_pair=4, effect=0.0):

@@ -19,7 +19,7 @@ LABEL = "head (working tree)"
 def worker(tmp_path, body: str) -> cmp.WorkerProcess:
     """A stub worker: `body` runs after it has read one request line."""
     script = "import sys, time\nrequest = sys.stdin.readline()\n" + textwrap.dedent(body)
-    return cmp.WorkerProcess("head", LABEL, [sys.executable, "-c", script], env={}, cwd=tmp_path,
+    return cmp.WorkerProcess.exec("head", LABEL, [sys.executable, "-c", script], env={}, cwd=tmp_path,
                              log=tmp_path / "worker.log")
 
 
