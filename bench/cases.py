@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from _pytest.mark.expression import Expression  # pytest's own -k grammar (and, or, not, parentheses)
 
+from bench.kinds import Kind
 from bench.records import CaseSpec, matches
 from cosmos3.errors import InputError
 from cosmos3.stages import ENCODE_STRATEGIES
@@ -73,7 +74,7 @@ def grid_for(preset: str, name: str = "default") -> Grid:
 def latent_prep_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     g = grid_for(preset, grid)
     return [
-        CaseSpec("latent_prep", w, h, n, strategy)
+        CaseSpec(Kind.LATENT_PREP, w, h, n, strategy)
         for (w, h) in g.resolutions
         for n in g.latent_prep_frames
         for strategy in ENCODE_STRATEGIES
@@ -83,7 +84,6 @@ def latent_prep_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
 # diffusers' Cosmos3OmniPipeline.prepare_latents, both ways (cosmos3.diffusers_omni SINGLE_FRAME and SHIPPED):
 # the single-frame encode first, as in latent_prep. Literals here, not imported: a compare base whose
 # cosmos3 lacks diffusers_omni must still list its cases (it then reports them as not comparable).
-DIFFUSERS_LATENT_PREP = "diffusers_prepare_latents"
 DIFFUSERS_ENCODES = ("single_frame", "shipped")
 
 
@@ -91,21 +91,28 @@ def diffusers_prepare_latents_cases(preset: str, grid: str = "default") -> list[
     """The latent_prep grid (sizes, frame counts), run through diffusers' own prepare_latents."""
     g = grid_for(preset, grid)
     return [
-        CaseSpec(DIFFUSERS_LATENT_PREP, w, h, n, encode)
+        CaseSpec(Kind.DIFFUSERS_PREPARE_LATENTS, w, h, n, encode)
         for (w, h) in g.resolutions
         for n in g.latent_prep_frames
         for encode in DIFFUSERS_ENCODES
     ]
 
 
+def diffusers_e2e_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
+    """A whole I2V request through diffusers' Cosmos3OmniPipeline.__call__ as shipped (what a user of diffusers
+    runs today) at the e2e sizes, frames and steps."""
+    g = grid_for(preset, grid)
+    return [CaseSpec(Kind.DIFFUSERS_E2E, w, h, g.e2e_frames, "shipped") for (w, h) in g.e2e_resolutions]
+
+
 def vae_encode_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     g = grid_for(preset, grid)
-    return [CaseSpec("vae_encode", w, h, n) for (w, h) in g.resolutions for n in g.vae_encode_frames]
+    return [CaseSpec(Kind.VAE_ENCODE, w, h, n) for (w, h) in g.resolutions for n in g.vae_encode_frames]
 
 
 def e2e_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     g = grid_for(preset, grid)
-    return [CaseSpec("e2e", w, h, g.e2e_frames, strategy) for (w, h) in g.e2e_resolutions for strategy in g.e2e_strategies]
+    return [CaseSpec(Kind.E2E, w, h, g.e2e_frames, strategy) for (w, h) in g.e2e_resolutions for strategy in g.e2e_strategies]
 
 
 # The kinds in the order they run (stage, component, whole pipeline), each in its own
@@ -113,10 +120,11 @@ def e2e_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
 # latent preparation runs beside ours (the same stage, the same VAE); its names start with "diffusers_", so
 # `-k diffusers` selects it and `-k test_latent_prep` does not.
 CASES_BY_KIND: dict[str, Callable[[str, str], list[CaseSpec]]] = {
-    "latent_prep": latent_prep_cases,
-    DIFFUSERS_LATENT_PREP: diffusers_prepare_latents_cases,
-    "vae_encode": vae_encode_cases,
-    "e2e": e2e_cases,
+    Kind.LATENT_PREP: latent_prep_cases,
+    Kind.DIFFUSERS_PREPARE_LATENTS: diffusers_prepare_latents_cases,
+    Kind.VAE_ENCODE: vae_encode_cases,
+    Kind.E2E: e2e_cases,
+    Kind.DIFFUSERS_E2E: diffusers_e2e_cases,
 }
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from bench import stats, telemetry
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
+from bench.kinds import Kind
 from bench.records import CaseResult, Environment, RunRecord, WorkCounters, matches
 from bench.stats import CI_LEVEL, OK, REGRESSION
 from cosmos3.errors import InputError, check_number
@@ -36,10 +37,10 @@ DEFAULT_BOOTSTRAP_RESAMPLES = stats.BOOTSTRAP_RESAMPLES
 DEFAULT_NOISE_K = 3.0
 # Benchmarks that run both encode strategies on the same grid, so they can be compared within a run:
 # ours, and diffusers' Cosmos3OmniPipeline.prepare_latents as shipped and with the single-frame encode patch.
-STRATEGY_BENCHMARKS = ("latent_prep", "diffusers_prepare_latents", "e2e")
+STRATEGY_BENCHMARKS = (Kind.LATENT_PREP, Kind.DIFFUSERS_PREPARE_LATENTS, Kind.E2E)
 # Only latent preparation must reach min_speedup (in either implementation); end to end the saving is
 # diluted by denoising.
-SPEEDUP_GATED = frozenset({"latent_prep", "diffusers_prepare_latents"})
+SPEEDUP_GATED = frozenset({Kind.LATENT_PREP, Kind.DIFFUSERS_PREPARE_LATENTS})
 
 # Verdicts. A finding fails the gate when its rule gives it a failure message (regression, too few samples,
 # missing, failed); the others only describe. OK, FASTER, REGRESSION and NOT_SIGNIFICANT, the verdicts of a
@@ -575,8 +576,11 @@ class EquivalenceRule(Rule):
 # something the stage benchmark does not see (or the other way round).
 STAGE_MISMATCH_SHARE = 0.15
 STAGE_MISMATCH_MS = 5.0
-# e2e stage name -> the benchmark that measures that stage alone.
-STAGE_BENCHMARKS = {"latent_preparation": "latent_prep"}
+# Per end-to-end kind: e2e stage name -> the benchmark that measures that stage alone (same size, frames, strategy).
+STAGE_BENCHMARKS = {
+    Kind.E2E: {"latent_preparation": Kind.LATENT_PREP},
+    Kind.DIFFUSERS_E2E: {"latent_preparation": Kind.DIFFUSERS_PREPARE_LATENTS},
+}
 INCONSISTENT = "inconsistent"
 
 
@@ -590,9 +594,7 @@ class StageConsistencyRule(Rule):
     def judge(self, given: GateInput) -> Iterator[Finding]:
         cases = given.current.by_name()
         for case in given.current.cases:
-            if case.spec.benchmark != "e2e":
-                continue
-            for stage, bench in STAGE_BENCHMARKS.items():
+            for stage, bench in STAGE_BENCHMARKS.get(case.spec.benchmark, {}).items():
                 alone = cases.get(dataclasses.replace(case.spec, benchmark=bench).name)
                 in_e2e = case.stage_median_ms.get(stage)
                 if alone is None or in_e2e is None:

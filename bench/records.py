@@ -156,7 +156,7 @@ class CaseSpec:
     Resolutions read WIDTHxHEIGHT, as in the upstream resolution list (1280x720 is 720p landscape).
     """
 
-    benchmark: str  # "latent_prep" | "diffusers_prepare_latents" | "vae_encode" | "e2e"
+    benchmark: str  # a bench.kinds.Kind
     width: int
     height: int
     num_frames: int

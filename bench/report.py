@@ -16,6 +16,7 @@ from matplotlib import ticker
 from bench import telemetry, upstream
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share, gpu_cells
 from bench.gate import CI_LEVEL, RULES, GateReport
+from bench.kinds import Kind
 from bench.records import CaseResult, Environment, RunRecord, new_folder
 
 SUMMARY_NAME = "summary.md"
@@ -135,7 +136,7 @@ def _noise_paragraph(gate: GateReport) -> list[str]:
 def _e2e_groups(run: RunRecord) -> dict[tuple[str, int], list[CaseResult]]:
     groups: dict[tuple[str, int], list[CaseResult]] = {}
     for case in run.cases:
-        if case.spec.benchmark == "e2e" and case.stage_samples_ms:
+        if case.spec.benchmark == Kind.E2E and case.stage_samples_ms:
             groups.setdefault((case.spec.resolution, case.spec.num_frames), []).append(case)
     return groups
 
@@ -164,7 +165,7 @@ def e2e_section(run: RunRecord, gate: GateReport) -> list[str]:
         rows.append(["**total**", *total])
         lines += [f"## End to end, {resolution}, {frames} frames: per-stage medians", "", *table(header, rows), ""]
         for s in gate.speedups:
-            if s.benchmark == "e2e" and (s.resolution, s.num_frames) == (resolution, frames):
+            if s.benchmark == Kind.E2E and (s.resolution, s.num_frames) == (resolution, frames):
                 lines += [f"End-to-end reduction from {s.new} over {s.old}: {s.reduction:.1%} ({s.factor:.3f}x).", ""]
     if lines:
         lines += ["Shares are each stage's median over the median total; the medians need not add up.", ""]
@@ -174,7 +175,7 @@ def e2e_section(run: RunRecord, gate: GateReport) -> list[str]:
 def upstream_section(run: RunRecord) -> list[str]:
     """The upstream change's table beside this run's e2e figures at the same size, where it has them."""
     spec = {"width": upstream.WIDTH, "height": upstream.HEIGHT, "num_frames": upstream.NUM_FRAMES}
-    ours = {c.spec.strategy: c for c in run.cases if c.spec.benchmark == "e2e"
+    ours = {c.spec.strategy: c for c in run.cases if c.spec.benchmark == Kind.E2E
             and (c.spec.width, c.spec.height, c.spec.num_frames) == tuple(spec.values())}
     if not {"expand", "single_frame"} <= ours.keys():
         return []
@@ -213,12 +214,23 @@ def diffusers_section(run: RunRecord, gate: GateReport) -> list[str]:
     of diffusers pays today and what the one-call patch saves, with its equivalence on diffusers' outputs."""
     groups: dict[tuple[str, int], dict[str, CaseResult]] = {}
     for case in run.cases:
-        if case.spec.benchmark == "diffusers_prepare_latents" and case.spec.strategy:
+        if case.spec.benchmark == Kind.DIFFUSERS_PREPARE_LATENTS and case.spec.strategy:
             groups.setdefault((case.spec.resolution, case.spec.num_frames), {})[case.spec.strategy] = case
+    calls = [c for c in run.cases if c.spec.benchmark == Kind.DIFFUSERS_E2E and c.stage_samples_ms]
+    if not groups and not calls:
+        return []
+    lines = [DIFFUSERS_HEADING, "", *_diffusers_latent_prep_lines(run, gate, groups), *diffusers_e2e_lines(calls, groups),
+             ("The cross-check of diffusers' preprocessing and latents against this package's, with the cause of "
+              "each difference: `python tools/diffusers_crosscheck.py` (bench/crosscheck.py)."), ""]
+    return lines
+
+
+def _diffusers_latent_prep_lines(run: RunRecord, gate: GateReport,
+                                 groups: dict[tuple[str, int], dict[str, CaseResult]]) -> list[str]:
     if not groups:
         return []
     checks = {(s.resolution, s.num_frames): s for s in gate.speedups
-              if s.benchmark == "diffusers_prepare_latents" and (s.new, s.old) == ("single_frame", "shipped")}
+              if s.benchmark == Kind.DIFFUSERS_PREPARE_LATENTS and (s.new, s.old) == ("single_frame", "shipped")}
     rows = []
     for (resolution, frames), ways in groups.items():
         shipped, single = ways.get("shipped"), ways.get("single_frame")
@@ -235,7 +247,6 @@ def diffusers_section(run: RunRecord, gate: GateReport) -> list[str]:
                      fmt_ms(single.median_ms if single else None), factor, saved, _equivalence_cell(single), verdict])
     env = run.environment
     lines = [
-        DIFFUSERS_HEADING, "",
         (f"Image-to-video latent preparation in diffusers {env.diffusers}'s own `Cosmos3OmniPipeline.prepare_latents` "
          "(its preprocessing of the image, the video, the VAE encode, the noise and the mix, in the float32 its "
          "`__call__` passes), on this run's VAE. **As shipped** it builds a video of every frame, repeats the image "
@@ -252,10 +263,38 @@ def diffusers_section(run: RunRecord, gate: GateReport) -> list[str]:
     if any("reverted" in control for control in env.negative_controls):
         lines += [("This run reverted the patch (a negative control): the single_frame cases ran prepare_latents "
                    "as shipped, so the factor above is the one the in-run check must fail on."), ""]
-    lines += [("Its share of a whole request through diffusers' `__call__` is not measured yet (no diffusers "
-               "end-to-end case in this suite). The cross-check of diffusers' preprocessing and latents against this "
-               "package's, with the cause of each difference: `python tools/diffusers_crosscheck.py` "
-               "(bench/crosscheck.py)."), ""]
+    return lines
+
+
+def diffusers_e2e_lines(calls: list[CaseResult], groups: dict[tuple[str, int], dict[str, CaseResult]]) -> list[str]:
+    """A whole request through diffusers' `__call__`, split per stage, and the share of it that the shipped
+    latent preparation takes and the single-frame encode would save (from the prepare_latents cases)."""
+    if not calls:
+        return [("Its share of a whole request through diffusers' `__call__` was not measured in this run (no "
+                 "`diffusers_e2e` case selected)."), ""]
+    lines: list[str] = []
+    for case in calls:
+        rows = [[stage, _stage_cell(case, ms)] for stage, ms in case.stage_median_ms.items()]
+        rows.append(["**total**", f"{fmt_ms(case.median_ms)} (100%)"])
+        steps = f", {case.num_inference_steps} steps" if case.num_inference_steps else ""
+        lines += [(f"A whole request through `__call__` as shipped, {case.spec.resolution}, {case.spec.num_frames} "
+                   f"frames{steps} (`{case.name}`): prompt (tokenising and text segments), "
+                   "`prepare_latents`, the denoise loop, and the VAE decode with diffusers' postprocessing, each "
+                   "timed with the device synchronised at its boundaries. Medians; shares of the median total."),
+                  "", *table(["stage", "ms (share)"], rows), ""]
+        ways = groups.get((case.spec.resolution, case.spec.num_frames), {})
+        prep = case.stage_median_ms.get("latent_preparation")
+        shipped, single = ways.get("shipped"), ways.get("single_frame")
+        if prep is not None and shipped is not None and single is not None:
+            saved = shipped.median_ms - single.median_ms
+            lines += [(f"Latent preparation as shipped is {fmt_share(prep, case.median_ms)} of this request. "
+                       f"The single-frame encode saves {fmt_ms(saved)} ms of it at this size and frame count "
+                       f"(`{shipped.name}` {fmt_ms(shipped.median_ms)} ms against `{single.name}` "
+                       f"{fmt_ms(single.median_ms)} ms), {fmt_share(saved, case.median_ms)} of the request: an "
+                       "estimate from the stage cases, not a measured patched request."), ""]
+        else:
+            lines += [("No `diffusers_prepare_latents` pair at this size and frame count in this run, so the "
+                       "single-frame encode's share of the request is not estimated."), ""]
     return lines
 
 
@@ -307,7 +346,7 @@ def _latent_prep_series(run: RunRecord) -> dict[tuple[str, str], list[CaseResult
     """(strategy, resolution) -> latent_prep cases sorted by frames."""
     series: dict[tuple[str, str], list[CaseResult]] = {}
     for case in run.cases:
-        if case.spec.benchmark == "latent_prep":
+        if case.spec.benchmark == Kind.LATENT_PREP:
             series.setdefault((case.spec.strategy or "", case.spec.resolution), []).append(case)
     return {key: sorted(cases, key=lambda c: c.spec.num_frames) for key, cases in series.items()}
 
@@ -328,7 +367,7 @@ def plot_latency_vs_frames(run: RunRecord, gate: GateReport, path: Path) -> bool
 
 
 def plot_speedup_vs_frames(run: RunRecord, gate: GateReport, path: Path) -> bool:
-    checks = [s for s in gate.speedups if s.benchmark == "latent_prep" and (s.new, s.old) == ("single_frame", "expand")]
+    checks = [s for s in gate.speedups if s.benchmark == Kind.LATENT_PREP and (s.new, s.old) == ("single_frame", "expand")]
     if not checks:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -23,8 +23,9 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan
 
-from bench.cases import CASES_BY_KIND, DIFFUSERS_LATENT_PREP, Grid
+from bench.cases import CASES_BY_KIND, Grid
 from bench.harness import RoundPolicy, RunControls, diffusers_equivalence_for, equivalence_for, seeded_image
+from bench.kinds import Kind
 from bench.records import CaseSpec, EquivalenceRecord
 from cosmos3.errors import InputError
 
@@ -163,6 +164,41 @@ def e2e(case: CaseSpec, components: Components, *, image_path: Path, steps: int,
     return workload
 
 
+def diffusers_e2e(case: CaseSpec, components: Components, *, steps: int) -> Workload:
+    """One image-to-video request through diffusers' own Cosmos3OmniPipeline.__call__ as shipped, on the same
+    VAE, transformer and scheduler as e2e (`components.omni`), with its device-synchronised split into
+    prepare_latents, the denoise loop and decode (cosmos3.diffusers_omni.timed_call).
+
+    The request is e2e's: the same prompt, size, frames, steps and guidance scale, and the PIL picture
+    diffusers_prepare_latents hands it. Frames stay on the device (`output_type="pt"`), as this package's
+    decoding stage leaves them; nothing is downloaded, and the safety checker is off.
+    """
+    from cosmos3 import diffusers_omni
+    from cosmos3.request import Req
+
+    pipe = components.omni
+    pipe.set_progress_bar_config(disable=True)
+    image = seeded_pil_image(case.width, case.height)
+    device = components.device
+
+    def request() -> diffusers_omni.TimedCall:
+        return diffusers_omni.timed_call(
+            pipe, device=device, encode=case.strategy or diffusers_omni.SHIPPED, prompt=diffusers_omni.PROMPT,
+            image=image, num_frames=case.num_frames, height=case.height, width=case.width,
+            num_inference_steps=steps, guidance_scale=Req.guidance_scale, fps=float(Req.fps),
+            generator=torch.Generator(device=device).manual_seed(0), output_type="pt")
+
+    # No profiled rounds, as in e2e: a whole request under the profiler costs a minute of GPU time.
+    workload = Workload(request, policy=E2E_ROUNDS, profile=False, num_inference_steps=steps)
+
+    def keep_stage_times(output: diffusers_omni.TimedCall) -> None:
+        for stage, ms in output.stage_ms.items():
+            workload.stage_ms[stage].append(ms)
+
+    workload.on_round = keep_stage_times
+    return workload
+
+
 def e2e_components(preset: Preset, device: torch.device, vae: AutoencoderKLWan,
                    weights_dir: Path | None = None) -> Components:
     """The VAE with the Cosmos3 transformer and the fixed prompt's token ids: what the end-to-end cases run."""
@@ -210,16 +246,23 @@ class Models:
         return write_condition_image(self.scratch_dir / f"condition-{width}x{height}.png", width, height)
 
 
+# Each kind's workload from the parts one process shares (Models): what the compare worker builds for a case.
+# The pytest benchmarks call the same functions with their fixtures; tests/test_cases.py holds every kind of
+# the grid (bench.cases.CASES_BY_KIND) to one entry here and one pytest module.
+BUILDERS: dict[str, Callable[[CaseSpec, Models, RunControls], Workload]] = {
+    Kind.LATENT_PREP: lambda case, m, controls: latent_prep(case, m.vae, dtype=m.preset.dtype, controls=controls),
+    Kind.DIFFUSERS_PREPARE_LATENTS: lambda case, m, controls: diffusers_prepare_latents(
+        case, m.diffusers_pipeline, device=m.device, controls=controls),
+    Kind.VAE_ENCODE: lambda case, m, _controls: vae_encode(case, m.vae, device=m.device),
+    Kind.E2E: lambda case, m, controls: e2e(case, m.components, image_path=m.image_path(case.width, case.height),
+                                            steps=m.grid.e2e_steps, controls=controls),
+    Kind.DIFFUSERS_E2E: lambda case, m, _controls: diffusers_e2e(case, m.components, steps=m.grid.e2e_steps),
+}
+
+
 def build(case: CaseSpec, models: Models, controls: RunControls) -> Workload:
     """The workload of any case, from parts built once per process."""
-    if case.benchmark == "latent_prep":
-        return latent_prep(case, models.vae, dtype=models.preset.dtype, controls=controls)
-    if case.benchmark == DIFFUSERS_LATENT_PREP:
-        return diffusers_prepare_latents(case, models.diffusers_pipeline, device=models.device, controls=controls)
-    if case.benchmark == "vae_encode":
-        return vae_encode(case, models.vae, device=models.device)
-    if case.benchmark == "e2e":
-        return e2e(case, models.components, image_path=models.image_path(case.width, case.height),
-                   steps=models.grid.e2e_steps,
-                   controls=controls)
-    raise InputError("case.benchmark", f"has no workload ({', '.join(CASES_BY_KIND)})", case.benchmark)
+    builder = BUILDERS.get(case.benchmark)
+    if builder is None:
+        raise InputError("case.benchmark", f"has no workload ({', '.join(CASES_BY_KIND)})", case.benchmark)
+    return builder(case, models, controls)

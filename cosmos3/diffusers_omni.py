@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cosmos3.errors import InputError
+from cosmos3.timing import synchronize
 
 if TYPE_CHECKING:  # cosmos3.equivalence imports the stages, which import cosmos3.components, which imports this
     from cosmos3.equivalence import Agreement
@@ -194,3 +196,69 @@ def check_equivalence(pipe: Any, image: Any, *, num_frames: int, height: int, wi
         atol=atol,
         rtol=rtol,
     )
+
+
+# The stages of one `__call__`, in the order it runs them, as `timed_call` splits it:
+# - prompt: tokenising the prompt (chat template, system prompt, duration and resolution templates) and
+#   packing the text segments of both guidance passes;
+# - latent_preparation: prepare_latents (the image's preprocessing, the video, the encode, the noise, the mix);
+# - denoising: the static vision segments, the timesteps and the denoise loop;
+# - decoding: the VAE decode and diffusers' postprocessing into frames.
+CALL_STAGES = ("prompt", "latent_preparation", "denoising", "decoding")
+
+
+@dataclass(frozen=True)
+class TimedCall:
+    """One `__call__`: what it returned, and its device-synchronised time per stage (CALL_STAGES) and in all."""
+
+    output: Any
+    stage_ms: dict[str, float]
+    total_ms: float
+
+
+def timed_call(pipe: Any, *, device: torch.device, encode: str = SHIPPED, **call: Any) -> TimedCall:
+    """`pipe(**call)`, diffusers' own `__call__` unchanged, split into CALL_STAGES at three calls it makes:
+    the start and the end of `prepare_latents`, and the start of `vae.decode`. Each boundary synchronises
+    the device before it reads the clock, so a stage's GPU work is charged to it and not to the next one.
+
+    The two are wrapped as instance attributes for the call only (as `encode_patch` does), so the
+    pipeline's and the VAE's classes are untouched. If diffusers stops calling either, the split cannot
+    be made and this says so rather than report a stage as free.
+    """
+    device = torch.device(device)
+    marks: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        if name in marks:
+            raise RuntimeError(f"diffusers' __call__ entered {name} twice; the split of one request cannot be made")
+        synchronize(device)
+        marks[name] = time.perf_counter()
+
+    prepare, decode = pipe.prepare_latents, pipe.vae.decode
+
+    def timed_prepare(*args: Any, **kwargs: Any) -> Any:
+        mark("latent_preparation")
+        out = prepare(*args, **kwargs)
+        mark("denoising")
+        return out
+
+    def timed_decode(*args: Any, **kwargs: Any) -> Any:
+        mark("decoding")
+        return decode(*args, **kwargs)
+
+    pipe.prepare_latents, pipe.vae.decode = timed_prepare, timed_decode
+    try:
+        with encode_patch(pipe, encode), torch.no_grad():
+            mark("prompt")
+            output = pipe(**call)
+            mark("end")
+    finally:
+        del pipe.prepare_latents
+        del pipe.vae.decode
+    missing = [stage for stage in CALL_STAGES if stage not in marks]
+    if missing:
+        raise RuntimeError(f"diffusers' __call__ never reached {', '.join(missing)} (prepare_latents and vae.decode "
+                           "are where it is split): the split of its stages cannot be made")
+    bounds = [marks[stage] for stage in CALL_STAGES] + [marks["end"]]
+    stage_ms = {stage: (end - start) * 1e3 for stage, start, end in zip(CALL_STAGES, bounds, bounds[1:], strict=False)}
+    return TimedCall(output, stage_ms, (marks["end"] - marks["prompt"]) * 1e3)

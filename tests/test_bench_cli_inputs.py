@@ -54,7 +54,7 @@ def never_measure(monkeypatch):
         (["-k", "test_vae_encode and expand"],
          "case: selects no case of preset tiny, grid default, with -k 'test_vae_encode and expand' (got [])"),
         (["--inject-slowdown", "latent_prep[single-frame-*]=0.1"],
-         "inject_slowdown: matches none of the 36 cases this run measures (got 'latent_prep[single-frame-*]')"),
+         "inject_slowdown: matches none of the 37 cases this run measures (got 'latent_prep[single-frame-*]')"),
         (["-k", "test_vae_encode", "--inject-gpu-work", "e2e[*]=0.1"],
          "inject_gpu_work: matches none of the 4 cases this run measures (got 'e2e[*]')"),
         (["--case", "vae_encode[*]", "--inject-sync", "latent_prep[*]"],

@@ -50,3 +50,41 @@ def test_case_patterns_select_what_pytest_collects():
     collected = re.findall(r"::(test_\w+\[[^\]]+\])", out.stdout)
     mine = [f"test_{s.benchmark}[{cases.param_id(s)}]" for s in cases.chosen("tiny", "extended", keyword, patterns)]
     assert len(mine) == 10 and sorted(mine) == sorted(collected), out.stdout + out.stderr
+
+
+def test_every_kind_is_registered_once_for_its_grid_its_workload_and_its_pytest_module():
+    """A kind is its Kind member, its grid (CASES_BY_KIND), its workload (workloads.BUILDERS) and
+    bench/benchmarks/test_<kind>.py marked `cases(<kind>)`: a kind missing any of them fails here."""
+    from bench import workloads
+    from bench.kinds import Kind
+
+    assert list(cases.CASES_BY_KIND) == list(Kind)  # also the run order: stages, then whole pipelines
+    assert set(workloads.BUILDERS) == set(Kind)
+    modules = {p.stem.removeprefix("test_") for p in (REPO / "bench" / "benchmarks").glob("test_*.py")}
+    assert modules == {str(k) for k in Kind}
+    for kind in Kind:
+        source = (REPO / "bench" / "benchmarks" / f"test_{kind}.py").read_text()
+        assert f"@pytest.mark.cases(Kind.{kind.name})" in source, kind
+    assert all(spec.benchmark in set(Kind) for spec in cases.all_cases("wan22", "extended"))
+
+
+# ---- -k: the cases pytest would run ---------------------------------------------------------------
+
+
+# and, or, not, parentheses, a bracketed id, and pytest's case-insensitive substring match (E2E).
+KEYWORD = "(test_latent_prep and 64x48 and not expand) or vae_encode[96x64-1f] or E2E"
+
+
+@pytest.mark.slow
+def test_keyword_selects_what_pytest_collects():
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "bench/benchmarks",
+         "--preset=tiny", "-k", KEYWORD], cwd=REPO, capture_output=True, text=True, check=False)
+    collected = re.findall(r"::(test_\w+\[[^\]]+\])", out.stdout)
+    mine = [f"test_{s.benchmark}[{cases.param_id(s)}]" for s in cases.select(cases.all_cases("tiny"), KEYWORD)]
+    assert len(mine) == 10 and mine == collected, out.stdout + out.stderr  # 3 x 2 latent_prep, 1 encode, 2 e2e, 1 diffusers_e2e
+
+
+def test_keyword_errors_name_the_expression():
+    with pytest.raises(InputError, match="keyword: must be a pytest -k expression"):
+        cases.select(cases.all_cases("tiny"), "single_frame and (")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cases
+from bench import cases, workloads
 from bench.environment import collect_environment, run_label
 from bench.harness import RunControls, die_with_parent, single_thread_on_cpu
 from bench.records import encode_record, matches
@@ -103,3 +103,15 @@ def weights_dir(pytestconfig: pytest.Config) -> Path | None:
 @pytest.fixture(scope="session")
 def vae(preset, device, weights_dir):
     return build_vae(preset, device, weights_dir=weights_dir)
+
+
+@pytest.fixture(scope="module")
+def components(preset, device, vae, weights_dir):
+    """The end-to-end parts (the transformer, diffusers' pipeline over it, the prompt), built per module that
+    asks: e2e and diffusers_e2e each build them and free them when their cases are done."""
+    built = workloads.e2e_components(preset, device, vae, weights_dir)
+    yield built
+    # pytest's fixture cache still holds `built` here: drop the transformer itself so the cache can free it.
+    built.transformer = built.omni = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

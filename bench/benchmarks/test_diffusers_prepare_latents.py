@@ -7,6 +7,7 @@ import pytest
 
 from bench import workloads
 from bench.harness import RunControls, benchmark_case
+from bench.kinds import Kind
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def pipe(vae):
     return workloads.diffusers_pipeline(vae)
 
 
-@pytest.mark.cases("diffusers_prepare_latents")
+@pytest.mark.cases(Kind.DIFFUSERS_PREPARE_LATENTS)
 def test_diffusers_prepare_latents(benchmark, case, pipe, device):
     """bench.workloads.diffusers_prepare_latents: diffusers' preprocessing, video, encode, noise and mix."""
     work = workloads.diffusers_prepare_latents(case, pipe, device=device, controls=RunControls.from_env())

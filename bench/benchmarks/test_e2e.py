@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from bench import workloads
 from bench.harness import RunControls, benchmark_case
-
-
-@pytest.fixture(scope="module")
-def components(preset, device, vae, weights_dir):
-    built = workloads.e2e_components(preset, device, vae, weights_dir)
-    yield built
-    # pytest's fixture cache still holds `built` here: drop the transformer itself so the cache can free it.
-    built.transformer = built.omni = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+from bench.kinds import Kind
 
 
 @pytest.fixture
@@ -24,7 +14,7 @@ def image_path(tmp_path_factory, case):
     return workloads.write_condition_image(tmp_path_factory.mktemp("e2e") / "condition.png", case.width, case.height)
 
 
-@pytest.mark.cases("e2e")
+@pytest.mark.cases(Kind.E2E)
 def test_e2e(benchmark, case, components, grid, image_path, device):
     work = workloads.e2e(case, components, image_path=image_path, steps=grid.e2e_steps,
                          controls=RunControls.from_env())

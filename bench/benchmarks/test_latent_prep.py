@@ -6,9 +6,10 @@ import pytest
 
 from bench import workloads
 from bench.harness import RunControls, benchmark_case
+from bench.kinds import Kind
 
 
-@pytest.mark.cases("latent_prep")
+@pytest.mark.cases(Kind.LATENT_PREP)
 def test_latent_prep(benchmark, case, vae, preset, device):
     """The stage as upstream runs it (bench.workloads.latent_prep): noise, encode by strategy, mask and mix."""
     work = workloads.latent_prep(case, vae, dtype=preset.dtype, controls=RunControls.from_env())

@@ -6,8 +6,9 @@ import pytest
 
 from bench import workloads
 from bench.harness import benchmark_case
+from bench.kinds import Kind
 
 
-@pytest.mark.cases("vae_encode")
+@pytest.mark.cases(Kind.VAE_ENCODE)
 def test_vae_encode(benchmark, case, vae, device):
     benchmark_case(benchmark, case, workloads.vae_encode(case, vae, device=device), device=device)
