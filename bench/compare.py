@@ -346,6 +346,8 @@ class CompareRecord:
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
             raise InputError("schema_version", f"must be {SCHEMA_VERSION}", self.schema_version)
+        if self.worker_start is not None:
+            check_start(self.worker_start)
 
 
 def load_compare(path: Path | str) -> CompareRecord:

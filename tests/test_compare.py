@@ -1,4 +1,4 @@
-"""`python -m bench compare`: paired statistics, the worker protocol, and base against head end to end.
+"""`python -m bench compare`: the stopping rule, the judge, and base against head end to end.
 
 The end-to-end tests run in a temporary git repository holding a copy of this checkout's bench/
 and cosmos3/, so that commits, a dirty head and a broken base can be made without touching the
@@ -10,8 +10,6 @@ times the round itself.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import re
@@ -25,29 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import cases, cli, gate, stats
+from bench import cli, gate, stats
 from bench import compare as cmp
-from bench.harness import RunControls
-from bench.protocol import (
-    REPLIES,
-    REQUESTS,
-    Bye,
-    Finish,
-    Finished,
-    Prepare,
-    Prepared,
-    Quit,
-    Ready,
-    Round,
-    RoundDone,
-    Start,
-    Unavailable,
-    decode_message,
-    encode_message,
-)
 from bench.records import CaseResult, CaseSpec
-from bench.worker import ProtocolError, serve
-from cosmos3.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # see the module docstring
@@ -209,86 +187,6 @@ def test_a_whole_aa_compare_rarely_raises_a_false_alarm():
     # Binomial(100, 0.05) exceeds 10 with probability about 1%. Threshold 0 is the harshest case: no size
     # condition shields the test from the repeated looks of the stopping rule.
     assert alarms <= 10, alarms
-
-
-# ---- messages ------------------------------------------------------------------------------------
-
-
-def test_every_message_round_trips(make_env):
-    spec = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
-    messages = [
-        Start("head", "/repo", "tiny", controls=RunControls(slowdowns={"latent_prep[*]": 0.5})),
-        Prepare(spec, 2), Round(spec.name), Finish(spec.name), Quit(),
-        Ready("base", 1, "/t", "/t/cosmos3/__init__.py", "/h/bench/__init__.py", make_env(), (spec,)),
-        Prepared(spec.name, (1.0, 2.0)), Unavailable(spec.name, "boom"), RoundDone(spec.name, 1.5),
-        Finished(CaseResult(spec, (1.0, 2.0))), Bye(7),
-    ]
-    for message in messages:
-        line = encode_message(message)
-        assert line.endswith("\n") and line.count("\n") == 1
-        known = REQUESTS if type(message).__name__ in REQUESTS else REPLIES
-        assert decode_message(line, known, source="test") == message
-
-
-def test_a_key_on_one_side_only_is_an_error():
-    line = json.dumps({"type": "Round", "body": {"case": "x", "extra": 1}})
-    with pytest.raises(InputError, match=r"test\.Round\.extra: is not a field of Round"):
-        decode_message(line, REQUESTS, source="test")
-    with pytest.raises(InputError, match=r"test\.Round\.case: is required"):
-        decode_message(json.dumps({"type": "Round", "body": {}}), REQUESTS, source="test")
-    with pytest.raises(InputError, match="must be one of"):  # a reply where a request is due
-        decode_message(encode_message(Bye(1)), REQUESTS, source="test")
-    with pytest.raises(InputError, match="one JSON message per line"):
-        decode_message("Loading weights...", REPLIES, source="test")
-    with pytest.raises(InputError, match="must be a number"):
-        decode_message(json.dumps({"type": "RoundDone", "body": {"case": "x", "ms": "1"}}), REPLIES, source="test")
-
-
-def test_the_worker_answers_in_process(tmp_path, monkeypatch):
-    """Start, a case that cannot be built here (Unavailable, the worker goes on), a measured case, Quit."""
-    monkeypatch.chdir(tmp_path)  # the worker's scratch folder goes into its working folder
-    good = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
-    bogus = CaseSpec("no_such_kind", 64, 48, 9)
-    requests = [Start("head", str(REPO), "tiny", controls=RunControls(slowdowns={good.name: 0.5})),
-                Prepare(bogus, 1), Prepare(good, 1), Round(good.name), Round(good.name), Finish(good.name), Quit()]
-    out = io.StringIO()
-    assert serve(io.StringIO("".join(encode_message(r) for r in requests)), out) == 0
-    replies = [decode_message(line, REPLIES, source="worker") for line in out.getvalue().splitlines()]
-    assert [type(r).__name__ for r in replies] == ["Ready", "Unavailable", "Prepared", "RoundDone", "RoundDone",
-                                                   "Finished", "Bye"]
-    ready, unavailable, _, _, _, finished, _ = replies
-    assert Path(ready.cosmos3_file).is_relative_to(REPO) and good in ready.cases
-    assert unavailable.error.startswith("InputError: case.benchmark: has no workload")
-    assert finished.result.rounds == 2 and finished.result.injected == ("slowdown 0.5",)
-    assert not list(tmp_path.iterdir())  # the scratch folder is gone
-
-
-def test_the_worker_refuses_requests_out_of_order():
-    out = io.StringIO()
-    with pytest.raises(ProtocolError, match="Round before Start"):
-        serve(io.StringIO(encode_message(Round("x"))), out)
-
-
-# ---- -k: the cases pytest would run ---------------------------------------------------------------
-
-
-# and, or, not, parentheses, a bracketed id, and pytest's case-insensitive substring match (E2E).
-KEYWORD = "(test_latent_prep and 64x48 and not expand) or vae_encode[96x64-1f] or E2E"
-
-
-@pytest.mark.slow
-def test_keyword_selects_what_pytest_collects():
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "bench/benchmarks",
-         "--preset=tiny", "-k", KEYWORD], cwd=REPO, capture_output=True, text=True, check=False)
-    collected = re.findall(r"::(test_\w+\[[^\]]+\])", out.stdout)
-    mine = [f"test_{s.benchmark}[{cases.param_id(s)}]" for s in cases.select(cases.all_cases("tiny"), KEYWORD)]
-    assert len(mine) == 9 and mine == collected, out.stdout + out.stderr  # 3 x 2 latent_prep, 1 encode, 2 e2e
-
-
-def test_keyword_errors_name_the_expression():
-    with pytest.raises(InputError, match="keyword: must be a pytest -k expression"):
-        cases.select(cases.all_cases("tiny"), "single_frame and (")
 
 
 # ---- end to end, in a temporary repository --------------------------------------------------------
@@ -577,3 +475,19 @@ def test_a_stopped_compare_removes_its_worktree_and_workers(repo, tmp_path, sign
     assert not gone_within([pid for pids in workers.values() for pid in pids], EXIT_TIMEOUT_S)
     run_dir = tmp_path / "results" / "stopped"
     assert sorted(p.name for p in run_dir.iterdir()) == ["interrupted.json"]
+
+
+@pytest.mark.slow
+@linux_only
+@pytest.mark.parametrize("start", ["fork", "exec"])
+def test_the_workers_die_with_a_killed_compare(repo, tmp_path, start):
+    """SIGKILL runs no handler: an exec'd worker has only its parent-death signal left, a forked one the fork
+    server's (which exits when its parent is gone) and then its own."""
+    proc, lines = start_compare(repo, tmp_path, "orphans", processes=1, start=start)
+    workers = workers_of(lines)
+    tree = descendants(proc.pid)
+    assert {side: len(pids) for side, pids in workers.items()} == {"base": 1, "head": 1}, workers
+    assert all(pid in tree for pids in workers.values() for pid in pids), (workers, tree)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=EXIT_TIMEOUT_S)
+    assert not gone_within(tree, EXIT_TIMEOUT_S), "a worker or the fork server outlived the killed compare"

@@ -239,10 +239,19 @@ def test_the_record_keeps_each_trial_s_process_and_reads_back(tmp_path, make_env
 
     _, pairs = process_pairs([1.0, 1.02, 0.99])
     rec = record([measure(pairs)], make_env=make_env)
-    rec = cmp.dataclasses.replace(rec, processes=3, startup_s=12.5)
+    rec = cmp.dataclasses.replace(rec, processes=3, startup_s=12.5, worker_start="fork")
     write_json_atomic(tmp_path / "compare.json", encode_record(rec))
     back = cmp.load_compare(tmp_path / "compare.json")
     assert back == rec and back.schema_version == 2 and set(back.pairs[0].process) == {0, 1, 2}
+    data = encode_record(rec)
+    assert data["worker_start"] == "fork"
+    del data["worker_start"]  # a record from before the choice reads back, saying nothing of it
+    write_json_atomic(tmp_path / "before.json", data)
+    assert cmp.load_compare(tmp_path / "before.json").worker_start is None
+    data["worker_start"] = "spawn"
+    write_json_atomic(tmp_path / "bad.json", data)
+    with pytest.raises(cmp.InputError, match="worker_start: must be one of exec, fork"):
+        cmp.load_compare(tmp_path / "bad.json")
     data = encode_record(rec)
     data["schema_version"] = 1
     write_json_atomic(tmp_path / "old.json", data)

@@ -6,7 +6,25 @@ import json
 
 import pytest
 
-from bench.protocol import REPLIES, REQUESTS, Bye, Round, RoundDone, Start, decode_message, encode_message
+from bench.controls import RunControls
+from bench.protocol import (
+    REPLIES,
+    REQUESTS,
+    Bye,
+    Finish,
+    Finished,
+    Prepare,
+    Prepared,
+    Quit,
+    Ready,
+    Round,
+    RoundDone,
+    Start,
+    Unavailable,
+    decode_message,
+    encode_message,
+)
+from bench.records import CaseResult, CaseSpec
 from cosmos3.errors import InputError
 
 
@@ -64,3 +82,34 @@ def test_every_decoding_rule_names_the_source_and_the_line():
 def test_a_known_message_decodes_to_its_record():
     assert decode_message('{"type": "Round", "body": {"case": "x"}}', REQUESTS, source="s") == Round("x")
     assert decode_message(' {"type": "Bye", "body": {"pid": 2}}\n', REPLIES, source="s") == Bye(2)
+
+
+
+def test_every_message_round_trips(make_env):
+    spec = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
+    messages = [
+        Start("head", "/repo", "tiny", controls=RunControls(slowdowns={"latent_prep[*]": 0.5})),
+        Prepare(spec, 2), Round(spec.name), Finish(spec.name), Quit(),
+        Ready("base", 1, "/t", "/t/cosmos3/__init__.py", "/h/bench/__init__.py", make_env(), (spec,)),
+        Prepared(spec.name, (1.0, 2.0)), Unavailable(spec.name, "boom"), RoundDone(spec.name, 1.5),
+        Finished(CaseResult(spec, (1.0, 2.0))), Bye(7),
+    ]
+    for message in messages:
+        line = encode_message(message)
+        assert line.endswith("\n") and line.count("\n") == 1
+        known = REQUESTS if type(message).__name__ in REQUESTS else REPLIES
+        assert decode_message(line, known, source="test") == message
+
+
+def test_a_key_on_one_side_only_is_an_error():
+    line = json.dumps({"type": "Round", "body": {"case": "x", "extra": 1}})
+    with pytest.raises(InputError, match=r"test\.Round\.extra: is not a field of Round"):
+        decode_message(line, REQUESTS, source="test")
+    with pytest.raises(InputError, match=r"test\.Round\.case: is required"):
+        decode_message(json.dumps({"type": "Round", "body": {}}), REQUESTS, source="test")
+    with pytest.raises(InputError, match="must be one of"):  # a reply where a request is due
+        decode_message(encode_message(Bye(1)), REQUESTS, source="test")
+    with pytest.raises(InputError, match="one JSON message per line"):
+        decode_message("Loading weights...", REPLIES, source="test")
+    with pytest.raises(InputError, match="must be a number"):
+        decode_message(json.dumps({"type": "RoundDone", "body": {"case": "x", "ms": "1"}}), REPLIES, source="test")
