@@ -6,24 +6,9 @@ import json
 
 import pytest
 
+from bench import protocol
 from bench.controls import RunControls
-from bench.protocol import (
-    REPLIES,
-    REQUESTS,
-    Bye,
-    Finish,
-    Finished,
-    Prepare,
-    Prepared,
-    Quit,
-    Ready,
-    Round,
-    RoundDone,
-    Start,
-    Unavailable,
-    decode_message,
-    encode_message,
-)
+from bench.protocol import REPLIES, REQUESTS, Bye, Round, RoundDone, Start, decode_message, encode_message
 from bench.records import CaseResult, CaseSpec
 from cosmos3.errors import InputError
 
@@ -89,10 +74,10 @@ def test_every_message_round_trips(make_env):
     spec = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
     messages = [
         Start("head", "/repo", "tiny", controls=RunControls(slowdowns={"latent_prep[*]": 0.5})),
-        Prepare(spec, 2), Round(spec.name), Finish(spec.name), Quit(),
-        Ready("base", 1, "/t", "/t/cosmos3/__init__.py", "/h/bench/__init__.py", make_env(), (spec,)),
-        Prepared(spec.name, (1.0, 2.0)), Unavailable(spec.name, "boom"), RoundDone(spec.name, 1.5),
-        Finished(CaseResult(spec, (1.0, 2.0))), Bye(7),
+        protocol.Prepare(spec, 2), Round(spec.name), protocol.Finish(spec.name), protocol.Quit(),
+        protocol.Ready("base", 1, "/t", "/t/cosmos3/__init__.py", "/h/bench/__init__.py", make_env(), (spec,)),
+        protocol.Prepared(spec.name, (1.0, 2.0)), protocol.Unavailable(spec.name, "boom"), RoundDone(spec.name, 1.5),
+        protocol.Finished(CaseResult(spec, (1.0, 2.0))), Bye(7),
     ]
     for message in messages:
         line = encode_message(message)
