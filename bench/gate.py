@@ -14,7 +14,7 @@ import numpy as np
 from bench import stats, telemetry
 from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
 from bench.kinds import Kind
-from bench.records import CaseResult, Environment, RunRecord, WorkCounters, matches
+from bench.records import COUNTERS, CaseResult, Environment, RunRecord, WorkCounters, matches
 from bench.stats import CI_LEVEL, OK, REGRESSION
 from cosmos3.errors import InputError, check_number
 
@@ -445,15 +445,8 @@ class DeviceTimeRule(Rule):
 
 
 # What one unit of each counter is called in a failure message: "+1 synchronization per round".
-_COUNTER_UNITS = {
-    "kernel_launches": ("kernel launch", "kernel launches"),
-    "syncs": ("synchronization", "synchronizations"),
-    "h2d_copies": ("host-to-device copy", "host-to-device copies"),
-    "h2d_bytes": ("byte host-to-device", "bytes host-to-device"),
-    "d2h_copies": ("device-to-host copy", "device-to-host copies"),
-    "d2h_bytes": ("byte device-to-host", "bytes device-to-host"),
-    "flops": ("FLOP", "FLOPs"),
-}
+_COUNTER_UNITS = {c.name: (c.one, c.many) for c in COUNTERS}
+_COUNTER_COLUMNS = tuple(c for c in COUNTERS if c.column is not None)
 IMPROVED = "improved"
 VARIES = "varies"
 
@@ -490,7 +483,7 @@ class CounterRule(Rule):
 
     name = "counters"
     title = "Work counters against the baseline (per round)"
-    columns = ("benchmark", "kernel launches", "syncs", "H2D copies", "D2H copies", "FLOPs", "verdict")
+    columns = ("benchmark", *(c.column for c in _COUNTER_COLUMNS), "verdict")
 
     def judge(self, given: GateInput) -> Iterator[Finding]:
         for current, baseline in given.pairs():
@@ -513,8 +506,7 @@ class CounterRule(Rule):
             if changes and not grown:
                 note = "fewer: " + ", ".join(f"{k} {b} -> {c}" for k, (b, c) in changes.items())
 
-            row = (code(current.name), *(_counter_cell(base, cur, k) for k in
-                                         ("kernel_launches", "syncs", "h2d_copies", "d2h_copies", "flops")), verdict)
+            row = (code(current.name), *(_counter_cell(base, cur, c.name) for c in _COUNTER_COLUMNS), verdict)
             yield Finding(self.name, current.name, verdict, row, failure, note, (base, cur))
 
 

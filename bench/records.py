@@ -228,8 +228,32 @@ class EquivalenceRecord:
 
 # Where work counters come from: "cuda", kernels the device ran; "cpu", aten ops stand in for kernels.
 SOURCES = ("cuda", "cpu")
+@dataclass(frozen=True)
+class CounterSpec:
+    """One work counter, as the records, the gate's messages and the counters table all read it: its
+    WorkCounters field, what one unit of it is called ("+1 synchronization per round"), and its column in
+    the counters table (None: in no table). Adding a counter: an entry here, its WorkCounters and
+    counters.RoundCounts fields, and how counters.count_round counts it."""
+
+    name: str
+    one: str
+    many: str
+    column: str | None
+    per_round: bool = True  # counted in each profiled round (COUNTS); FLOPs come from one unprofiled round
+
+
+# In the order the gate's failure messages and the counters table give them.
+COUNTERS = (
+    CounterSpec("kernel_launches", "kernel launch", "kernel launches", "kernel launches"),
+    CounterSpec("syncs", "synchronization", "synchronizations", "syncs"),
+    CounterSpec("h2d_copies", "host-to-device copy", "host-to-device copies", "H2D copies"),
+    CounterSpec("h2d_bytes", "byte host-to-device", "bytes host-to-device", None),
+    CounterSpec("d2h_copies", "device-to-host copy", "device-to-host copies", "D2H copies"),
+    CounterSpec("d2h_bytes", "byte device-to-host", "bytes device-to-host", None),
+    CounterSpec("flops", "FLOP", "FLOPs", "FLOPs", per_round=False),
+)
 # The per-round counts compared between rounds; WorkCounters.varying_counters names those that differed.
-COUNTS = ("kernel_launches", "h2d_copies", "h2d_bytes", "d2h_copies", "d2h_bytes", "syncs")
+COUNTS = tuple(c.name for c in COUNTERS if c.per_round)
 VARYING_NAMES = (*COUNTS, "flops", "top_kernels")
 
 
@@ -293,8 +317,8 @@ class WorkCounters:
             raise InputError("source", f"must be one of {SOURCES}", self.source)
         if self.profiled_rounds < 1:
             raise InputError("profiled_rounds", "must be at least 1", self.profiled_rounds)
-        for name in (*COUNTS, "flops"):
-            check_count(name, getattr(self, name))
+        for counter in COUNTERS:
+            check_count(counter.name, getattr(self, counter.name))
         if self.source == "cpu":
             if self.device_ms_samples:
                 raise InputError("device_ms_samples", "must be empty for source 'cpu' (no device)",
@@ -699,7 +723,7 @@ def merge_counters(group: list[WorkCounters]) -> WorkCounters:
     first = group[0]
     varying = {name for c in group for name in c.varying_counters}
     counts = {}
-    for name in (*COUNTS, "flops"):
+    for name in (c.name for c in COUNTERS):
         values = {getattr(c, name) for c in group}
         counts[name] = max(values)
         if len(values) > 1:

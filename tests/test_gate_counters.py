@@ -140,3 +140,18 @@ def test_a_merged_baseline_says_whose_counters_agreed_in_every_run(make_case, ma
     assert counter_agreement(merged, 3) == (
         "work counters identical in all 3 runs and every profiled round: 1 of 2 profiled benchmarks; these varied, "
         f"and the gate will not judge them:\n- {NAME}: syncs")
+
+
+def test_every_counter_is_one_entry_that_the_record_the_message_and_the_table_read():
+    """bench.records.COUNTERS: each is a WorkCounters field, has its words in the gate's message, and the table's
+    columns are the entries that name one, in order; a counter added there reaches all three."""
+    import dataclasses as dc
+
+    from bench.gate import _COUNTER_UNITS, CounterRule
+    from bench.records import COUNTERS, COUNTS, WorkCounters
+
+    fields = {f.name for f in dc.fields(WorkCounters)}
+    assert all(c.name in fields for c in COUNTERS)
+    assert set(_COUNTER_UNITS) == {c.name for c in COUNTERS} and COUNTS == tuple(c.name for c in COUNTERS[:-1])
+    assert CounterRule.columns == ("benchmark", "kernel launches", "syncs", "H2D copies", "D2H copies", "FLOPs",
+                                   "verdict")  # as before the registry
