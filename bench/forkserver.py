@@ -46,10 +46,28 @@ def context() -> multiprocessing.context.ForkServerContext:
     return ctx
 
 
+def release_server() -> None:
+    """In a forked process: let go of the fork server's "alive" pipe.
+
+    The server exits when it reads end of file on that pipe, once every holder of its write end is gone, and
+    every fork inherits one (multiprocessing keeps it so that a child can fork in turn). A worker that held it
+    would keep the server alive after a SIGKILLed coordinator, and so itself: its parent-death signal watches
+    the server, and it would notice the dead coordinator only at its next request, after a round, a warm-up
+    or a model build. Closed as the stdlib's own ForkServer closes it when it stops.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+
+
 def serve_forked(requests: Connection, replies: Connection, env: dict[str, str], shim: str, head_root: str,
                  log: str) -> None:
     """In the forked worker: become what `python -m bench.worker` would be (its own session, its side's
     environment, cwd and sys.path, stdout and stderr into its log), then serve the coordinator's requests."""
+    release_server()
     os.setsid()  # as start_new_session does for an exec'd worker: a Ctrl-C reaches the coordinator only
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     for std in (1, 2):  # a library's prints can never reach the protocol, which has its own pipe
@@ -83,7 +101,12 @@ class ForkedProcess:
         # daemon: a coordinator that exits with workers still alive terminates them, never waits on them.
         self._process = ctx.Process(target=serve_forked, name=f"bench-worker-{log.stem}", daemon=True,
                                     args=(request_r, reply_w, env, str(shim), str(head_root), str(log)))
-        self._process.start()
+        try:
+            self._process.start()
+        except BaseException:  # the server could not start, or died: no pipe is left open
+            for end in (request_r, request_w, reply_r, reply_w):
+                end.close()
+            raise
         request_r.close()  # the worker's ends: closed here, so that its death reads as end of file
         reply_w.close()
         self.stdin = os.fdopen(os.dup(request_w.fileno()), "wb")
