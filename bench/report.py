@@ -280,7 +280,9 @@ def diffusers_e2e_lines(calls: list[CaseResult], groups: dict[tuple[str, int], d
         lines += [(f"A whole request through `__call__` as shipped, {case.spec.resolution}, {case.spec.num_frames} "
                    f"frames{steps} (`{case.name}`): prompt (tokenising and text segments), "
                    "`prepare_latents`, the denoise loop, and the VAE decode with diffusers' postprocessing, each "
-                   "timed with the device synchronised at its boundaries. Medians; shares of the median total."),
+                   "timed with the device synchronised at its boundaries; a local tokenizer, this run's weights, the safety "
+                   "checker off (it needs cosmos_guardrail and checks decoded frames only). Medians; shares of the "
+                   "median total."),
                   "", *table(["stage", "ms (share)"], rows), ""]
         ways = groups.get((case.spec.resolution, case.spec.num_frames), {})
         prep = case.stage_median_ms.get("latent_preparation")
