@@ -136,3 +136,27 @@ def test_log_ratios_are_head_over_base():
 ])
 def test_verdict_needs_size_and_every_test(ratio, p_slower, p_faster, across, expected):
     assert stats.verdict(ratio, 0.05, 0.01, p_slower, p_faster, *across) == expected
+
+
+def test_process_t_p_is_scipy_s_one_sided_t_test_and_decides_equal_medians_by_their_sign():
+    medians = np.array([0.10, 0.20, 0.15, 0.05])
+    for alternative in ("greater", "less"):
+        expected = scipy_stats.ttest_1samp(medians, 0.0, alternative=alternative).pvalue
+        assert stats.process_t_p(medians, alternative) == pytest.approx(expected, rel=1e-12)
+    assert stats.process_t_p(medians, "greater") < 0.02 and stats.process_t_p(medians, "less") > 0.98
+    # Every pair the same median: no spread to test with, so the sign decides, either way round.
+    assert stats.process_t_p(np.array([0.1, 0.1, 0.1]), "greater") == 0.0
+    assert stats.process_t_p(np.array([0.1, 0.1, 0.1]), "less") == 1.0
+    assert stats.process_t_p(np.array([-0.1, -0.1]), "less") == 0.0
+    assert stats.process_t_p(np.array([-0.1, -0.1]), "greater") == 1.0
+    assert stats.process_t_p(np.array([0.0, 0.0, 0.0]), "greater") == 1.0
+    assert stats.process_t_p(np.array([0.3]), "greater") is None  # one pair: nothing to test across
+    assert stats.process_t_p(np.array([]), "less") is None
+
+
+def test_wilcoxon_p_is_one_sided_in_the_direction_asked():
+    d = np.linspace(0.01, 0.1, 10)  # every pair slower: the one-sided p is exactly 2**-10
+    assert stats.wilcoxon_p(d, "greater") == pytest.approx(2.0**-10, rel=1e-9)
+    assert stats.wilcoxon_p(d, "less") > 0.99
+    assert stats.wilcoxon_p(-d, "less") == pytest.approx(2.0**-10, rel=1e-9)
+    assert stats.wilcoxon_p(np.ones(10), "greater") == pytest.approx(2.0**-10, rel=1e-9)  # not a tie: all +1
