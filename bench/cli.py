@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from bench.records import (
     save_run,
 )
 from bench.report import append_github_summary, write_report
+from bench.strategies import STRATEGIES
 from cosmos3 import strict_json
 from cosmos3.components import check_weights_dir
 from cosmos3.errors import InputError
@@ -76,11 +78,9 @@ def add_gate_options(p: argparse.ArgumentParser) -> None:
                    help="allowed peak-memory growth, a fraction (default %(default)s)")
     g.add_argument("--exclude", action="append", default=[], metavar="NAME",
                    help="baseline benchmark this run need not contain; may use * (repeatable)")
-    g.add_argument("--min-speedup", type=float, default=gate_mod.DEFAULT_MIN_SPEEDUP,
-                   help="single_frame must beat expand (diffusers' pipeline: shipped) by this factor in latent "
-                        "preparation (default %(default)s)")
-    g.add_argument("--min-speedup-2d", type=float, default=gate_mod.DEFAULT_MIN_SPEEDUP_2D,
-                   help="first_frame_2d must beat single_frame by this factor on a GPU (default %(default)s)")
+    for strategy in STRATEGIES:
+        g.add_argument(f"--{strategy.speedup.replace('_', '-')}", dest=strategy.speedup, type=float,
+                       default=strategy.default_min_speedup, help=strategy.speedup_help)
     g.add_argument("--noise-k", type=float, default=gate_mod.DEFAULT_NOISE_K,
                    help="a slowdown must also exceed this many run-to-run standard deviations of a baseline "
                         "merged from >= 3 runs (default %(default)s)")
@@ -109,11 +109,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="one extra host-device synchronisation per round in matching cases")
     n.add_argument("--inject-kernel", action="append", default=[], metavar="PATTERN",
                    help="one extra small kernel per round in matching cases")
-    n.add_argument("--revert-single-frame", action="store_true",
-                   help="run the old expand path in the cases labelled single_frame (diffusers' pipeline: "
-                        "prepare_latents as shipped)")
-    n.add_argument("--revert-first-frame", action="store_true",
-                   help="run the 3D single_frame encode in the cases labelled first_frame_2d")
+    for strategy in STRATEGIES:
+        n.add_argument(f"--{strategy.revert.replace('_', '-')}", dest=strategy.revert, action="store_true",
+                       help=strategy.revert_help)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -215,8 +213,7 @@ def gate_config(args: argparse.Namespace) -> gate_mod.GateConfig:
         alpha=args.alpha,
         memory_threshold=args.memory_threshold,
         exclude=frozenset(args.exclude),
-        min_speedup=args.min_speedup,
-        min_speedup_2d=args.min_speedup_2d,
+        min_speedups={s.name: getattr(args, s.speedup) for s in STRATEGIES},
         noise_k=args.noise_k,
     )
 
@@ -228,8 +225,7 @@ def run_controls(args: argparse.Namespace) -> RunControls:
         gpu_work=parse_pattern_values(args.inject_gpu_work, "inject_gpu_work"),
         syncs=tuple(args.inject_sync),
         kernels=tuple(args.inject_kernel),
-        revert_single_frame=args.revert_single_frame,
-        revert_first_frame=args.revert_first_frame,
+        reverted=tuple(s.name for s in STRATEGIES if getattr(args, s.revert)),
     )
 
 
@@ -243,22 +239,36 @@ class RunPlan:
     device_slug: str
     controls: RunControls
     run_id: str
+    # What the benchmark child is asked to measure, as the pytest options say it.
+    keyword: str | None = None
+    cases: tuple[str, ...] = ()
+    grid: str = "default"
+    weights_dir: Path | None = None
+    dit_layers: int | None = None
 
 
-def plan_run(args: argparse.Namespace, *, suffix: str = "") -> RunPlan:
+def plan_run(args: argparse.Namespace, *, suffix: str = "", run_id: str | None = None,
+             results_dir: Path | None = None, controls: RunControls | None = None,
+             cases: Sequence[str] | None = None) -> RunPlan:
+    """The run the options ask for; a caller that runs several (calibrate) names its own run id, results
+    folder, controls or cases instead of the options'."""
     preset = resolve_preset_name(args.preset)
     if args.dit_layers is not None and args.dit_layers < 1:
         raise InputError("dit_layers", "must be >= 1", args.dit_layers)
     if args.weights_dir is not None:
         check_weights_dir(args.weights_dir)
-    controls = run_controls(args)
-    controls.check_applies(cases_mod.chosen(preset, args.grid, args.keyword, args.case))
+    controls = run_controls(args) if controls is None else controls
+    cases = tuple(args.case if cases is None else cases)
+    controls.check_applies(cases_mod.chosen(preset, args.grid, args.keyword, list(cases)))
     name, slug = device_identity(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    run_id = args.run_id if args.run_id is not None else f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}{suffix}"
+    run_id = run_id if run_id is not None else args.run_id
+    run_id = run_id if run_id is not None else f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{preset}{suffix}"
+    results_dir = args.results_dir if results_dir is None else results_dir
     check_name("run_id", run_id)
-    check_output_dir("results_dir", args.results_dir)
-    check_new_run_dir(args.results_dir, run_id)
-    return RunPlan(preset, run_label(preset, args.dit_layers), name, slug, controls, run_id)
+    check_output_dir("results_dir", results_dir)
+    check_new_run_dir(results_dir, run_id)
+    return RunPlan(preset, run_label(preset, args.dit_layers), name, slug, controls, run_id, args.keyword, cases,
+                   args.grid, args.weights_dir, args.dit_layers)
 
 
 def check_new_run_dir(results_dir: Path, run_id: str) -> Path:
@@ -343,7 +353,7 @@ def read_benchmark_json(path: Path) -> dict:
         raise InputError("pytest_benchmark_json", f"must be readable JSON ({exc})", display_path(path)) from None
 
 
-def run_benchmarks(args: argparse.Namespace, plan: RunPlan, run_dir: Path) -> tuple[RunRecord | None, list[str]]:
+def run_benchmarks(plan: RunPlan, run_dir: Path) -> tuple[RunRecord | None, list[str]]:
     """Run the suite in a child process; return its run record (None if no case finished) and failed cases."""
     env = dict(os.environ)
     env[CONTROLS_ENV] = dataclasses.replace(plan.controls, parent_pid=os.getpid()).to_env()
@@ -354,15 +364,15 @@ def run_benchmarks(args: argparse.Namespace, plan: RunPlan, run_dir: Path) -> tu
         f"--junitxml={display_path(run_dir / JUNIT_XML)}",
         "--benchmark-sort=name", "--benchmark-columns=median,iqr,min,max,rounds",
     ]
-    if args.weights_dir is not None:
-        cmd.append(f"--weights-dir={args.weights_dir}")
-    if args.dit_layers is not None:
-        cmd.append(f"--dit-layers={args.dit_layers}")
-    if args.keyword is not None:
-        cmd += ["-k", args.keyword]
-    cmd += [f"--case={pattern}" for pattern in args.case]
-    if args.grid != "default":
-        cmd.append(f"--grid={args.grid}")
+    if plan.weights_dir is not None:
+        cmd.append(f"--weights-dir={plan.weights_dir}")
+    if plan.dit_layers is not None:
+        cmd.append(f"--dit-layers={plan.dit_layers}")
+    if plan.keyword is not None:
+        cmd += ["-k", plan.keyword]
+    cmd += [f"--case={pattern}" for pattern in plan.cases]
+    if plan.grid != "default":
+        cmd.append(f"--grid={plan.grid}")
     print("$ " + shlex.join(["python", *cmd[1:]]), flush=True)
     started = time.perf_counter()
     try:
@@ -438,7 +448,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if baseline is not None:
         gate_mod.check_compatible(plan, baseline.environment, args.allow_device_mismatch)
     run_dir = make_run_dir(args.results_dir, plan.run_id)
-    run, failed = run_benchmarks(args, plan, run_dir)
+    run, failed = run_benchmarks(plan, run_dir)
     if run is None:
         print("FAIL: no benchmark finished:\n- " + "\n- ".join(failed))
         return EXIT_REGRESSION
@@ -507,7 +517,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         runs = []
         for run_id in run_ids:
             run_dir = make_run_dir(args.results_dir, run_id)
-            run, failed = run_benchmarks(args, plan, run_dir)
+            run, failed = run_benchmarks(plan, run_dir)
             if run is None:
                 print("refusing to record a baseline: no benchmark finished:\n- " + "\n- ".join(failed))
                 return EXIT_REGRESSION
@@ -545,23 +555,24 @@ def counter_agreement(merged: RunRecord, runs: int) -> str:
     return line
 
 
-def measure_calibration_run(args: argparse.Namespace, planned: calibrate_mod.PlannedRun, folder: Path) -> None:
+def measure_calibration_run(args: argparse.Namespace, planned: calibrate_mod.PlannedRun, folder: Path,
+                            cases: Sequence[str]) -> None:
     """One calibration run in its own process, into folder/runs/<run id>/, with the work it injects."""
     runs_dir = folder / "runs"
-    run_args = argparse.Namespace(**{
-        **vars(args), "run_id": planned.run_id, "results_dir": runs_dir,
-        "inject_gpu_work": [f"*={planned.size:g}"] if planned.size else [],
-        "inject_sync": ["*"] if planned.control == "sync" else [],
-        "inject_kernel": ["*"] if planned.control == "kernel" else []})
+    controls = dataclasses.replace(
+        run_controls(args),
+        gpu_work=parse_pattern_values([f"*={planned.size:g}"], "inject_gpu_work") if planned.size else {},
+        syncs=("*",) if planned.control == "sync" else (),
+        kernels=("*",) if planned.control == "kernel" else ())
     run_dir = runs_dir / planned.run_id
     if run_dir.exists():  # a run an earlier call did not finish (stopped, killed): kept aside, measured again
         stale = unused_name(folder / "incomplete", planned.run_id)
         stale.parent.mkdir(exist_ok=True)
         run_dir.rename(stale)
         print(f"{planned.run_id}: unfinished by an earlier call, moved to {display_path(stale)}")
-    plan = plan_run(run_args)
+    plan = plan_run(args, run_id=planned.run_id, results_dir=runs_dir, controls=controls, cases=cases)
     run_dir = make_run_dir(runs_dir, planned.run_id)
-    run, failed = run_benchmarks(run_args, plan, run_dir)
+    run, failed = run_benchmarks(plan, run_dir)
     if run is None or failed:
         raise InputError("calibrate", f"run {planned.run_id} had failing benchmarks: {failed}")
 
@@ -620,13 +631,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise InputError(name, "must be >= 1", getattr(args, name))
     if args.time_budget_s is not None and not (math.isfinite(args.time_budget_s) and args.time_budget_s > 0):
         raise InputError("time_budget_s", "must be a finite number of seconds > 0", args.time_budget_s)
-    if args.inject_slowdown or args.inject_gpu_work or args.inject_sync or args.inject_kernel or args.revert_single_frame \
-            or args.revert_first_frame:
+    if args.inject_slowdown or args.inject_gpu_work or args.inject_sync or args.inject_kernel \
+            or any(getattr(args, s.revert) for s in STRATEGIES):
         raise InputError("calibrate", "injects its own GPU work; other negative controls are refused")
     folder = args.calibration_dir or args.results_dir / f"calibration-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     check_output_dir("calibration_dir", folder)
-    if args.case == [] and args.keyword is None:
-        args.case = list(calibrate_mod.DEFAULT_CASES)
+    cases = calibrate_mod.DEFAULT_CASES if args.case == [] and args.keyword is None else args.case
     steps = args.step or ["baseline", "aa", "gpu", "controls", "report"]
     runs_dir = folder / "runs"
     planned = calibrate_mod.schedule(
@@ -639,7 +649,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"time budget of {args.time_budget_s:g} s spent: {len(left)} run(s) not started "
                   f"({', '.join(p.run_id for p in left)}); name the same --calibration-dir again to measure them")
             break
-        measure_calibration_run(args, planned_run, folder)
+        measure_calibration_run(args, planned_run, folder, cases)
     records = sorted((p.parent.name, load_run(p)) for p in runs_dir.glob(f"*/{RUN_RECORD}"))
     runs = calibrate_mod.group_runs(records)
     if "report" not in steps:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.records import CaseSpec, decode_record, encode_record, matches
+from bench.strategies import BY_NAME, STRATEGIES
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
@@ -77,8 +78,8 @@ class RunControls:
     gpu_work: dict[str, float] = field(default_factory=dict)
     syncs: tuple[str, ...] = ()  # case patterns: one extra host-device synchronisation per round
     kernels: tuple[str, ...] = ()  # case patterns: one extra small kernel per round
-    revert_single_frame: bool = False  # the old expand path runs under the single_frame label
-    revert_first_frame: bool = False  # the 3D single_frame encode runs under the first_frame_2d label
+    # Strategies (bench.strategies) whose cases run the path they replaced, under their own label.
+    reverted: tuple[str, ...] = ()
     parent_pid: int | None = None  # the `python -m bench` process the child must not outlive
 
     def __post_init__(self) -> None:
@@ -90,6 +91,9 @@ class RunControls:
             for pattern in patterns:
                 if not pattern:
                     raise InputError(option, "must be a case name or pattern, e.g. 'latent_prep[*]'", pattern)
+        for name in self.reverted:
+            if name not in BY_NAME:
+                raise InputError("reverted", f"must name strategies among {', '.join(BY_NAME)}", name)
 
     def check_applies(self, specs: Sequence[CaseSpec]) -> None:
         """Each control must change at least one of the cases the run measures: one that applies to none
@@ -100,11 +104,10 @@ class RunControls:
             for pattern in patterns:
                 if not any(matches(name, pattern) for name in names):
                     raise InputError(option, f"matches none of the {len(names)} cases this run measures", pattern)
-        for option, label, wanted in (("revert_single_frame", "single_frame", self.revert_single_frame),
-                                      ("revert_first_frame", "first_frame_2d", self.revert_first_frame)):
-            if wanted and not any(spec.strategy == label for spec in specs):
-                raise InputError(option, f"needs a {label} case among the {len(names)} cases this run measures",
-                                 True)
+        for strategy in STRATEGIES:
+            if strategy.name in self.reverted and not any(spec.strategy == strategy.name for spec in specs):
+                raise InputError(strategy.revert, f"needs a {strategy.name} case among the {len(names)} cases "
+                                                  "this run measures", True)
 
     def to_env(self) -> str:
         return json.dumps(encode_record(self))
@@ -136,10 +139,7 @@ class RunControls:
         out += [f"gpu work {p}={f:g}" for p, f in self.gpu_work.items()]
         out += [f"extra sync {p}" for p in self.syncs]
         out += [f"extra kernel {p}" for p in self.kernels]
-        if self.revert_single_frame:
-            out.append("single_frame reverted to expand (diffusers' pipeline: to shipped)")
-        if self.revert_first_frame:
-            out.append("first_frame_2d reverted to single_frame")
+        out += [s.reverted_note for s in STRATEGIES if s.name in self.reverted]
         return tuple(out)
 
     def strategy_for(self, label: str | None, *, replaced: str = "expand") -> str | None:
@@ -148,10 +148,8 @@ class RunControls:
         `replaced` is the path the single-frame encode replaced in the implementation the case runs: "expand"
         in this package's stage, "shipped" in diffusers' Cosmos3OmniPipeline (cosmos3.diffusers_omni).
         """
-        if label == "single_frame" and self.revert_single_frame:
-            return replaced
-        if label == "first_frame_2d" and self.revert_first_frame:
-            return "single_frame"
+        if label in self.reverted:
+            return BY_NAME[label].reverted_to(replaced)
         return label
 
 

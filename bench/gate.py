@@ -16,6 +16,7 @@ from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_
 from bench.kinds import Kind
 from bench.records import COUNTERS, CaseResult, Environment, RunRecord, WorkCounters, matches
 from bench.stats import CI_LEVEL, OK, REGRESSION
+from bench.strategies import BY_NAME, STRATEGIES
 from cosmos3.errors import InputError, check_number
 
 DEFAULT_LATENCY_THRESHOLD = 0.05  # a median may grow by 5% before it counts as a regression
@@ -23,13 +24,6 @@ DEFAULT_LATENCY_THRESHOLD = 0.05  # a median may grow by 5% before it counts as 
 DEFAULT_DEVICE_THRESHOLD = 0.03
 DEFAULT_ALPHA = 0.01  # one-sided Mann-Whitney significance level
 DEFAULT_MEMORY_THRESHOLD = 0.01  # peak memory is deterministic enough for a tight bound
-DEFAULT_MIN_SPEEDUP = 2.0  # single_frame must beat expand by this factor in latent preparation
-# first_frame_2d must beat single_frame by this factor in latent preparation, on a GPU, at the sizes where
-# a measurement supports it. The one measurement is 20.7 -> 13.4 ms eager at 1280x720 (1.54x); at 832x480
-# the stage is launch-bound (about 14 ms) and nothing measured says what it gains, so there the factor is
-# reported, not gated, until a GPU run of this suite measures it (tools/gpu-evidence.sh smoke prints both).
-DEFAULT_MIN_SPEEDUP_2D = 1.5
-MIN_SPEEDUP_2D_RESOLUTIONS = frozenset({"1280x720"})
 DEFAULT_BOOTSTRAP_RESAMPLES = stats.BOOTSTRAP_RESAMPLES
 # A slowdown must also exceed this many run-to-run standard deviations (the spread of the per-run
 # medians in a baseline merged from several runs) before it counts. On a shared H100 VM, leave-one-out
@@ -67,8 +61,8 @@ class GateConfig:
     memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
     # Names or patterns of baseline benchmarks that this run need not contain.
     exclude: frozenset[str] = frozenset()
-    min_speedup: float = DEFAULT_MIN_SPEEDUP
-    min_speedup_2d: float = DEFAULT_MIN_SPEEDUP_2D
+    # Strategy name -> the factor it must beat the path it replaced by (bench.strategies; unnamed: its default).
+    min_speedups: Mapping[str, float] = field(default_factory=dict)
     noise_k: float = DEFAULT_NOISE_K
     bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
     seed: int = 0
@@ -76,6 +70,11 @@ class GateConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "latency_overrides", dict(self.latency_overrides))
         object.__setattr__(self, "exclude", frozenset(self.exclude))
+        for name in self.min_speedups:
+            if name not in BY_NAME:
+                raise InputError("min_speedups", f"must name strategies among {', '.join(BY_NAME)}", name)
+        object.__setattr__(self, "min_speedups",
+                           {s.name: self.min_speedups.get(s.name, s.default_min_speedup) for s in STRATEGIES})
         # One rule for every number (cosmos3.errors.check_number): finite, so no limit switches a rule off.
         for name in ("latency_threshold", "device_threshold", "memory_threshold", "noise_k"):
             check_number(name, getattr(self, name), at_least=0)
@@ -83,8 +82,8 @@ class GateConfig:
             check_number(f"latency_overrides[{pattern}]", value, at_least=0)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise InputError("alpha", "must lie strictly between 0 and 1", self.alpha)
-        for name in ("min_speedup", "min_speedup_2d"):
-            check_number(name, getattr(self, name), at_least=1)
+        for strategy in STRATEGIES:
+            check_number(strategy.speedup, self.min_speedups[strategy.name], at_least=1)
         check_number("bootstrap_resamples", self.bootstrap_resamples, at_least=1, integer=True)
         check_number("seed", self.seed, at_least=0, integer=True)
 
@@ -295,15 +294,10 @@ def compare_memory(current: CaseResult, baseline: CaseResult, config: GateConfig
 
 
 def strategy_pairs(config: GateConfig) -> tuple[StrategyPair, ...]:
-    return (
-        # With one frame, single_frame and expand do the same work: nothing to gain, nothing to gate.
-        StrategyPair("single_frame", "expand", config.min_speedup, min_frames=2),
-        # diffusers' pipeline: the single-frame encode patch over prepare_latents as shipped, by the same rule.
-        StrategyPair("single_frame", "shipped", config.min_speedup, min_frames=2),
-        # The 2D first-frame encode does a third of the convolution work; on a GPU it must show.
-        StrategyPair("first_frame_2d", "single_frame", config.min_speedup_2d, cuda_only=True,
-                     resolutions=MIN_SPEEDUP_2D_RESOLUTIONS),
-    )
+    """Each strategy against each path it replaced (bench.strategies), at the config's factor."""
+    return tuple(StrategyPair(s.name, old, config.min_speedups[s.name], min_frames=s.min_frames,
+                              cuda_only=s.cuda_only, resolutions=s.resolutions)
+                 for s in STRATEGIES for old in s.replaces)
 
 
 def speedup_checks(run: RunRecord, config: GateConfig) -> tuple[SpeedupCheck, ...]:

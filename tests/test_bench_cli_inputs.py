@@ -145,7 +145,7 @@ def test_gate_of_a_folder_without_a_run(tmp_path, capsys):
 
 def test_run_controls_cross_the_process_seam_typed():
     controls = cli.RunControls(rounds=cli.RoundPolicy(1, 5, 9, 10.0), slowdowns={"e2e[*]": 0.5},
-                               revert_single_frame=True)
+                               reverted=("single_frame",))
     env = {cli.CONTROLS_ENV: controls.to_env()}
     assert cli.RunControls.from_env(env) == controls
     with pytest.raises(InputError, match="COSMOS3_BENCH_CONTROLS.slowdown: is not a field of RunControls"):
@@ -153,7 +153,7 @@ def test_run_controls_cross_the_process_seam_typed():
 
 
 def test_reverting_a_strategy_is_a_recorded_negative_control():
-    controls = cli.RunControls(revert_single_frame=True, revert_first_frame=True)
+    controls = cli.RunControls(reverted=("single_frame", "first_frame_2d"))
     assert controls.strategy_for("single_frame") == "expand"
     assert controls.strategy_for("first_frame_2d") == "single_frame"
     assert controls.strategy_for("expand") == "expand"

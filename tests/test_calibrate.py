@@ -446,9 +446,10 @@ def test_a_time_budget_stops_starting_runs_and_a_later_call_measures_the_rest(tm
 
     clock, measured = [0.0], []
 
-    def fake_run(args, plan, run_dir):
+    def fake_run(plan, run_dir):
         clock[0] += 60.0
-        measured.append((args.run_id, tuple(args.inject_gpu_work), tuple(args.inject_sync), tuple(args.inject_kernel)))
+        assert run_dir == folder / "runs" / plan.run_id and plan.cases == calibrate.DEFAULT_CASES
+        measured.append((plan.run_id, plan.controls.gpu_work, plan.controls.syncs, plan.controls.kernels))
         run = make_run([make_case()])
         save_run(run, run_dir / cli.RUN_RECORD)
         return run, []
@@ -470,10 +471,10 @@ def test_a_time_budget_stops_starting_runs_and_a_later_call_measures_the_rest(tm
     ids = [m[0] for m in measured]
     assert sorted(ids) == ["aa-1", "aa-2", "baseline-1", "gpu0.05-1", "kernel-1", "sync-1"] and len(set(ids)) == 6
     injected = {m[0]: m[1:] for m in measured}
-    assert injected["gpu0.05-1"] == (("*=0.05",), (), ())
-    assert injected["sync-1"] == ((), ("*",), ())
-    assert injected["kernel-1"] == ((), (), ("*",))
-    assert injected["aa-2"] == ((), (), ())
+    assert injected["gpu0.05-1"] == ({"*": 0.05}, (), ())
+    assert injected["sync-1"] == ({}, ("*",), ())
+    assert injected["kernel-1"] == ({}, (), ("*",))
+    assert injected["aa-2"] == ({}, (), ())
     out = capsys.readouterr().out
     assert "1 baseline, 2 A/A, 1 at +5%, 1 kernel, 1 sync" in out
     (stale,) = (folder / "incomplete").iterdir()

@@ -29,7 +29,7 @@ CONTROLS = {
     "gpu work": (RunControls(gpu_work={CASE.name: 1.0}), "median paired ratio"),
     "sync": (RunControls(syncs=(CASE.name,)), "synchronization"),
     "kernel": (RunControls(kernels=(CASE.name,)), "kernel launch"),
-    "revert": (RunControls(revert_single_frame=True), "median paired ratio"),
+    "revert": (RunControls(reverted=("single_frame",)), "median paired ratio"),
 }
 
 

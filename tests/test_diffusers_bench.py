@@ -61,12 +61,12 @@ def test_the_workload_encodes_one_frame_or_all_and_a_revert_runs_the_shipped_way
     shipped_encode = vae.encode
     monkeypatch.setattr(vae, "encode", lambda x, *a, **k: encoded.append(x.shape[2]) or shipped_encode(x, *a, **k))
     spec = CaseSpec(KIND, 64, 48, 9, "single_frame")
-    for controls, frames in ((RunControls(), 1), (RunControls(revert_single_frame=True), 9)):
+    for controls, frames in ((RunControls(), 1), (RunControls(reverted=("single_frame",)), 9)):
         encoded.clear()
         out = workloads.build(spec, models, controls).fn()
         assert encoded == [frames] and out.latents.shape == (1, 48, 3, 3, 4)
     encoded.clear()
-    workloads.build(CaseSpec(KIND, 64, 48, 9, "shipped"), models, RunControls(revert_single_frame=True)).fn()
+    workloads.build(CaseSpec(KIND, 64, 48, 9, "shipped"), models, RunControls(reverted=("single_frame",))).fn()
     assert encoded == [9]
     assert models.diffusers_pipeline.transformer is None and "_encode_video" not in vars(models.diffusers_pipeline)
 

@@ -218,7 +218,8 @@ def test_baseline_with_negative_controls_refused(make_env):
         ({"memory_threshold": -1}, "memory_threshold"),
         ({"alpha": 0}, "alpha"),
         ({"alpha": 1.5}, "alpha"),
-        ({"min_speedup": 0.5}, "min_speedup"),
+        ({"min_speedups": {"single_frame": 0.5}}, "min_speedup"),
+        ({"min_speedups": {"expand": 2.0}}, "min_speedups"),
         ({"latency_overrides": {"e2e[*]": -1}}, "latency_overrides"),
         ({"bootstrap_resamples": 0}, "bootstrap_resamples"),
     ],
@@ -327,7 +328,7 @@ def test_first_frame_2d_is_gated_only_at_the_sizes_a_measurement_supports(make_c
 
 @pytest.mark.parametrize("fields", [
     {"latency_threshold": 0.0}, {"device_threshold": 0.0}, {"memory_threshold": 0.0}, {"noise_k": 0.0},
-    {"latency_overrides": {"a": 0.0}}, {"min_speedup": 1.0}, {"min_speedup_2d": 1.0}, {"bootstrap_resamples": 1},
+    {"latency_overrides": {"a": 0.0}}, {"min_speedups": {"single_frame": 1.0}}, {"min_speedups": {"first_frame_2d": 1.0}}, {"bootstrap_resamples": 1},
     {"alpha": 0.999}])
 def test_gate_config_accepts_the_edges_of_its_rules(fields):
     GateConfig(**fields)
@@ -339,7 +340,8 @@ def test_gate_config_accepts_the_edges_of_its_rules(fields):
     ({"latency_overrides": {"e2e[*]": -1.0}}, "latency_overrides[e2e[*]]: must be >= 0 (got -1.0)"),
     ({"alpha": 1.0}, "alpha: must lie strictly between 0 and 1 (got 1.0)"),
     ({"alpha": 0.0}, "alpha: must lie strictly between 0 and 1 (got 0.0)"),
-    ({"min_speedup_2d": 0.99}, "min_speedup_2d: must be >= 1 (got 0.99)"),
+    ({"min_speedups": {"first_frame_2d": 0.99}}, "min_speedup_2d: must be >= 1 (got 0.99)"),
+    ({"min_speedups": {"expand": 2.0}}, "min_speedups: must name strategies among single_frame, first_frame_2d (got 'expand')"),
     ({"bootstrap_resamples": 0}, "bootstrap_resamples: must be >= 1 (got 0)"),
 ])
 def test_gate_config_names_the_broken_rule(fields, message):

@@ -120,8 +120,7 @@ def test_run_controls_refuse_an_empty_pattern(option, field):
 
 def test_run_controls_round_trip_through_the_environment():
     controls = RunControls(rounds=RoundPolicy(1, 5, 6, 10.0), slowdowns={"e2e[*]": 0.5}, gpu_work={"x": 0.25},
-                           syncs=("latent_prep[*]",), kernels=("k",), revert_single_frame=True,
-                           revert_first_frame=True, parent_pid=123)
+                           syncs=("latent_prep[*]",), kernels=("k",), reverted=("single_frame", "first_frame_2d"), parent_pid=123)
     assert RunControls.from_env({CONTROLS_ENV: controls.to_env()}) == controls
     assert RunControls.from_env({}) == RunControls()
     assert RunControls.from_env({CONTROLS_ENV: ""}) == RunControls()
@@ -157,7 +156,7 @@ def test_sync_and_kernel_controls_match_patterns():
 
 def test_active_lists_every_control_in_words():
     controls = RunControls(slowdowns={"a": 0.5}, gpu_work={"b": 0.25}, syncs=("c",), kernels=("d",),
-                           revert_single_frame=True, revert_first_frame=True)
+                           reverted=("single_frame", "first_frame_2d"))
     assert controls.active == ("slowdown a=0.5", "gpu work b=0.25", "extra sync c", "extra kernel d",
                                "single_frame reverted to expand (diffusers' pipeline: to shipped)", "first_frame_2d reverted to single_frame")
     assert RunControls().active == ()
@@ -169,12 +168,12 @@ def test_active_lists_every_control_in_words():
     (RunControls(), "first_frame_2d", "first_frame_2d"),
     (RunControls(), "expand", "expand"),
     (RunControls(), None, None),
-    (RunControls(revert_single_frame=True), "single_frame", "expand"),
-    (RunControls(revert_single_frame=True), "first_frame_2d", "first_frame_2d"),
-    (RunControls(revert_single_frame=True), "expand", "expand"),
-    (RunControls(revert_first_frame=True), "first_frame_2d", "single_frame"),
-    (RunControls(revert_first_frame=True), "single_frame", "single_frame"),
-    (RunControls(revert_first_frame=True), None, None),
+    (RunControls(reverted=("single_frame",)), "single_frame", "expand"),
+    (RunControls(reverted=("single_frame",)), "first_frame_2d", "first_frame_2d"),
+    (RunControls(reverted=("single_frame",)), "expand", "expand"),
+    (RunControls(reverted=("first_frame_2d",)), "first_frame_2d", "single_frame"),
+    (RunControls(reverted=("first_frame_2d",)), "single_frame", "single_frame"),
+    (RunControls(reverted=("first_frame_2d",)), None, None),
 ])
 def test_strategy_for_reverts_only_its_own_label(controls, label, strategy):
     assert controls.strategy_for(label) == strategy

@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from bench.compare import COMPARE_RECORD, judge, load_compare
-from bench.gate import DEFAULT_MIN_SPEEDUP_2D
 from bench.records import load_run
+from bench.strategies import FIRST_FRAME_2D
 
 RUN_RECORD = "run.json"
 CUT = {124: "cut at its time limit (timeout)", 137: "killed at its time limit"}
@@ -65,7 +65,7 @@ def compare_line(rc: int, wall_s: float, run: Path) -> str:
     return f"FAIL compare: {exited(rc)}: {why}; {figure}"
 
 
-def first_frame_line(rc: int, wall_s: float, path: Path, min_speedup: float = DEFAULT_MIN_SPEEDUP_2D) -> str:
+def first_frame_line(rc: int, wall_s: float, path: Path, min_speedup: float = FIRST_FRAME_2D.default_min_speedup) -> str:
     """first_frame_2d (eager) against the 3D single-frame encode at the first resolution measured."""
     if not path.is_file():
         return f"FAIL first-frame: {exited(rc)} after {wall_s:.0f} s, no {path.name}: it crashed or was cut"
