@@ -22,17 +22,28 @@ from pathlib import Path
 
 import torch
 
-from bench import calibrate as calibrate_mod
-from bench import cases as cases_mod
-from bench import compare as compare_mod
-from bench import compare_calibration as compare_cal
-from bench import gate as gate_mod
-from bench.cases import GRID_NAMES
-from bench.compare_report import write_compare_run
-from bench.controls import CONTROLS_ENV, RoundPolicy, RunControls
-from bench.environment import REPO_ROOT, device_identity, display_path, run_label
-from bench.interrupt import INTERRUPTED_RECORD, STOP_SIGNALS, Interrupted, write_interrupted
-from bench.records import (
+from bench.calibrate import compare as compare_cal
+from bench.calibrate import gate as calibrate_mod
+from bench.compare import coordinator
+from bench.compare.coordinator import CompareSettings
+from bench.compare.judge import CompareReport
+from bench.compare.policy import (
+    CASE_BUDGET_S,
+    DEFAULT_PROCESSES_BY_DEVICE,
+    DEFAULT_THRESHOLD,
+    MAX_TRIALS,
+    MIN_TRIALS,
+    WORKER_STARTS,
+    default_processes,
+    default_start,
+)
+from bench.compare.record import Criteria
+from bench.compare.report import write_compare_run
+from bench.core import cases as cases_mod
+from bench.core.cases import GRID_NAMES
+from bench.core.environment import REPO_ROOT, device_identity, display_path, run_label
+from bench.core.interrupt import INTERRUPTED_RECORD, STOP_SIGNALS, Interrupted, write_interrupted
+from bench.core.records import (
     RunRecord,
     load_run,
     merge_runs,
@@ -40,8 +51,10 @@ from bench.records import (
     run_from_pytest_benchmark,
     save_run,
 )
-from bench.report import append_github_summary, write_report
-from bench.strategies import STRATEGIES
+from bench.core.strategies import STRATEGIES
+from bench.gate import rules as gate_mod
+from bench.gate.report import append_github_summary, write_report
+from bench.measure.controls import CONTROLS_ENV, RoundPolicy, RunControls
 from cosmos3 import strict_json
 from cosmos3.components import check_weights_dir
 from cosmos3.errors import InputError
@@ -159,7 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cc.add_argument("--base", default="HEAD", metavar="REF", help="the base of every compare (default %(default)s)")
     cc.add_argument("--processes", type=int, default=None, metavar="K",
                     help="worker processes per side in each compare (default: as compare's)")
-    cc.add_argument("--worker-start", choices=compare_mod.WORKER_STARTS, default=None,
+    cc.add_argument("--worker-start", choices=WORKER_STARTS, default=None,
                     help="how each compare's workers start (default: as compare's)")
     cc.add_argument("--slowdowns", default=",".join(f"{s:g}" for s in compare_cal.DEFAULT_SLOWDOWNS),
                     help="head slowdowns injected, fractions of each round (default %(default)s)")
@@ -178,20 +191,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if action.dest == "rounds":
             action.metavar = "WARMUP,MIN_TRIALS,MAX_TRIALS,BUDGET_MS"
             action.help = ("warm-up rounds per side, trials per case, and the per-case budget of both sides' round "
-                           f"time (default: each kind's warm-up, {compare_mod.MIN_TRIALS}, {compare_mod.MAX_TRIALS}, "
-                           f"{compare_mod.CASE_BUDGET_S['cuda'] * 1e3:g} on a GPU, "
-                           f"{compare_mod.CASE_BUDGET_S['cpu'] * 1e3:g} on the CPU)")
+                           f"time (default: each kind's warm-up, {MIN_TRIALS}, {MAX_TRIALS}, "
+                           f"{CASE_BUDGET_S['cuda'] * 1e3:g} on a GPU, "
+                           f"{CASE_BUDGET_S['cpu'] * 1e3:g} on the CPU)")
     ab.add_argument("--processes", type=int, default=None, metavar="K",
                     help="worker processes per side, run as K (head, base) pairs that share the trials; a regression "
                          "must also be significant across the pairs (default: "
-                         f"{compare_mod.DEFAULT_PROCESSES_BY_DEVICE['cuda']} on a GPU, "
-                         f"{compare_mod.DEFAULT_PROCESSES_BY_DEVICE['cpu']} on the CPU; 1: process bias unmeasured)")
-    ab.add_argument("--worker-start", choices=compare_mod.WORKER_STARTS, default=None,
+                         f"{DEFAULT_PROCESSES_BY_DEVICE['cuda']} on a GPU, "
+                         f"{DEFAULT_PROCESSES_BY_DEVICE['cpu']} on the CPU; 1: process bias unmeasured)")
+    ab.add_argument("--worker-start", choices=WORKER_STARTS, default=None,
                     help="exec: each worker a fresh interpreter; fork: forked from one server that has imported "
                          "torch and diffusers, seconds faster per worker, never with CUDA (default: exec on a GPU, "
                          "fork on the CPU)")
     v = ab.add_argument_group("verdict")
-    v.add_argument("--threshold", type=float, default=compare_mod.DEFAULT_THRESHOLD,
+    v.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="allowed paired slowdown, a fraction (default %(default)s)")
     v.add_argument("--override", action="append", default=[], metavar="NAME=FRACTION",
                    help="per-benchmark threshold; NAME may use * (repeatable)")
@@ -302,7 +315,7 @@ def _run_child(cmd: list[str], env: dict[str, str]) -> int:
     """Run the benchmark child; a SIGTERM, SIGINT or SIGHUP to this process stops it too.
 
     A SIGKILL runs no handler: for that the child asks the kernel for a signal at its parent's
-    death (RunControls.parent_pid, bench.harness.die_with_parent).
+    death (RunControls.parent_pid, bench.measure.harness.die_with_parent).
     """
     proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT)
     stopped: list[int] = []
@@ -482,7 +495,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 def check_distinct_runs(folders: list[Path]) -> None:
     """One run folder named twice (as given, or after symlinks resolve) is the same run twice; a copy of
-    a run in another folder is caught by its samples (bench.records.merge_runs)."""
+    a run in another folder is caught by its samples (bench.core.records.merge_runs)."""
     seen: dict[str, int] = {}
     for i, folder in enumerate(folders):
         first = seen.setdefault(os.path.realpath(folder), i)
@@ -587,28 +600,28 @@ def cmd_calibrate_compare(args: argparse.Namespace) -> int:
     if args.inject_slowdown or args.inject_gpu_work or args.inject_sync or args.inject_kernel:
         raise InputError("calibrate", "injects its own slowdown; other negative controls are refused")
     # calibrate's --threshold defaults to the stored-baseline gate's; a compare's own default is used unless given.
-    threshold = compare_mod.DEFAULT_THRESHOLD if args.threshold == gate_mod.DEFAULT_LATENCY_THRESHOLD else args.threshold
-    criteria = compare_mod.Criteria(threshold, parse_pattern_values(args.override, "override"), args.alpha,
+    threshold = DEFAULT_THRESHOLD if args.threshold == gate_mod.DEFAULT_LATENCY_THRESHOLD else args.threshold
+    criteria = Criteria(threshold, parse_pattern_values(args.override, "override"), args.alpha,
                                     args.memory_threshold)
     folder = args.calibration_dir or args.results_dir / f"compare-calibration-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     check_output_dir("calibration_dir", folder)
     if folder.exists():
         raise InputError("calibration_dir", "exists; a compare calibration is written to a new folder", str(folder))
-    compare_mod.CompareSettings("HEAD", REPO_ROOT, "tiny", run_controls(args), criteria, folder, "x",
+    CompareSettings("HEAD", REPO_ROOT, "tiny", run_controls(args), criteria, folder, "x",
                                 processes=processes_for(args),  # checks --processes before anything runs
                                 worker_start=worker_start_for(args))
     runs_dir = folder.parent / f".{folder.name}-compares"
     plan = plan_run(args, suffix="-compare")
 
-    def run_compare(slowdown: float | None, index: int) -> compare_mod.CompareReport:
+    def run_compare(slowdown: float | None, index: int) -> CompareReport:
         controls = plan.controls if slowdown is None else dataclasses.replace(plan.controls, slowdowns={"*": slowdown})
         run_id = f"{index:03d}-{'aa' if slowdown is None else f'slow{slowdown:g}'}"
-        settings = compare_mod.CompareSettings(
+        settings = CompareSettings(
             base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=controls, criteria=criteria,
             results_dir=runs_dir, run_id=run_id, keyword=args.keyword, dit_layers=args.dit_layers,
             weights_dir=args.weights_dir, argv=f"calibrate --compare #{index}", processes=processes_for(args),
             worker_start=worker_start_for(args))
-        record, logs = compare_mod.measure_run(settings)  # a stop signal raises Interrupted
+        record, logs = coordinator.measure_run(settings)  # a stop signal raises Interrupted
         return write_compare_run(record, logs, runs_dir / run_id)[0]
 
     cal = compare_cal.run_calibration(run_compare, aa_runs=args.aa_runs, slowdowns=slowdowns,
@@ -673,7 +686,7 @@ def processes_for(args: argparse.Namespace) -> int:
     """--processes, or compare's default for this machine's device."""
     if args.processes is not None:
         return args.processes
-    return compare_mod.default_processes(device_kind())
+    return default_processes(device_kind())
 
 
 def worker_start_for(args: argparse.Namespace) -> str:
@@ -683,22 +696,22 @@ def worker_start_for(args: argparse.Namespace) -> str:
             raise InputError("worker_start", "cannot be fork where CUDA is available: a forked process cannot "
                                              "use CUDA once its server may have initialised it", args.worker_start)
         return args.worker_start
-    return compare_mod.default_start(device_kind())
+    return default_start(device_kind())
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    criteria = compare_mod.Criteria(args.threshold, parse_pattern_values(args.override, "override"), args.alpha,
+    criteria = Criteria(args.threshold, parse_pattern_values(args.override, "override"), args.alpha,
                                     args.memory_threshold)
     if args.case or args.grid != "default":
         raise InputError("case", "compare selects its cases with -k EXPRESSION only (no --case, no --grid)")
     plan = plan_run(args, suffix="-compare")
-    settings = compare_mod.CompareSettings(
+    settings = CompareSettings(
         base_ref=args.base, repo=REPO_ROOT, preset_name=plan.preset_name, controls=plan.controls, criteria=criteria,
         results_dir=args.results_dir, run_id=plan.run_id, keyword=args.keyword, dit_layers=args.dit_layers,
         weights_dir=args.weights_dir, argv="python -m bench " + " ".join(sys.argv[1:]), processes=processes_for(args),
         worker_start=worker_start_for(args),
     )
-    record, logs = compare_mod.measure_run(settings)  # a stop signal raises Interrupted
+    record, logs = coordinator.measure_run(settings)  # a stop signal raises Interrupted
     report, summary = write_compare_run(record, logs, args.results_dir / plan.run_id)
     append_github_summary(summary)
     print(summary.read_text())

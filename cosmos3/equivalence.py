@@ -197,7 +197,7 @@ class OracleReport:
         )
 
     def record_fields(self) -> dict:
-        """The fields of bench.records.EquivalenceRecord, by name (cosmos3 does not import bench)."""
+        """The fields of bench.core.records.EquivalenceRecord, by name (cosmos3 does not import bench)."""
         return {
             "equivalent": self.equivalent,
             "bitwise": self.bitwise,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.records import CaseResult, CaseSpec, Environment, EquivalenceRecord, RunRecord
+from bench.core.records import CaseResult, CaseSpec, Environment, EquivalenceRecord, RunRecord
 
 
 def _case(

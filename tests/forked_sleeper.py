@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from bench import forkserver
-from bench.harness import die_with_parent
+from bench.compare import forkserver
+from bench.measure.harness import die_with_parent
 
 
 def busy_worker(release: bool) -> None:

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from bench.cli import BENCHMARKS_DIR, main
-from bench.records import load_run, run_to_dict
+from bench.core.records import load_run, run_to_dict
 from cosmos3.errors import InputError
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 
 from bench import cli
 from bench.cli import main
-from bench.records import save_run
+from bench.core.records import save_run
 from cosmos3.errors import InputError
 
 
@@ -91,7 +91,7 @@ def test_results_dir_that_is_not_writable(tmp_path, capsys, monkeypatch):
 
 
 def test_an_existing_baseline_is_refused_before_measuring(tmp_path, make_case, make_run, capsys):
-    from bench.environment import device_identity
+    from bench.core.environment import device_identity
 
     _, slug = device_identity(cli.torch.device("cpu"))
     save_run(make_run([make_case()], preset="tiny"), tmp_path / slug / "tiny.json")
@@ -173,7 +173,7 @@ def test_two_gates_in_one_second_get_two_report_folders(tmp_path, make_case, mak
 
 def _raw_run(folder: Path, make_case, make_run, **env) -> Path:
     """A run.json written as raw JSON, so that it may hold what no record would let through."""
-    from bench.records import run_to_dict
+    from bench.core.records import run_to_dict
 
     data = run_to_dict(make_run([make_case()], preset="tiny"))
     data["environment"].update(env)

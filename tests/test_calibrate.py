@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from bench import calibrate
+from bench.calibrate import gate as calibrate
 from bench.cli import main
-from bench.gate import GateConfig
-from bench.records import KernelStat, WorkCounters
+from bench.core.records import KernelStat, WorkCounters
+from bench.gate.rules import GateConfig
 from cosmos3.errors import InputError
 
 NAME = "latent_prep[single_frame-1280x720-81f]"
@@ -78,7 +78,7 @@ def test_the_command_produces_its_table_on_the_tiny_preset(tmp_path, capsys):
     folder = tmp_path / "cal"
     # Ten rounds a run, not five: one ~230 ms outlier per baseline run lifts the p-value of a 10x slowdown
     # with 5 vs 10 samples to 0.02, above alpha. Such an outlier was in every 5-round run here until
-    # bench.collector kept garbage collection out of the rounds (a full collection of the test process);
+    # bench.measure.collector kept garbage collection out of the rounds (a full collection of the test process);
     # the ten rounds stay, as margin against the 2-core runner's own noise.
     common = ["calibrate", "--preset", "tiny", "--rounds", "1,10,10,1", "--case", "vae_encode[64x48-1f]",
               "--calibration-dir", str(folder), "--baseline-runs", "2", "--aa-runs", "1", "--runs-per-size", "1",
@@ -442,7 +442,7 @@ def test_a_time_budget_stops_starting_runs_and_a_later_call_measures_the_rest(tm
                                                                                 make_case, make_run):
     """run_benchmarks is replaced by one that writes a record and advances a fake clock by 60 s per run."""
     from bench import cli
-    from bench.records import save_run
+    from bench.core.records import save_run
 
     clock, measured = [0.0], []
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cases
+from bench.core import cases
 from cosmos3.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,8 +55,8 @@ def test_case_patterns_select_what_pytest_collects():
 def test_every_kind_is_registered_once_for_its_grid_its_workload_and_its_pytest_module():
     """A kind is its Kind member, its grid (CASES_BY_KIND), its workload (workloads.BUILDERS) and
     bench/benchmarks/test_<kind>.py marked `cases(<kind>)`: a kind missing any of them fails here."""
-    from bench import workloads
-    from bench.kinds import Kind
+    from bench.core.kinds import Kind
+    from bench.measure import workloads
 
     assert list(cases.CASES_BY_KIND) == list(Kind)  # also the run order: stages, then whole pipelines
     assert set(workloads.BUILDERS) == set(Kind)

@@ -1,4 +1,4 @@
-"""bench.collector: no garbage collection inside a timed round, in the pytest benchmarks and in compare's
+"""bench.measure.collector: no garbage collection inside a timed round, in the pytest benchmarks and in compare's
 workers; each check is also run with the collector left alone, which must fail it."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench import collector
-from bench.collector import GC_EVENT, GcPauses, frozen_heap, no_collection
-from bench.counters import CAT_ANNOTATION, trace_events
-from bench.harness import CONTROLS_ENV, CaseRun, RoundPolicy, RunControls, measure
-from bench.protocol import Finish, Prepare, Round, Start
-from bench.records import CaseSpec
-from bench.worker import Worker
+from bench.compare.protocol import Finish, Prepare, Round, Start
+from bench.compare.worker import Worker
+from bench.core.records import CaseSpec
+from bench.measure import collector
+from bench.measure.collector import GC_EVENT, GcPauses, frozen_heap, no_collection
+from bench.measure.counters import CAT_ANNOTATION, trace_events
+from bench.measure.harness import CONTROLS_ENV, CaseRun, RoundPolicy, RunControls, measure
 from tests.test_compare import REPO
 
 CPU = torch.device("cpu")
@@ -98,7 +98,7 @@ def test_no_collection_leaves_a_disabled_collector_disabled():
 @pytest.mark.parametrize("left_alone", [False, True])
 def test_measure_keeps_collections_out_of_its_timed_rounds(benchmark, monkeypatch, rounds, left_alone):
     monkeypatch.delenv(CONTROLS_ENV, raising=False)
-    if left_alone:  # the negative control: the collector runs as it would without bench.collector
+    if left_alone:  # the negative control: the collector runs as it would without bench.measure.collector
         monkeypatch.setattr(collector, "frozen_heap", contextlib.nullcontext)
         monkeypatch.setattr(collector, "no_collection", contextlib.nullcontext)
     measure(benchmark, rounds, device=CPU, case_name="case[a]", policy=RoundPolicy(1, 5, 5, 1e-3), profile=False)

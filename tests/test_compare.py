@@ -23,9 +23,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import cli, gate, stats
-from bench import compare as cmp
-from bench.records import CaseResult, CaseSpec
+from bench import cli
+from bench.compare.judge import NOT_PAIR_RULES, PAIR_RULE_NAMES, PAIR_RULES, judge
+from bench.compare.policy import CHECK_GROWTH, MIN_TRIALS, TrialPolicy, stop_reason
+from bench.compare.record import (
+    COMPARE_RECORD,
+    FAILED,
+    NEW,
+    NOT_COMPARABLE,
+    REMOVED,
+    CompareRecord,
+    Criteria,
+    PairedCase,
+    Side,
+    Unpaired,
+    load_compare,
+)
+from bench.core.records import CaseResult, CaseSpec
+from bench.gate import rules as gate
+from bench.gate import stats
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_ENV = {"OMP_NUM_THREADS": "1"}  # see the module docstring
@@ -42,7 +58,7 @@ ORPHAN_DEADLINE_S = 3.0  # a killed compare's workers die by signal, not at the 
 
 
 def stop(d, threshold=0.02, *, n_min=10, max_trials=400, spent_s=0.0, budget_s=4.0, check=True):
-    return cmp.stop_reason(np.asarray(d), threshold, n_min=n_min, max_trials=max_trials, spent_s=spent_s,
+    return stop_reason(np.asarray(d), threshold, n_min=n_min, max_trials=max_trials, spent_s=spent_s,
                            budget_s=budget_s, check=check)
 
 
@@ -82,20 +98,20 @@ def paired(name_strategy="single_frame", *, ratio=1.0, noise=0.01, trials=30, se
 
     head_case = CaseResult(spec, tuple(head), **memory(head_mem))
     base_case = CaseResult(spec, tuple(base), **memory(base_mem))
-    return cmp.PairedCase(head_case, base_case, tuple(bool(x) for x in rng.integers(0, 2, trials)), "budget")
+    return PairedCase(head_case, base_case, tuple(bool(x) for x in rng.integers(0, 2, trials)), "budget")
 
 
 def record(pairs, unpaired=(), make_env=None, **criteria):
     env = make_env()
     side = {"dirty": False, "cosmos3_file": "/x/cosmos3/__init__.py", "environment": env}
-    return cmp.CompareRecord(
-        base=cmp.Side("base", "main", "a" * 40, **side), head=cmp.Side("head", "working tree", "b" * 40, **side),
-        criteria=cmp.Criteria(**criteria), policy=cmp.TrialPolicy(), pairs=tuple(pairs), unpaired=tuple(unpaired),
+    return CompareRecord(
+        base=Side("base", "main", "a" * 40, **side), head=Side("head", "working tree", "b" * 40, **side),
+        criteria=Criteria(**criteria), policy=TrialPolicy(), pairs=tuple(pairs), unpaired=tuple(unpaired),
     )
 
 
 def test_judge_passes_noise_and_fails_a_slowdown_naming_the_case(make_env):
-    report = cmp.judge(record([paired(ratio=1.0, seed=1), paired("expand", ratio=1.05, seed=2)], make_env=make_env))
+    report = judge(record([paired(ratio=1.0, seed=1), paired("expand", ratio=1.05, seed=2)], make_env=make_env))
     verdicts = {c.name: c.verdict for c in report.comparisons}
     assert verdicts == {"latent_prep[single_frame-1280x720-33f]": stats.OK, "latent_prep[expand-1280x720-33f]":
                         stats.REGRESSION}
@@ -106,7 +122,7 @@ def test_judge_passes_noise_and_fails_a_slowdown_naming_the_case(make_env):
 
 def test_judge_needs_size_as_well_as_significance(make_env):
     """1% slower, clearly significant, but within the 2% threshold: ok, with a note."""
-    report = cmp.judge(record([paired(ratio=1.01, noise=0.002)], make_env=make_env))
+    report = judge(record([paired(ratio=1.01, noise=0.002)], make_env=make_env))
     (c,) = report.comparisons
     assert c.verdict == stats.OK and c.p_adjusted < 0.01 and "significant but within +2.0%" in c.note
     assert report.passed
@@ -116,10 +132,10 @@ def test_holm_across_cases_can_turn_a_marginal_regression_into_noise(make_env):
     """One marginal slowdown alone is a regression; beside 40 other cases Holm asks for more evidence."""
     # 8 of 10 trials 3-8% slower, 2 faster: exact one-sided Wilcoxon p = 0.0049.
     marginal = paired(log_ratios=np.r_[np.linspace(0.03, 0.08, 8), -0.01, -0.02])
-    alone = cmp.judge(record([marginal], make_env=make_env)).comparisons[0]
+    alone = judge(record([marginal], make_env=make_env)).comparisons[0]
     assert alone.verdict == stats.REGRESSION, alone
     others = [paired(ratio=1.0, seed=10 + i, frames=100 + 4 * i) for i in range(40)]
-    crowd = {c.name: c for c in cmp.judge(record([marginal, *others], make_env=make_env)).comparisons}
+    crowd = {c.name: c for c in judge(record([marginal, *others], make_env=make_env)).comparisons}
     c = crowd[marginal.name]
     assert c.p_slower == alone.p_slower and c.p_adjusted > c.p_slower
     assert c.verdict == stats.NOT_SIGNIFICANT
@@ -127,41 +143,41 @@ def test_holm_across_cases_can_turn_a_marginal_regression_into_noise(make_env):
 
 def test_unpaired_cases_new_removed_and_not_comparable_pass_but_a_head_failure_fails(make_env):
     spec = CaseSpec("latent_prep", 64, 48, 9, "single_frame")
-    passing = [cmp.Unpaired(spec, cmp.NEW, "in the head's grid only"),
-               cmp.Unpaired(CaseSpec("vae_encode", 64, 48, 1), cmp.REMOVED, "in the base's grid only"),
-               cmp.Unpaired(CaseSpec("e2e", 64, 48, 9, "expand"), cmp.NOT_COMPARABLE,
+    passing = [Unpaired(spec, NEW, "in the head's grid only"),
+               Unpaired(CaseSpec("vae_encode", 64, 48, 1), REMOVED, "in the base's grid only"),
+               Unpaired(CaseSpec("e2e", 64, 48, 9, "expand"), NOT_COMPARABLE,
                             "the base cannot run it: AttributeError: no encode_strategy")]
-    report = cmp.judge(record([paired()], passing, make_env=make_env))
+    report = judge(record([paired()], passing, make_env=make_env))
     assert report.passed, report.failures
     assert any("not comparable: the base cannot run it" in n for n in report.notes)
-    failed = cmp.Unpaired(CaseSpec("e2e", 64, 48, 9, "single_frame"), cmp.FAILED, "RuntimeError: boom\ntraceback")
-    report = cmp.judge(record([paired()], [*passing, failed], make_env=make_env))
+    failed = Unpaired(CaseSpec("e2e", 64, 48, 9, "single_frame"), FAILED, "RuntimeError: boom\ntraceback")
+    report = judge(record([paired()], [*passing, failed], make_env=make_env))
     assert report.failures == ("e2e[single_frame-64x48-9f]: failed on the head: RuntimeError: boom",)
 
 
 def test_working_memory_is_judged_by_the_gate_rule(make_env):
-    report = cmp.judge(record([paired(head_mem=1.10, base_mem=1.0)], make_env=make_env))
+    report = judge(record([paired(head_mem=1.10, base_mem=1.0)], make_env=make_env))
     assert [f.rule for f in report.findings] == ["memory"]  # no counters in these records: no other rule speaks
     (failure,) = report.failures
     assert "working memory 1.100 GiB vs baseline 1.000 GiB" in failure
-    assert cmp.judge(record([paired(head_mem=1.0, base_mem=1.0)], make_env=make_env)).passed
+    assert judge(record([paired(head_mem=1.0, base_mem=1.0)], make_env=make_env)).passed
 
 
 def test_pair_rules_leave_out_the_in_run_checks():
-    assert [r.name for r in cmp.PAIR_RULES] == ["device_time", "counters", "memory"]
+    assert [r.name for r in PAIR_RULES] == ["device_time", "counters", "memory"]
 
 
 def test_every_gate_rule_is_applied_by_compare_or_left_out_with_a_reason():
-    """A new rule of bench.gate is not applied to base against head until someone decides which it is."""
+    """A new rule of bench.gate.rules is not applied to base against head until someone decides which it is."""
     names = [rule.name for rule in gate.RULES]
-    assert set(names) == cmp.PAIR_RULE_NAMES | set(cmp.NOT_PAIR_RULES), "name the new gate rule in one of the two"
-    assert not cmp.PAIR_RULE_NAMES & set(cmp.NOT_PAIR_RULES)
-    assert all(reason.strip() for reason in cmp.NOT_PAIR_RULES.values())
+    assert set(names) == PAIR_RULE_NAMES | set(NOT_PAIR_RULES), "name the new gate rule in one of the two"
+    assert not PAIR_RULE_NAMES & set(NOT_PAIR_RULES)
+    assert all(reason.strip() for reason in NOT_PAIR_RULES.values())
 
 
 def simulate_compare(rng, *, cases_n: int, noise: float, threshold: float, alpha: float) -> bool:
     """One A/A compare on heavy-tailed synthetic pairs, with the real stopping rule; True on a false alarm."""
-    n_min = max(cmp.MIN_TRIALS, stats.min_trials_for(cases_n, alpha))
+    n_min = max(MIN_TRIALS, stats.min_trials_for(cases_n, alpha))
     p, ratios = [], []
     for _ in range(cases_n):
         d: list[float] = []
@@ -170,8 +186,8 @@ def simulate_compare(rng, *, cases_n: int, noise: float, threshold: float, alpha
             d.append(noise * rng.standard_t(3))
             check = len(d) >= next_check
             if check:
-                next_check = max(len(d) + 1, math.ceil(len(d) * cmp.CHECK_GROWTH))
-            if cmp.stop_reason(np.asarray(d), threshold, n_min=n_min, max_trials=30, spent_s=0.0, budget_s=1.0,
+                next_check = max(len(d) + 1, math.ceil(len(d) * CHECK_GROWTH))
+            if stop_reason(np.asarray(d), threshold, n_min=n_min, max_trials=30, spent_s=0.0, budget_s=1.0,
                                check=check):
                 break
         p.append(stats.wilcoxon_p(np.asarray(d), "greater"))
@@ -286,7 +302,7 @@ def test_aa_passes_and_leaves_the_raw_pairs_and_no_worktree(repo, tmp_path, monk
     assert code == 0, out + err
     assert_no_worktree(repo, out)
     run_dir = tmp_path / "results" / "aa"
-    record = cmp.load_compare(run_dir / cmp.COMPARE_RECORD)
+    record = load_compare(run_dir / COMPARE_RECORD)
     (pair,) = record.pairs
     assert pair.name == ONE_CASE_NAME and len(pair.head.samples_ms) == len(pair.base.samples_ms) >= 9
     assert record.base.commit == record.head.commit and not record.head.dirty
@@ -331,7 +347,7 @@ def test_an_injected_slowdown_fails_and_a_case_the_base_cannot_run_is_not_compar
     failures = failure_lines(out)
     assert len(failures) == 1 and failures[0].startswith(f"- {encode}: median paired ratio"), failures
     assert f"| `{ONE_CASE_NAME}` | not comparable | the base cannot run it: TypeError:" in out
-    record = cmp.load_compare(tmp_path / "results" / "inject" / cmp.COMPARE_RECORD)
+    record = load_compare(tmp_path / "results" / "inject" / COMPARE_RECORD)
     (pair,) = record.pairs
     assert pair.head.injected == ("slowdown 3",) and pair.base.injected == ()
     assert record.head.environment.negative_controls == (f"slowdown {encode}=3",)

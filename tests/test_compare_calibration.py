@@ -4,14 +4,18 @@ plus the command line's refusals before anything is measured."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from bench import cli
-from bench import compare as cmp
-from bench import compare_calibration as cc
+from bench.calibrate import compare as cc
+from bench.compare import coordinator
+from bench.compare.judge import judge
+from bench.compare.policy import DEFAULT_THRESHOLD
+from cosmos3.errors import InputError
 from tests.test_compare import paired, record
 
 
@@ -26,9 +30,9 @@ def scripted(make_env, *, false_alarm_at=(), processes=4):
         pairs = []
         for j, strategy in enumerate(("single_frame", "expand")):
             p = paired(strategy, ratio=ratio if j == 0 or slowdown else 1.0, noise=0.005, trials=16, seed=index * 7 + j)
-            pairs.append(cmp.dataclasses.replace(p, process=tuple(i % processes for i in range(16))))
-        rec = cmp.dataclasses.replace(record(pairs, make_env=make_env), processes=processes)
-        return cmp.judge(rec)
+            pairs.append(dataclasses.replace(p, process=tuple(i % processes for i in range(16))))
+        rec = dataclasses.replace(record(pairs, make_env=make_env), processes=processes)
+        return judge(rec)
 
     return run, calls
 
@@ -52,7 +56,7 @@ def test_counts_false_alarms_and_detections_per_case_and_writes_json_table_and_p
     data = json.loads((tmp_path / "cal" / cc.COMPARE_CALIBRATION_JSON).read_text())
     assert data["aa_runs"] == 3 and data["cases"][1]["false_alarms"] == 1
     assert (tmp_path / "cal" / cc.COMPARE_CALIBRATION_PNG).stat().st_size > 1000
-    with pytest.raises(cmp.InputError, match="never overwritten"):
+    with pytest.raises(InputError, match="never overwritten"):
         cc.write(cal, tmp_path / "cal")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cal"]  # no staging folder left
 
@@ -60,7 +64,7 @@ def test_counts_false_alarms_and_detections_per_case_and_writes_json_table_and_p
 def test_parse_slowdowns():
     assert cc.parse_slowdowns("0.1,0.05") == (0.1, 0.05)
     for bad in ("", "x", "0", "-0.1", "nan"):
-        with pytest.raises(cmp.InputError, match="slowdowns"):
+        with pytest.raises(InputError, match="slowdowns"):
             cc.parse_slowdowns(bad)
 
 
@@ -90,12 +94,12 @@ def test_the_command_line_runs_the_compares_it_plans(tmp_path, monkeypatch, make
         slowdown = settings.controls.slowdowns.get("*")
         return run(slowdown, len(seen) - 1).record, {}
 
-    monkeypatch.setattr(cmp, "measure_run", fake_measure_run)
+    monkeypatch.setattr(coordinator, "measure_run", fake_measure_run)
     code = cli.main(["calibrate", "--compare", "--preset", "tiny", "--results-dir", str(tmp_path), "-k",
                      "latent_prep and single_frame", "--aa-runs", "2", "--runs-per-size", "1", "--processes", "3",
                      "--calibration-dir", str(tmp_path / "cal")])
     assert code == 0, capsys.readouterr().err
     assert [s.controls.slowdowns for s in seen] == [{}, {"*": 0.1}, {}]
-    assert {s.processes for s in seen} == {3} and {s.criteria.threshold for s in seen} == {cmp.DEFAULT_THRESHOLD}
+    assert {s.processes for s in seen} == {3} and {s.criteria.threshold for s in seen} == {DEFAULT_THRESHOLD}
     data = json.loads((tmp_path / "cal" / cc.COMPARE_CALIBRATION_JSON).read_text())
     assert data["aa_runs"] == 2 and np.isfinite(data["wall_s"])

@@ -2,8 +2,8 @@
 head's, and fails the head on its own rule (the slowdown and the GPU work on latency, the extra sync on
 syncs, the extra kernel on kernel launches, the revert on latency and counters).
 
-Both sides are real workers (bench.worker.Worker, the models of the tiny preset, the one measuring loop
-of bench.harness.CaseRun), served in this process and driven by compare's own trial loop and judge; the
+Both sides are real workers (bench.compare.worker.Worker, the models of the tiny preset, the one measuring loop
+of bench.measure.harness.CaseRun), served in this process and driven by compare's own trial loop and judge; the
 slow tests of test_compare.py run the same through `python -m bench compare` with worker processes.
 Before the loop was one, the worker applied only the slowdown: three of these failed.
 """
@@ -15,15 +15,18 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bench import compare as cmp
-from bench.harness import RunControls
-from bench.protocol import Finish, Prepare, Round, Start
-from bench.records import CaseSpec
-from bench.worker import Worker
+from bench.compare.coordinator import measure_case
+from bench.compare.judge import CompareReport, judge
+from bench.compare.policy import DEFAULT_THRESHOLD, TrialPolicy
+from bench.compare.protocol import Finish, Prepare, Round, Start
+from bench.compare.record import CompareRecord, Criteria, PairedCase, Side
+from bench.compare.worker import Worker
+from bench.core.records import CaseSpec
+from bench.measure.harness import RunControls
 from tests.test_compare import REPO
 
 CASE = CaseSpec("latent_prep", 64, 48, 17, "single_frame")
-POLICY = cmp.TrialPolicy(warmup_rounds=1, min_trials=10, max_trials=12, budget_s=1e6)
+POLICY = TrialPolicy(warmup_rounds=1, min_trials=10, max_trials=12, budget_s=1e6)
 CONTROLS = {
     "slowdown": (RunControls(slowdowns={CASE.name: 1.0}), "median paired ratio"),
     "gpu work": (RunControls(gpu_work={CASE.name: 1.0}), "median paired ratio"),
@@ -58,22 +61,22 @@ def base(tmp_path_factory):
     worker.close()
 
 
-def compare_with(head_controls: RunControls, base: Worker, tmp_path, monkeypatch) -> cmp.CompareReport:
+def compare_with(head_controls: RunControls, base: Worker, tmp_path, monkeypatch) -> CompareReport:
     monkeypatch.chdir(tmp_path)
     head = Worker(Start("head", str(REPO), "tiny", controls=head_controls))
     try:
         workers = {"head": InProcess(head), "base": InProcess(base)}
-        pair = cmp.measure_case(CASE, workers, POLICY, threshold=cmp.DEFAULT_THRESHOLD,
+        pair = measure_case(CASE, workers, POLICY, threshold=DEFAULT_THRESHOLD,
                                 rng=np.random.default_rng(0), seed=0)
     finally:
         head.close()
-    assert isinstance(pair, cmp.PairedCase), pair
-    sides = {name: cmp.Side(name, name, "0" * 40, False, "cosmos3/__init__.py",
+    assert isinstance(pair, PairedCase), pair
+    sides = {name: Side(name, name, "0" * 40, False, "cosmos3/__init__.py",
                             dataclasses.replace(worker.environment, commit="0" * 40))
              for name, worker in (("head", head), ("base", base))}
-    record = cmp.CompareRecord(base=sides["base"], head=sides["head"], criteria=cmp.Criteria(), policy=POLICY,
+    record = CompareRecord(base=sides["base"], head=sides["head"], criteria=Criteria(), policy=POLICY,
                                pairs=(pair,))
-    return cmp.judge(record)
+    return judge(record)
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,31 @@ reported (a failure on the head, not comparable on the base), and the trials sto
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import pytest
 
-from bench import cli, stats
-from bench import compare as cmp
-from bench.protocol import Finish, Finished, Prepare, Prepared, Round, RoundDone, Unavailable
-from bench.records import CaseResult, CaseSpec
+from bench import cli
+from bench.compare.coordinator import measure_case
+from bench.compare.judge import judge
+from bench.compare.policy import (
+    CASE_BUDGET_S,
+    TrialPolicy,
+    check_processes,
+    check_start,
+    default_processes,
+    default_start,
+)
+from bench.compare.protocol import Finish, Finished, Prepare, Prepared, Round, RoundDone, Unavailable
+from bench.compare.record import FAILED, NOT_COMPARABLE, PairedCase, load_compare
+from bench.core.records import CaseResult, CaseSpec
+from bench.gate import stats
+from bench.gate.stats import REGRESSION
+from cosmos3.errors import InputError
 
 SPEC = CaseSpec("latent_prep", 96, 64, 9, "single_frame")
-POLICY = cmp.TrialPolicy(warmup_rounds=1, min_trials=10, max_trials=40, budget_s=1e6)
+POLICY = TrialPolicy(warmup_rounds=1, min_trials=10, max_trials=40, budget_s=1e6)
 
 
 class ScriptedWorker:
@@ -52,13 +66,13 @@ def workers(head_ms=10.0, base_ms=10.0, *, head_fail=None, base_fail=None):
 
 
 def measure(sides, threshold=0.02, seed=0):
-    return cmp.measure_case(SPEC, sides, POLICY, threshold=threshold, rng=np.random.default_rng(seed), seed=seed)
+    return measure_case(SPEC, sides, POLICY, threshold=threshold, rng=np.random.default_rng(seed), seed=seed)
 
 
 def test_both_sides_warm_up_first_then_each_trial_runs_one_round_per_side():
     journal, sides = workers()
     outcome = measure(sides)
-    assert isinstance(outcome, cmp.PairedCase)
+    assert isinstance(outcome, PairedCase)
     assert sorted(journal[:2]) == [("base", "Prepare"), ("head", "Prepare")]
     rounds = journal[2:-2]
     assert all(kind == "Round" for _, kind in rounds) and len(rounds) % 2 == 0
@@ -90,10 +104,10 @@ def test_a_slow_head_is_never_stopped_early_on_data_that_look_slow():
 def test_a_case_the_head_cannot_run_fails_and_one_the_base_cannot_is_not_comparable(request_type):
     _, sides = workers(head_fail=(request_type, "RuntimeError: out of memory"))
     failed = measure(sides)
-    assert (failed.status, failed.reason) == (cmp.FAILED, "RuntimeError: out of memory")
+    assert (failed.status, failed.reason) == (FAILED, "RuntimeError: out of memory")
     _, sides = workers(base_fail=(request_type, "AttributeError: no first_frame_2d"))
     other = measure(sides)
-    assert other.status == cmp.NOT_COMPARABLE
+    assert other.status == NOT_COMPARABLE
     assert other.reason == "the base cannot run it: AttributeError: no first_frame_2d"
     assert other.spec == failed.spec == SPEC
 
@@ -117,7 +131,7 @@ def process_pairs(head_biases, *, head_ms=10.0, base_ms=10.0):
 def test_trials_are_spread_over_the_process_pairs_in_shuffled_blocks():
     journal, pairs = process_pairs([1.0] * 4)
     outcome = measure(pairs)
-    assert isinstance(outcome, cmp.PairedCase)
+    assert isinstance(outcome, PairedCase)
     n = len(outcome.head_first)
     assert n % 4 == 0 and n >= POLICY.min_trials
     blocks = [outcome.process[i:i + 4] for i in range(0, n, 4)]
@@ -133,7 +147,7 @@ def test_trials_are_spread_over_the_process_pairs_in_shuffled_blocks():
 def judged(outcome, make_env):
     from tests.test_compare import record
 
-    (c,) = cmp.judge(record([outcome], make_env=make_env)).comparisons
+    (c,) = judge(record([outcome], make_env=make_env)).comparisons
     return c
 
 
@@ -176,19 +190,19 @@ def test_a_4x_slowdown_with_an_8_percent_pair_spread_fails_in_three_pairs(make_e
 
 @pytest.mark.parametrize("k", [0, 2, 33, True, 2.5])
 def test_compare_refuses_a_process_count_that_cannot_test_across_pairs(k):
-    with pytest.raises(cmp.InputError, match="processes"):
-        cmp.check_processes(k)
+    with pytest.raises(InputError, match="processes"):
+        check_processes(k)
     for ok in (1, 3, 4, 32):
-        cmp.check_processes(ok)
+        check_processes(ok)
 
 
 def test_workers_fork_only_where_no_gpu_is_used():
-    assert cmp.default_start("cpu") == "fork"
-    assert cmp.default_start("cuda") == "exec"
-    assert cmp.default_start("mps") == "exec"  # a device nobody checked: the fresh interpreter
+    assert default_start("cpu") == "fork"
+    assert default_start("cuda") == "exec"
+    assert default_start("mps") == "exec"  # a device nobody checked: the fresh interpreter
     for bad in ("spawn", "", None):
-        with pytest.raises(cmp.InputError, match="worker_start"):
-            cmp.check_start(bad)
+        with pytest.raises(InputError, match="worker_start"):
+            check_start(bad)
 
 
 def test_fork_is_refused_where_cuda_is_available(monkeypatch, tmp_path, capsys):
@@ -210,7 +224,7 @@ def simulated_pair(rng, k, process_sd, trial_sd=0.01, trials_per_pair=4, effect=
     process = np.tile(np.arange(k), trials_per_pair)
     base = 10 * np.exp(trial_sd * rng.standard_normal(len(process)))
     head = base * np.exp(effect + bias[process] + trial_sd * rng.standard_normal(len(process)))
-    return cmp.PairedCase(CaseResult(spec, tuple(head)), CaseResult(spec, tuple(base)),
+    return PairedCase(CaseResult(spec, tuple(head)), CaseResult(spec, tuple(base)),
                           tuple(bool(x) for x in rng.integers(0, 2, len(process))), "budget", tuple(process.tolist()))
 
 
@@ -223,40 +237,40 @@ def test_aa_false_alarms_stay_within_alpha_whatever_the_process_bias(make_env):
     cases = [simulated_pair(rng, 4, 0.05) for _ in range(100)]
     alarms = pooled = 0
     for case in cases:
-        (c,) = cmp.judge(record([case], make_env=make_env, alpha=0.05)).comparisons
+        (c,) = judge(record([case], make_env=make_env, alpha=0.05)).comparisons
         alarms += c.verdict == stats.REGRESSION
         pooled += c.ratio > 1.02 and c.p_adjusted < 0.05
     assert pooled > 15  # 21 with this seed: four times alpha
     assert alarms <= 10  # P(Binomial(100, 0.05) > 10) < 0.012
-    detected = sum(cmp.judge(record([simulated_pair(rng, 4, 0.01, effect=np.log(1.1))], make_env=make_env,
+    detected = sum(judge(record([simulated_pair(rng, 4, 0.01, effect=np.log(1.1))], make_env=make_env,
                                     alpha=0.05)).comparisons[0].verdict == stats.REGRESSION for _ in range(20))
     assert detected >= 18
 
 
 def test_the_record_keeps_each_trial_s_process_and_reads_back(tmp_path, make_env):
-    from bench.records import encode_record, write_json_atomic
+    from bench.core.records import encode_record, write_json_atomic
     from tests.test_compare import record
 
     _, pairs = process_pairs([1.0, 1.02, 0.99])
     rec = record([measure(pairs)], make_env=make_env)
-    rec = cmp.dataclasses.replace(rec, processes=3, startup_s=12.5, worker_start="fork")
+    rec = dataclasses.replace(rec, processes=3, startup_s=12.5, worker_start="fork")
     write_json_atomic(tmp_path / "compare.json", encode_record(rec))
-    back = cmp.load_compare(tmp_path / "compare.json")
+    back = load_compare(tmp_path / "compare.json")
     assert back == rec and back.schema_version == 2 and set(back.pairs[0].process) == {0, 1, 2}
     data = encode_record(rec)
     assert data["worker_start"] == "fork"
     del data["worker_start"]  # a record from before the choice reads back, saying nothing of it
     write_json_atomic(tmp_path / "before.json", data)
-    assert cmp.load_compare(tmp_path / "before.json").worker_start is None
+    assert load_compare(tmp_path / "before.json").worker_start is None
     data["worker_start"] = "spawn"
     write_json_atomic(tmp_path / "bad.json", data)
-    with pytest.raises(cmp.InputError, match="worker_start: must be one of exec, fork"):
-        cmp.load_compare(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="worker_start: must be one of exec, fork"):
+        load_compare(tmp_path / "bad.json")
     data = encode_record(rec)
     data["schema_version"] = 1
     write_json_atomic(tmp_path / "old.json", data)
-    with pytest.raises(cmp.InputError, match="schema_version"):
-        cmp.load_compare(tmp_path / "old.json")
+    with pytest.raises(InputError, match="schema_version"):
+        load_compare(tmp_path / "old.json")
 
 
 def test_with_noisy_rounds_more_pairs_buy_the_power_that_more_trials_per_pair_cannot(make_env):
@@ -270,10 +284,10 @@ def test_with_noisy_rounds_more_pairs_buy_the_power_that_more_trials_per_pair_ca
     def detected(k):
         cases = [simulated_pair(rng, k, 0.01, trial_sd=0.2, trials_per_pair=160 // k, effect=np.log(1.1))
                  for _ in range(20)]
-        return sum(cmp.judge(record([c], make_env=make_env, alpha=0.01 / 3)).comparisons[0].verdict == cmp.REGRESSION
+        return sum(judge(record([c], make_env=make_env, alpha=0.01 / 3)).comparisons[0].verdict == REGRESSION
                    for c in cases)
 
     four, eight = detected(4), detected(8)
     assert eight >= 16 and four <= eight - 5, (four, eight)
-    assert cmp.default_processes("cpu") == 8 and cmp.default_processes("cuda") == 4
-    assert cmp.CASE_BUDGET_S == {"cuda": 4.0, "cpu": 6.0}
+    assert default_processes("cpu") == 8 and default_processes("cuda") == 4
+    assert CASE_BUDGET_S == {"cuda": 4.0, "cpu": 6.0}

@@ -10,16 +10,17 @@ import textwrap
 
 import pytest
 
-from bench import compare as cmp
-from bench.protocol import Bye, Quit
+from bench.compare.protocol import Bye, Quit
+from bench.compare.worker_process import STDERR_TAIL_LINES, WorkerError, WorkerProcess, describe_exit
+from cosmos3.errors import InputError
 
 LABEL = "head (working tree)"
 
 
-def worker(tmp_path, body: str) -> cmp.WorkerProcess:
+def worker(tmp_path, body: str) -> WorkerProcess:
     """A stub worker: `body` runs after it has read one request line."""
     script = "import sys, time\nrequest = sys.stdin.readline()\n" + textwrap.dedent(body)
-    return cmp.WorkerProcess.exec("head", LABEL, [sys.executable, "-c", script], env={}, cwd=tmp_path,
+    return WorkerProcess.exec("head", LABEL, [sys.executable, "-c", script], env={}, cwd=tmp_path,
                              log=tmp_path / "worker.log")
 
 
@@ -56,7 +57,7 @@ def test_a_failed_worker_is_named_with_how_it_ended_and_its_stderr(tmp_path, bod
     """A hang or a wrong reply stops the worker first (before the fix, reading its stderr then raised
     'ValueError: flush of closed file' instead)."""
     w = worker(tmp_path, body)
-    with pytest.raises(cmp.WorkerError) as err:
+    with pytest.raises(WorkerError) as err:
         w.request(Quit(), (Bye,), timeout_s=timeout_s)
     assert str(err.value) == f"{LABEL}: worker {message}"
     assert w.proc.returncode == returncode
@@ -64,7 +65,7 @@ def test_a_failed_worker_is_named_with_how_it_ended_and_its_stderr(tmp_path, bod
 
 def test_a_line_that_is_not_a_message_is_a_protocol_error(tmp_path):
     w = worker(tmp_path, "print('loading weights...', flush=True)\nsys.stdin.read()\n")
-    with pytest.raises(cmp.InputError) as err:
+    with pytest.raises(InputError) as err:
         w.request(Quit(), (Bye,), timeout_s=10)
     assert str(err.value).startswith(f"{LABEL} worker: must send one JSON message per line (")
     w.stop()
@@ -76,21 +77,21 @@ def test_writing_to_a_dead_worker_names_the_request(tmp_path):
     w.proc.stdin.write(b"\n")  # its one line: it exits
     w.proc.stdin.flush()
     w.proc.wait(timeout=10)
-    with pytest.raises(cmp.WorkerError, match=r"worker died before answering Quit and exited with status 0"):
+    with pytest.raises(WorkerError, match=r"worker died before answering Quit and exited with status 0"):
         for _ in range(100):  # the pipe's buffer may take a few writes before it reports the reader gone
             w.send(Quit())
 
 
 def test_the_stderr_tail_keeps_the_last_lines(tmp_path):
     w = worker(tmp_path, "for i in range(40): print(f'line {i}', file=sys.stderr)\nsys.exit(1)\n")
-    with pytest.raises(cmp.WorkerError) as err:
+    with pytest.raises(WorkerError) as err:
         w.request(Quit(), (Bye,), timeout_s=10)
     tail = str(err.value).split("the end of its stderr:\n")[1].splitlines()
-    assert len(tail) == cmp.STDERR_TAIL_LINES == 25
+    assert len(tail) == STDERR_TAIL_LINES == 25
     assert tail[0] == "  | line 15" and tail[-1] == "  | line 39"
 
 
 @pytest.mark.parametrize(("code", "said"), [(None, "is still running"), (0, "exited with status 0"),
                                             (-9, "was killed by SIGKILL"), (-15, "was killed by SIGTERM")])
 def test_describe_exit(code, said):
-    assert cmp.describe_exit(code) == said
+    assert describe_exit(code) == said

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import counters
-from bench.counters import (
+from bench.measure import counters
+from bench.measure.counters import (
     FENCE_EVENT,
     ROUND_EVENT,
     KernelStat,
@@ -331,7 +331,7 @@ def test_loader_rejects_device_times_on_cpu():
 
 CHILD = """
 import json, torch
-from bench.counters import profile_rounds
+from bench.measure.counters import profile_rounds
 from tests import test_counters as t
 with torch.no_grad():
     out = {"small": profile_rounds(t.small_work, t.CPU, rounds=2).to_dict(),

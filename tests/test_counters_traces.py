@@ -2,7 +2,7 @@
 
 Each trace's rounds are its ProfilerStep#N windows, or the whole trace where it has none. The
 expected counts are taken straight from the JSON here, by a rule written apart from
-bench.counters: a round holds the runtime and driver calls that start inside its window and the
+bench.measure.counters: a round holds the runtime and driver calls that start inside its window and the
 device records with their correlation ids (or, for a device record whose call is not in the
 trace, inside the window by time).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.counters import IncompleteProfile, TraceEvent, count_round, split_rounds, trace_events
+from bench.measure.counters import IncompleteProfile, TraceEvent, count_round, split_rounds, trace_events
 
 TRACES = Path(__file__).resolve().parent / "data" / "traces"
 NAMES = sorted(p.name for p in TRACES.glob("*.json.gz"))
@@ -31,7 +31,7 @@ def in_window(lo: float, hi: float, ts: float) -> bool:
 
 @pytest.fixture(scope="module", params=NAMES)
 def trace(request) -> tuple[str, list[dict], list[TraceEvent]]:
-    """(name, the raw complete events, the events bench.counters reads), a whole-trace window added if no steps."""
+    """(name, the raw complete events, the events bench.measure.counters reads), a whole-trace window added if no steps."""
     with gzip.open(TRACES / request.param, "rb") as handle:
         data = json.load(handle)
     raw = [e for e in data["traceEvents"] if e.get("ph") == "X" and "cat" in e]

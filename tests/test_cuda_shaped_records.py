@@ -3,7 +3,7 @@ runs, compare's judge and calibration's analysis.
 
 The CPU records of the other tests have no device time, so the branches that read it would first run
 on a GPU. These records are shaped as the GPU run writes them: source "cuda", five profiled rounds per
-case (bench.counters.PROFILED_ROUNDS) or three (the long-round policy of runs recorded before it), device
+case (bench.measure.counters.PROFILED_ROUNDS) or three (the long-round policy of runs recorded before it), device
 time a little under the wall time, kernels by their cuDNN names. An unchanged run passes each reader;
 one slowed by 10% (device and wall time alike) fails each, on device time as well as latency.
 """
@@ -15,10 +15,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bench import calibrate, gate
-from bench import compare as cmp
-from bench.counters import PROFILED_ROUNDS
-from bench.records import CaseResult, CaseSpec, EquivalenceRecord, KernelStat, RunRecord, WorkCounters, merge_runs
+from bench.calibrate import gate as calibrate
+from bench.compare.judge import judge
+from bench.compare.policy import TrialPolicy
+from bench.compare.record import CompareRecord, Criteria, PairedCase, Side
+from bench.core.records import CaseResult, CaseSpec, EquivalenceRecord, KernelStat, RunRecord, WorkCounters, merge_runs
+from bench.gate import rules as gate
+from bench.measure.counters import PROFILED_ROUNDS
 from tests.conftest import _env
 
 # (spec, wall median ms, device median ms, timed rounds, kernel launches): a 720p row of the H100 run.
@@ -107,26 +110,26 @@ def test_a_merge_of_cuda_runs_keeps_every_device_sample_and_each_runs_median():
     assert all(len(c.run_device_medians_ms) == 4 for c in again.cases)
 
 
-def compare_record(head: RunRecord, base: RunRecord) -> cmp.CompareRecord:
-    sides = {name: cmp.Side(name, name, "0" * 40, False, "/x/cosmos3/__init__.py", run.environment)
+def compare_record(head: RunRecord, base: RunRecord) -> CompareRecord:
+    sides = {name: Side(name, name, "0" * 40, False, "/x/cosmos3/__init__.py", run.environment)
              for name, run in (("head", head), ("base", base))}
     pairs = []
     for h, b in zip(head.cases, base.cases, strict=True):
         n = min(len(h.samples_ms), len(b.samples_ms))
-        pairs.append(cmp.PairedCase(dataclasses.replace(h, samples_ms=h.samples_ms[:n]),
+        pairs.append(PairedCase(dataclasses.replace(h, samples_ms=h.samples_ms[:n]),
                                     dataclasses.replace(b, samples_ms=b.samples_ms[:n]), (True,) * n, "budget"))
-    return cmp.CompareRecord(base=sides["base"], head=sides["head"], criteria=cmp.Criteria(),
-                             policy=cmp.TrialPolicy(), pairs=tuple(pairs))
+    return CompareRecord(base=sides["base"], head=sides["head"], criteria=Criteria(),
+                             policy=TrialPolicy(), pairs=tuple(pairs))
 
 
 def test_compares_judge_reads_cuda_device_time_of_both_sides():
-    unchanged = cmp.judge(compare_record(cuda_run(10), cuda_run(11)))
+    unchanged = judge(compare_record(cuda_run(10), cuda_run(11)))
     assert unchanged.passed, unchanged.failures
     assert {f.rule for f in unchanged.findings} >= {"device_time", "counters", "memory"}
-    slowed = cmp.judge(compare_record(cuda_run(10, slower=1.10), cuda_run(11)))
+    slowed = judge(compare_record(cuda_run(10, slower=1.10), cuda_run(11)))
     device = [f for f in slowed.failures if "device time" in f]
     assert len(device) == len(CASES), slowed.failures
-    legacy = cmp.judge(compare_record(cuda_run(10, profiled=3), cuda_run(11, profiled=3)))
+    legacy = judge(compare_record(cuda_run(10, profiled=3), cuda_run(11, profiled=3)))
     assert legacy.passed and {f.verdict for f in legacy.findings if f.rule == "device_time"} == {gate.CANNOT_JUDGE}
 
 

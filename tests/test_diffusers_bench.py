@@ -13,12 +13,13 @@ import torch
 
 pytest.importorskip("transformers")  # the pipeline module imports it (the dev extra installs it)
 
-from bench import cases, harness, workloads
 from bench.cli import main
-from bench.gate import GateConfig, evaluate
-from bench.harness import RunControls
-from bench.records import CaseSpec, EquivalenceRecord, load_run
-from bench.report import DIFFUSERS_HEADING, diffusers_section
+from bench.core import cases
+from bench.core.records import CaseSpec, EquivalenceRecord, load_run
+from bench.gate.report import DIFFUSERS_HEADING, diffusers_section
+from bench.gate.rules import GateConfig, evaluate
+from bench.measure import harness, workloads
+from bench.measure.harness import RunControls
 from cosmos3 import diffusers_omni as omni
 from cosmos3 import equivalence
 from cosmos3.presets import get_preset

@@ -1,4 +1,4 @@
-"""bench/crosscheck.py through tools/diffusers_crosscheck.py on the tiny preset: our preprocessing against
+"""bench/measure/crosscheck.py through tools/diffusers_crosscheck.py on the tiny preset: our preprocessing against
 diffusers' `_preprocess_conditioning_image` (nothing at the output size, the filter alone at 5/4, the filter
 and the cover size where it rounds two ways), and our prepared latents against diffusers' prepare_latents."""
 
@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("transformers")  # the pipeline module imports it (the dev extra installs it)
 
-from bench import crosscheck
+from bench.measure import crosscheck
 from tests.tools import load_tool
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.cases import e2e_cases, grid_for
-from bench.gate import GateConfig, evaluate
-from bench.report import render_summary
+from bench.core.cases import e2e_cases, grid_for
+from bench.gate.report import render_summary
+from bench.gate.rules import GateConfig, evaluate
 from cosmos3.errors import InputError
 from cosmos3.stages import Cosmos3LatentPreparationStage
 from tests.conftest import equivalence

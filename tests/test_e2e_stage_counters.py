@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.collector import GC_EVENT
-from bench.counters import IncompleteProfile, trace_events
+from bench.measure.collector import GC_EVENT
+from bench.measure.counters import IncompleteProfile, trace_events
 from cosmos3.pipeline import STAGE_EVENT
 from tests.tools import load_tool
 

@@ -15,8 +15,8 @@ from diffusers import AutoencoderKLWan
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import harness
-from bench.records import EquivalenceRecord
+from bench.core.records import EquivalenceRecord
+from bench.measure import harness
 from cosmos3.components import cast_like_from_pretrained
 from cosmos3.equivalence import (
     ORACLE_FACTOR,

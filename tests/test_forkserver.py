@@ -1,4 +1,4 @@
-"""bench.forkserver: a forked worker that is busy when its coordinator is SIGKILLed dies at once, because it
+"""bench.compare.forkserver: a forked worker that is busy when its coordinator is SIGKILLed dies at once, because it
 has let go of the fork server's pipe (release_server); holding it, as every fork does by default, it lives on."""
 
 from __future__ import annotations

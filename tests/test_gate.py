@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from bench import gate as gate_module
-from bench import stats
-from bench.gate import GateConfig, check_compatible, compare_samples, evaluate
-from bench.records import EquivalenceRecord, load_run, matches, merge_runs, run_to_dict
+from bench.core.records import EquivalenceRecord, load_run, matches, merge_runs, run_to_dict
+from bench.gate import rules as gate_module
+from bench.gate import stats
+from bench.gate.rules import GateConfig, check_compatible, compare_samples, evaluate
 from cosmos3.errors import InputError
 
 NAME = "latent_prep[single_frame-1280x720-81f]"
@@ -270,7 +270,7 @@ def test_noise_k_must_not_be_negative():
 
 def test_a_rule_is_one_object_judging_a_run(make_case, make_run):
     """The interface every rule has: name, title, columns, judge() -> findings with row and failure."""
-    from bench.gate import RULES, Finding, Rule
+    from bench.gate.rules import RULES, Finding, Rule
 
     class OddRounds(Rule):
         name, title, columns = "odd", "Odd round counts", ("benchmark", "rounds")
@@ -453,7 +453,7 @@ def test_an_unchanged_median_is_never_noted_as_slower():
 
 
 def test_device_time_needs_counters_on_both_sides(make_case, make_run):
-    from bench.records import KernelStat, WorkCounters
+    from bench.core.records import KernelStat, WorkCounters
 
     counters = WorkCounters(source="cuda", profiled_rounds=2, kernel_launches=1, h2d_copies=0, h2d_bytes=0,
                             d2h_copies=0, d2h_bytes=0, syncs=0, flops=0, device_ms_samples=(1.0, 1.0),

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from bench.gate import GateConfig, evaluate
-from bench.records import KernelStat, WorkCounters, merge_counters, merge_runs
+from bench.core.records import KernelStat, WorkCounters, merge_counters, merge_runs
+from bench.gate.rules import GateConfig, evaluate
 
 NAME = "latent_prep[single_frame-1280x720-81f]"
 
@@ -143,12 +143,12 @@ def test_a_merged_baseline_says_whose_counters_agreed_in_every_run(make_case, ma
 
 
 def test_every_counter_is_one_entry_that_the_record_the_message_and_the_table_read():
-    """bench.records.COUNTERS: each is a WorkCounters field, has its words in the gate's message, and the table's
+    """bench.core.records.COUNTERS: each is a WorkCounters field, has its words in the gate's message, and the table's
     columns are the entries that name one, in order; a counter added there reaches all three."""
     import dataclasses as dc
 
-    from bench.gate import _COUNTER_UNITS, CounterRule
-    from bench.records import COUNTERS, COUNTS, WorkCounters
+    from bench.core.records import COUNTERS, COUNTS, WorkCounters
+    from bench.gate.rules import _COUNTER_UNITS, CounterRule
 
     fields = {f.name for f in dc.fields(WorkCounters)}
     assert all(c.name in fields for c in COUNTERS)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.gate import GateConfig, evaluate
-from bench.records import CaseResult, CaseSpec, EquivalenceRecord, KernelStat, RunRecord, WorkCounters
+from bench.core.records import CaseResult, CaseSpec, EquivalenceRecord, KernelStat, RunRecord, WorkCounters
+from bench.gate.rules import GateConfig, evaluate
 from tests.conftest import _env
 
 GOLDEN = Path(__file__).parent / "golden" / "gate_scenario.txt"

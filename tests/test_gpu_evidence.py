@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import cases, cli
-from bench.records import matches
+from bench import cli
+from bench.core import cases
+from bench.core.records import matches
 from tests.tools import load_tool
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""bench.harness in-process: the round policy, the run controls, the injected negative controls, the
+"""bench.measure.harness in-process: the round policy, the run controls, the injected negative controls, the
 record fields and one measured case on pytest-benchmark's own fixture (CPU, tiny sizes, seconds)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from bench import harness
-from bench.harness import CONTROLS_ENV, RoundPolicy, RunControls, equivalence_for, inject, measure, record_case
-from bench.records import CaseSpec, WorkCounters
+from bench.core.records import CaseSpec, WorkCounters
+from bench.measure import harness
+from bench.measure.harness import CONTROLS_ENV, RoundPolicy, RunControls, equivalence_for, inject, measure, record_case
 from cosmos3.errors import InputError
 from tests import tiny
 
@@ -527,9 +527,9 @@ def test_measure_synchronises_before_and_after_each_timed_round(benchmark, monke
 
 
 def test_the_gpu_state_is_read_just_before_and_just_after_the_timed_rounds(benchmark, monkeypatch):
-    """NVML readings (bench.telemetry) bracket the timed rounds and are recorded with the case; none is taken
+    """NVML readings (bench.core.telemetry) bracket the timed rounds and are recorded with the case; none is taken
     inside a round, where it would be timed."""
-    from bench.telemetry import GpuReading
+    from bench.core.telemetry import GpuReading
 
     monkeypatch.delenv(CONTROLS_ENV, raising=False)
     journal = []

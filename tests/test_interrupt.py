@@ -1,11 +1,11 @@
-"""bench.interrupt: what a run or a compare stopped by a signal raises and leaves (the processes: test_bench_signals)."""
+"""bench.core.interrupt: what a run or a compare stopped by a signal raises and leaves (the processes: test_bench_signals)."""
 
 from __future__ import annotations
 
 import json
 import signal
 
-from bench.interrupt import INTERRUPTED_RECORD, Interrupted, write_interrupted
+from bench.core.interrupt import INTERRUPTED_RECORD, Interrupted, write_interrupted
 
 
 def test_interrupted_names_its_signal():

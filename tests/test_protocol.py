@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from bench import protocol
-from bench.controls import RunControls
-from bench.protocol import REPLIES, REQUESTS, Bye, Round, RoundDone, Start, decode_message, encode_message
-from bench.records import CaseResult, CaseSpec
+from bench.compare import protocol
+from bench.compare.protocol import REPLIES, REQUESTS, Bye, Round, RoundDone, Start, decode_message, encode_message
+from bench.core.records import CaseResult, CaseSpec
+from bench.measure.controls import RunControls
 from cosmos3.errors import InputError
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bench.records import (
+from bench.core.records import (
     CaseResult,
     CaseSpec,
     Environment,
@@ -119,7 +119,7 @@ RULES = [
         {"name": "a", "launches": 1, "device_ms": 0.1}, {"name": "b", "launches": 1, "device_ms": None}]), "c"),
      "c.top_kernels[1].device_ms: must be a number for source 'cuda'"),
     (lambda: decode_record(WorkCounters, w(CPU_COUNTERS, varying_counters=["syncs", "bogus"]), "c"),
-     # The names in bench.records.COUNTERS' order (the gate's and the table's), since counters are one registry.
+     # The names in bench.core.records.COUNTERS' order (the gate's and the table's), since counters are one registry.
      ("c.varying_counters[1]: must be one of ('kernel_launches', 'syncs', 'h2d_copies', 'h2d_bytes', 'd2h_copies', "
      "'d2h_bytes', 'flops', 'top_kernels') (got 'bogus')")),
     (lambda: decode_record(Environment, w(ENV, device_slug=""), "env"), "env.device_slug: must be a non-empty name (got '')"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.records import (
+from bench.core.records import (
     SCHEMA_VERSION,
     CaseSpec,
     KernelStat,
@@ -311,20 +311,20 @@ def test_merging_runs_merges_their_counters(make_case, make_run):
 
 
 def test_the_last_equals_sign_splits_a_pattern_value():
-    from bench.records import parse_pattern_values
+    from bench.core.records import parse_pattern_values
 
     assert parse_pattern_values(["latent_prep[a=b]=0.5"], "x") == {"latent_prep[a=b]": 0.5}
 
 
 def test_zero_device_time_and_one_step_are_allowed(make_case):
-    from bench.records import KernelStat
+    from bench.core.records import KernelStat
 
     assert KernelStat("k", 1, 0.0).device_ms == 0.0
     assert make_case("e2e", num_inference_steps=1).num_inference_steps == 1
 
 
 def test_a_json_file_is_staged_beside_its_target_as_a_hidden_tmp_file(tmp_path, monkeypatch):
-    import bench.records as records_module
+    import bench.core.records as records_module
 
     staged = []
     real_link = records_module.os.link
@@ -341,7 +341,7 @@ def test_a_json_file_is_staged_beside_its_target_as_a_hidden_tmp_file(tmp_path, 
 
 
 def test_merge_refuses_the_same_run_twice(make_case, make_run):
-    from bench.records import merge_runs, run_fingerprint
+    from bench.core.records import merge_runs, run_fingerprint
 
     a, b = make_run([make_case(seed=0)]), make_run([make_case(seed=1)])
     assert run_fingerprint(a) == run_fingerprint(make_run([make_case(seed=0)], date_utc="another day"))

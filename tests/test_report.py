@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench import report
-from bench.fmt import fmt_change, fmt_ms, fmt_p
-from bench.gate import GateConfig, evaluate
-from bench.report import append_github_summary, write_report
+from bench.core.fmt import fmt_change, fmt_ms, fmt_p
+from bench.gate import report
+from bench.gate.report import append_github_summary, write_report
+from bench.gate.rules import GateConfig, evaluate
 from cosmos3.errors import InputError
 from tests.conftest import equivalence
 

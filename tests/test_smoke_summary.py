@@ -54,7 +54,7 @@ def test_bench_reads_the_suite_time_and_the_first_frame_ratio_from_a_run(tmp_pat
 
 
 def test_bench_reports_the_first_frame_factor_at_both_sizes(make_case, make_run, tmp_path):
-    from bench.records import save_run
+    from bench.core.records import save_run
 
     cases = [make_case("latent_prep", strategy, width=w, height=h, median_ms=ms, seed=i)
              for i, (w, h, strategy, ms) in enumerate([(1280, 720, "single_frame", 20.7), (1280, 720, "first_frame_2d", 13.4),

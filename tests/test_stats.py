@@ -1,4 +1,4 @@
-"""bench.stats: the gate's and compare's statistics, and the one verdict tree both go through."""
+"""bench.gate.stats: the gate's and compare's statistics, and the one verdict tree both go through."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from bench import stats
+from bench.gate import stats
 
 # ---- a run against its stored baseline: Mann-Whitney and the ratio of medians ----------------------
 

@@ -1,12 +1,14 @@
-"""A strategy is one registry entry (bench.strategies): its flags, its revert and its speedup check follow."""
+"""A strategy is one registry entry (bench.core.strategies): its flags, its revert and its speedup check follow."""
 
 import dataclasses
 
 import pytest
 
-from bench import cli, gate, strategies
-from bench.controls import RunControls
-from bench.records import CaseSpec
+from bench import cli
+from bench.core import strategies
+from bench.core.records import CaseSpec
+from bench.gate import rules as gate
+from bench.measure.controls import RunControls
 from cosmos3 import diffusers_omni
 from cosmos3.errors import InputError
 from cosmos3.stages import ENCODE_STRATEGIES

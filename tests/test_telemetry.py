@@ -1,8 +1,9 @@
-"""bench.telemetry on recorded NVML readings (tests/golden/nvml_readings.json, source "recorded"), and the
+"""bench.core.telemetry on recorded NVML readings (tests/golden/nvml_readings.json, source "recorded"), and the
 compare judge's note on a regression the GPU's clocks or throttling may explain."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench import compare as cmp
-from bench import stats, telemetry
-from bench.compare_report import render_summary
-from bench.records import CaseResult, decode_record, encode_record
+from bench.compare.judge import judge
+from bench.compare.report import render_summary
+from bench.core import telemetry
+from bench.core.records import CaseResult, decode_record, encode_record
+from bench.gate import rules as gate
+from bench.gate import stats
 from cosmos3.errors import InputError
 from tests.test_compare import paired, record
 
@@ -86,12 +89,12 @@ def test_a_case_result_keeps_its_readings_through_the_record():
 
 
 def with_gpu(pair, head, base):
-    return cmp.dataclasses.replace(pair, head_gpu=tuple(head), base_gpu=tuple(base))
+    return dataclasses.replace(pair, head_gpu=tuple(head), base_gpu=tuple(base))
 
 
 def test_a_regression_on_a_throttled_side_says_so_and_still_fails(make_env):
     slow = with_gpu(paired(ratio=1.10, seed=4), [reading("h200_thermal")] * 2, [reading("h200_busy")] * 2)
-    report = cmp.judge(record([slow], make_env=make_env))
+    report = judge(record([slow], make_env=make_env))
     (c,) = report.comparisons
     assert c.verdict == stats.REGRESSION and report.exit_code == 1
     assert "but the GPU may explain it: SM clocks differ by 28.8%" in c.note
@@ -103,10 +106,10 @@ def test_a_regression_on_a_throttled_side_says_so_and_still_fails(make_env):
 def test_steady_clocks_add_no_note_and_noise_gets_none_either(make_env):
     busy = [reading("h200_busy")] * 2
     slow = with_gpu(paired(ratio=1.10, seed=4), busy, busy)
-    (c,) = cmp.judge(record([slow], make_env=make_env)).comparisons
+    (c,) = judge(record([slow], make_env=make_env)).comparisons
     assert c.verdict == stats.REGRESSION and c.gpu_note is None and "GPU" not in c.note
     same = with_gpu(paired(ratio=1.0, seed=5), [reading("h200_thermal")], busy)
-    (c,) = cmp.judge(record([same], make_env=make_env)).comparisons
+    (c,) = judge(record([same], make_env=make_env)).comparisons
     assert c.verdict == stats.OK and c.gpu_note and c.note == ""  # the note speaks only to a regression's verdict
     assert np.isfinite(c.ratio)
 
@@ -115,14 +118,14 @@ def test_steady_clocks_add_no_note_and_noise_gets_none_either(make_env):
 
 
 def test_a_stored_baseline_regression_on_a_throttled_run_says_so_and_still_fails(make_case, make_run):
-    from bench.gate import evaluate
-    from bench.report import render_summary as render_run
+    from bench.gate.report import render_summary as render_run
+    from bench.gate.rules import evaluate
 
-    baseline = make_run([cmp.dataclasses.replace(make_case(), gpu_before=reading("h200_busy"),
+    baseline = make_run([dataclasses.replace(make_case(), gpu_before=reading("h200_busy"),
                                                  gpu_after=reading("h200_busy"))])
-    hot = cmp.dataclasses.replace(make_case(seed=1, median_ms=11.0), gpu_before=reading("h200_busy"),
+    hot = dataclasses.replace(make_case(seed=1, median_ms=11.0), gpu_before=reading("h200_busy"),
                                   gpu_after=reading("h200_thermal"))
-    report = evaluate(make_run([hot]), baseline, cmp.gate.GateConfig())
+    report = evaluate(make_run([hot]), baseline, gate.GateConfig())
     (c,) = report.comparisons
     assert c.verdict == stats.REGRESSION and report.exit_code == 1
     assert c.gpu_note == ("SM clocks differ by 14.4% (run 1695 MHz, baseline 1980 MHz) > 5%; "
@@ -134,15 +137,15 @@ def test_a_stored_baseline_regression_on_a_throttled_run_says_so_and_still_fails
 
 
 def test_steady_clocks_leave_a_stored_baseline_regression_unannotated_and_no_nvml_no_section(make_case, make_run):
-    from bench.gate import evaluate
-    from bench.report import render_summary as render_run
+    from bench.gate.report import render_summary as render_run
+    from bench.gate.rules import evaluate
 
     busy = {"gpu_before": reading("h200_busy"), "gpu_after": reading("h200_busy")}
-    baseline = make_run([cmp.dataclasses.replace(make_case(), **busy)])
-    slow = make_run([cmp.dataclasses.replace(make_case(seed=1, median_ms=11.0), **busy)])
-    report = evaluate(slow, baseline, cmp.gate.GateConfig())
+    baseline = make_run([dataclasses.replace(make_case(), **busy)])
+    slow = make_run([dataclasses.replace(make_case(seed=1, median_ms=11.0), **busy)])
+    report = evaluate(slow, baseline, gate.GateConfig())
     (c,) = report.comparisons
     assert c.verdict == stats.REGRESSION and c.gpu_note is None and "GPU" not in report.failures[0]
     assert "## GPU state" in render_run(slow, report)
     cpu = make_run([make_case(seed=1, median_ms=11.0)])
-    assert "## GPU state" not in render_run(cpu, evaluate(cpu, make_run([make_case()]), cmp.gate.GateConfig()))
+    assert "## GPU state" not in render_run(cpu, evaluate(cpu, make_run([make_case()]), gate.GateConfig()))

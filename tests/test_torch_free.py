@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("module", ["bench.protocol", "bench.controls", "bench.stats", "bench.calibrate"])
+@pytest.mark.parametrize("module", ["bench.compare.protocol", "bench.measure.controls", "bench.gate.stats", "bench.calibrate.gate"])
 def test_module_imports_no_torch(module):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     code = f"import sys, {module}; assert 'torch' not in sys.modules, '{module} imports torch'"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.records import (
+from bench.core.records import (
     CaseResult,
     CaseSpec,
     load_run,

@@ -1,4 +1,4 @@
-"""bench.worker, in process: one side of a compare answers the coordinator's requests in order."""
+"""bench.compare.worker, in process: one side of a compare answers the coordinator's requests in order."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.controls import RunControls
-from bench.protocol import REPLIES, Finish, Prepare, Quit, Round, Start, decode_message, encode_message
-from bench.records import CaseSpec
-from bench.worker import ProtocolError, serve
+from bench.compare.protocol import REPLIES, Finish, Prepare, Quit, Round, Start, decode_message, encode_message
+from bench.compare.worker import ProtocolError, serve
+from bench.core.records import CaseSpec
+from bench.measure.controls import RunControls
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.compare import COMPARE_RECORD, REGRESSION, judge, load_compare
+from bench.compare.judge import judge
+from bench.compare.record import COMPARE_RECORD, load_compare
+from bench.gate.stats import REGRESSION
 
 
 def main(run_dirs: list[str]) -> int:

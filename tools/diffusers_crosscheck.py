@@ -2,7 +2,7 @@
 
 For the same image, size and seed: the largest pixel difference of our preprocessing against diffusers'
 `_preprocess_conditioning_image` and its cause (the filter; the cover size rounded against rounded up), and
-our prepared latents against diffusers' `prepare_latents` (bench/crosscheck.py says how). Prints a markdown
+our prepared latents against diffusers' `prepare_latents` (bench/measure/crosscheck.py says how). Prints a markdown
 section and writes the figures as JSON.
 
     python tools/diffusers_crosscheck.py --preset tiny --json results/crosscheck.json
@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import cases
-from bench.crosscheck import crosscheck, markdown, to_dict
+from bench.core import cases
+from bench.measure.crosscheck import crosscheck, markdown, to_dict
 from cosmos3.errors import InputError
 from cosmos3.presets import resolve_preset_name
 

@@ -6,7 +6,7 @@ latent-preparation stage run alone as its benchmark runs it, and prints per stag
 time, kernels, host-to-device copies (pageable or pinned), syncs, caching-allocator calls
 (cudaMalloc / cudaFree: the allocator growing or returning memory) and Python's garbage collections
 (how many started inside the stage, and their ms). The request runs with the collector as a serving
-process has it, on; the benchmarks keep it out of their rounds (bench.collector).
+process has it, on; the benchmarks keep it out of their rounds (bench.measure.collector).
 
     python tools/e2e_stage_counters.py --preset wan22 --height 720 --width 1280 --num-frames 81
 """
@@ -26,8 +26,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.collector import GC_EVENT, GcPauses
-from bench.counters import (
+from bench.measure.collector import GC_EVENT, GcPauses
+from bench.measure.counters import (
     CAT_ANNOTATION,
     CAT_MEMCPY,
     CAT_RUNTIME,
@@ -37,7 +37,7 @@ from bench.counters import (
     split_rounds,
     trace_events,
 )
-from bench.harness import seeded_image
+from bench.measure.harness import seeded_image
 from cosmos3.__main__ import seeded_image_file
 from cosmos3.components import build_components
 from cosmos3.pipeline import STAGE_EVENT, Cosmos3Pipeline

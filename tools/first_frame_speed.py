@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import diffusers
 
-from bench import harness
+from bench.measure import harness
 from cosmos3.components import build_vae
 from cosmos3.equivalence import check_against_oracle, fp32_oracle
 from cosmos3.first_frame import COMPILE_MODES, FirstFrameEncoder

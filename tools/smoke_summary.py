@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench.compare import COMPARE_RECORD, judge, load_compare
-from bench.records import load_run
-from bench.strategies import FIRST_FRAME_2D
+from bench.compare.judge import judge
+from bench.compare.record import COMPARE_RECORD, load_compare
+from bench.core.records import load_run
+from bench.core.strategies import FIRST_FRAME_2D
 
 RUN_RECORD = "run.json"
 CUT = {124: "cut at its time limit (timeout)", 137: "killed at its time limit"}

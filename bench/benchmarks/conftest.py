@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cases, workloads
-from bench.environment import collect_environment, run_label
-from bench.harness import RunControls, die_with_parent, single_thread_on_cpu
-from bench.records import encode_record, matches
+from bench.core import cases
+from bench.core.environment import collect_environment, run_label
+from bench.core.records import encode_record, matches
+from bench.measure import workloads
+from bench.measure.harness import RunControls, die_with_parent, single_thread_on_cpu
 from cosmos3.components import build_vae
 from cosmos3.presets import get_preset, resolve_preset_name
 

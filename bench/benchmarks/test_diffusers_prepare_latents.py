@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench import workloads
-from bench.harness import RunControls, benchmark_case
-from bench.kinds import Kind
+from bench.core.kinds import Kind
+from bench.measure import workloads
+from bench.measure.harness import RunControls, benchmark_case
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,6 @@ def pipe(vae):
 
 @pytest.mark.cases(Kind.DIFFUSERS_PREPARE_LATENTS)
 def test_diffusers_prepare_latents(benchmark, case, pipe, device):
-    """bench.workloads.diffusers_prepare_latents: diffusers' preprocessing, video, encode, noise and mix."""
+    """bench.measure.workloads.diffusers_prepare_latents: diffusers' preprocessing, video, encode, noise and mix."""
     work = workloads.diffusers_prepare_latents(case, pipe, device=device, controls=RunControls.from_env())
     benchmark_case(benchmark, case, work, device=device)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench import workloads
-from bench.harness import benchmark_case
-from bench.kinds import Kind
+from bench.core.kinds import Kind
+from bench.measure import workloads
+from bench.measure.harness import benchmark_case
 
 
 @pytest.mark.cases(Kind.VAE_ENCODE)

@@ -14,7 +14,7 @@ from pathlib import Path
 import diffusers
 import torch
 
-from bench.records import Environment
+from bench.core.records import Environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,13 +29,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.records import COUNTS, SOURCES, KernelStat, WorkCounters
+from bench.core.records import COUNTS, SOURCES, KernelStat, WorkCounters
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 from cosmos3.timing import synchronize
 
 # Profiled rounds per case, whatever its round time, in the pytest benchmarks and compare's worker alike
-# (bench.harness.CaseRun): five against a one-run baseline's five let a one-sided rank test on device
+# (bench.measure.harness.CaseRun): five against a one-run baseline's five let a one-sided rank test on device
 # time reach p = 1/252 < 0.01, where three against three can never go below 1/20.
 PROFILED_ROUNDS = 5
 # Profiled rounds run and thrown away first, in the same profiler session: first-call work

@@ -1,6 +1,6 @@
 """What `python -m bench` asks of a measurement: the round policy and the negative controls (no torch here).
 
-bench.harness measures with them; bench.protocol carries them to a compare worker, and the command line
+bench.measure.harness measures with them; bench.compare.protocol carries them to a compare worker, and the command line
 builds them, so they live apart from torch and the profiler.
 """
 
@@ -12,8 +12,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bench.records import CaseSpec, decode_record, encode_record, matches
-from bench.strategies import BY_NAME, STRATEGIES
+from bench.core.records import CaseSpec, decode_record, encode_record, matches
+from bench.core.strategies import BY_NAME, STRATEGIES
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
@@ -78,7 +78,7 @@ class RunControls:
     gpu_work: dict[str, float] = field(default_factory=dict)
     syncs: tuple[str, ...] = ()  # case patterns: one extra host-device synchronisation per round
     kernels: tuple[str, ...] = ()  # case patterns: one extra small kernel per round
-    # Strategies (bench.strategies) whose cases run the path they replaced, under their own label.
+    # Strategies (bench.core.strategies) whose cases run the path they replaced, under their own label.
     reverted: tuple[str, ...] = ()
     parent_pid: int | None = None  # the `python -m bench` process the child must not outlive
 

@@ -1,4 +1,4 @@
-"""The statistics of the gate (bench.gate) and compare (bench.compare), and so of calibration: one place each.
+"""The statistics of the gate (bench.gate.rules) and compare (bench.compare), and so of calibration: one place each.
 
 - a stored baseline against a run: the ratio of medians, its percentile-bootstrap interval (ratio_ci),
   a one-sided Mann-Whitney test (mann_whitney_p, testable) and the spread of a merged baseline's run

@@ -3,7 +3,7 @@
 Started by bench.compare with PYTHONPATH = [a folder holding only `cosmos3 -> <tree>/cosmos3`,
 the head's repository], so `bench` (harness, workloads, grid) is the head's on both sides and
 only the code under test comes from the side's tree. It reads one request per line on stdin and
-writes one reply per line (bench.protocol); everything else it prints goes to stderr, which the
+writes one reply per line (bench.compare.protocol); everything else it prints goes to stderr, which the
 coordinator keeps and shows when the worker dies.
 """
 
@@ -22,10 +22,7 @@ import torch
 
 import bench
 import cosmos3
-from bench import cases, workloads
-from bench.environment import collect_environment, run_label
-from bench.harness import CaseRun, die_with_parent, single_thread_on_cpu
-from bench.protocol import (
+from bench.compare.protocol import (
     REQUESTS,
     Bye,
     Finish,
@@ -41,7 +38,11 @@ from bench.protocol import (
     decode_message,
     encode_message,
 )
-from bench.records import CaseResult, CaseSpec
+from bench.core import cases
+from bench.core.environment import collect_environment, run_label
+from bench.core.records import CaseResult, CaseSpec
+from bench.measure import workloads
+from bench.measure.harness import CaseRun, die_with_parent, single_thread_on_cpu
 from cosmos3.presets import get_preset
 
 # Lines of a case's traceback kept in an Unavailable reply (the whole one goes to stderr).
@@ -70,7 +71,7 @@ def describe(exc: BaseException) -> str:
 
 @dataclass
 class _Prepared:
-    """The case being measured: its workload, its run (bench.harness.CaseRun), and its samples so far."""
+    """The case being measured: its workload, its run (bench.measure.harness.CaseRun), and its samples so far."""
 
     spec: CaseSpec
     work: workloads.Workload
@@ -100,7 +101,7 @@ class Worker:
         self.environment = collect_environment(self.device, run_label(preset.name, start.dit_layers), preset.dtype,
                                                start.controls.active)
         # From a case's warm-up to its end it holds the heap frozen out of garbage collection, and its
-        # rounds run with none (bench.collector), as the pytest benchmarks' rounds do: one CaseRun.
+        # rounds run with none (bench.measure.collector), as the pytest benchmarks' rounds do: one CaseRun.
         self.current: _Prepared | None = None
         log(self.side, f"cosmos3 from {os.path.realpath(cosmos3.__file__)}, bench from "
                        f"{os.path.realpath(bench.__file__)}, {self.environment.device_name}, preset {preset.name}")

@@ -11,12 +11,13 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from bench import stats, telemetry
-from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
-from bench.kinds import Kind
-from bench.records import COUNTERS, CaseResult, Environment, RunRecord, WorkCounters, matches
-from bench.stats import CI_LEVEL, OK, REGRESSION
-from bench.strategies import BY_NAME, STRATEGIES
+from bench.core import telemetry
+from bench.core.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
+from bench.core.kinds import Kind
+from bench.core.records import COUNTERS, CaseResult, Environment, RunRecord, WorkCounters, matches
+from bench.core.strategies import BY_NAME, STRATEGIES
+from bench.gate import stats
+from bench.gate.stats import CI_LEVEL, OK, REGRESSION
 from cosmos3.errors import InputError, check_number
 
 DEFAULT_LATENCY_THRESHOLD = 0.05  # a median may grow by 5% before it counts as a regression
@@ -38,7 +39,7 @@ SPEEDUP_GATED = frozenset({Kind.LATENT_PREP, Kind.DIFFUSERS_PREPARE_LATENTS})
 
 # Verdicts. A finding fails the gate when its rule gives it a failure message (regression, too few samples,
 # missing, failed); the others only describe. OK, FASTER, REGRESSION and NOT_SIGNIFICANT, the verdicts of a
-# median ratio, are bench.stats's.
+# median ratio, are bench.gate.stats's.
 TOO_FEW = "too few samples"
 # Device time is a second opinion beside latency: where its samples could never reach alpha (a baseline
 # profiled 3 rounds a case), the rule says so and passes, and latency still judges the case.
@@ -61,7 +62,7 @@ class GateConfig:
     memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
     # Names or patterns of baseline benchmarks that this run need not contain.
     exclude: frozenset[str] = frozenset()
-    # Strategy name -> the factor it must beat the path it replaced by (bench.strategies; unnamed: its default).
+    # Strategy name -> the factor it must beat the path it replaced by (bench.core.strategies; unnamed: its default).
     min_speedups: Mapping[str, float] = field(default_factory=dict)
     noise_k: float = DEFAULT_NOISE_K
     bootstrap_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
@@ -294,7 +295,7 @@ def compare_memory(current: CaseResult, baseline: CaseResult, config: GateConfig
 
 
 def strategy_pairs(config: GateConfig) -> tuple[StrategyPair, ...]:
-    """Each strategy against each path it replaced (bench.strategies), at the config's factor."""
+    """Each strategy against each path it replaced (bench.core.strategies), at the config's factor."""
     return tuple(StrategyPair(s.name, old, config.min_speedups[s.name], min_frames=s.min_frames,
                               cuda_only=s.cuda_only, resolutions=s.resolutions)
                  for s in STRATEGIES for old in s.replaces)

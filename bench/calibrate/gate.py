@@ -17,10 +17,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from bench.controls import MAX_INJECTED_FRACTION
-from bench.fmt import DASH, code
-from bench.gate import CounterRule, DeviceTimeRule, GateConfig, LatencyRule, evaluate
-from bench.records import RunRecord, encode_record, merge_counters, merge_runs, new_folder, write_json_atomic
+from bench.core.fmt import DASH, code
+from bench.core.records import RunRecord, encode_record, merge_counters, merge_runs, new_folder, write_json_atomic
+from bench.gate.rules import CounterRule, DeviceTimeRule, GateConfig, LatencyRule, evaluate
+from bench.measure.controls import MAX_INJECTED_FRACTION
 from cosmos3.errors import InputError
 
 # The metrics calibrated: the gate rules that judge one case against the baseline.

@@ -52,7 +52,7 @@ def code(name: str) -> str:
 
 
 def gpu_cells(readings: Sequence[Any]) -> tuple[str, str, str]:
-    """Report cells for one side's GPU readings (bench.telemetry.GpuReading): SM clock range in MHz,
+    """Report cells for one side's GPU readings (bench.core.telemetry.GpuReading): SM clock range in MHz,
     the hottest reading in C, and the throttle reasons seen."""
     if not readings:
         return DASH, DASH, DASH

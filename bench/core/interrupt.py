@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.records import write_json_atomic
+from bench.core.records import write_json_atomic
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 INTERRUPTED_RECORD = "interrupted.json"  # all a stopped run or compare leaves in its run folder

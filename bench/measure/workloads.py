@@ -23,10 +23,10 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan
 
-from bench.cases import CASES_BY_KIND, Grid
-from bench.harness import RoundPolicy, RunControls, diffusers_equivalence_for, equivalence_for, seeded_image
-from bench.kinds import Kind
-from bench.records import CaseSpec, EquivalenceRecord
+from bench.core.cases import CASES_BY_KIND, Grid
+from bench.core.kinds import Kind
+from bench.core.records import CaseSpec, EquivalenceRecord
+from bench.measure.harness import RoundPolicy, RunControls, diffusers_equivalence_for, equivalence_for, seeded_image
 from cosmos3.errors import InputError
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ class Models:
 
 # Each kind's workload from the parts one process shares (Models): what the compare worker builds for a case.
 # The pytest benchmarks call the same functions with their fixtures; tests/test_cases.py holds every kind of
-# the grid (bench.cases.CASES_BY_KIND) to one entry here and one pytest module.
+# the grid (bench.core.cases.CASES_BY_KIND) to one entry here and one pytest module.
 BUILDERS: dict[str, Callable[[CaseSpec, Models, RunControls], Workload]] = {
     Kind.LATENT_PREP: lambda case, m, controls: latent_prep(case, m.vae, dtype=m.preset.dtype, controls=controls),
     Kind.DIFFUSERS_PREPARE_LATENTS: lambda case, m, controls: diffusers_prepare_latents(

@@ -29,7 +29,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from bench.fmt import DASH
+from bench.core.fmt import DASH
 
 LEVELS = 127.5  # [-1, 1] <-> 8-bit levels, in both implementations
 OURS_RESIZE = "PIL Lanczos over the crop box; cover size rounded; crop offset floor((resized - out) / 2)"
@@ -139,8 +139,8 @@ def seeded_photo(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
 
 
 def smooth_photo(width: int, height: int) -> PIL.Image.Image:
-    """bench.harness.smooth_image (a colour gradient and soft blobs) in 8 bits: what a photograph is closer to."""
-    from bench.harness import smooth_image
+    """bench.measure.harness.smooth_image (a colour gradient and soft blobs) in 8 bits: what a photograph is closer to."""
+    from bench.measure.harness import smooth_image
 
     pixels = smooth_image(width, height)[0].permute(1, 2, 0)
     return PIL.Image.fromarray(((pixels + 1) * LEVELS).round().clamp(0, 255).to(torch.uint8).numpy())
@@ -227,7 +227,7 @@ def _size(size: tuple[int, int] | None) -> str:
 
 
 def markdown(check: CrossCheck) -> str:
-    from bench.report import DIFFUSERS_HEADING, table
+    from bench.gate.report import DIFFUSERS_HEADING, table
 
     pre_rows = [[_size(p.output_size), p.source, _size(p.source_size), _size(p.ours_cover), _size(p.diffusers_cover),
                  f"{p.max_abs_levels:g}", f"{p.mean_abs_levels:.2f}", f"{p.differing_share:.1%}", p.cause]

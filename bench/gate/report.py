@@ -13,12 +13,13 @@ matplotlib.use("Agg")  # report writing runs on headless CI runners; never ask f
 import matplotlib.pyplot as plt
 from matplotlib import ticker
 
-from bench import telemetry, upstream
-from bench.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share, gpu_cells
-from bench.gate import CI_LEVEL, RULES, GateReport
-from bench.kinds import Kind
-from bench.records import CaseResult, Environment, RunRecord, new_folder
-from bench.strategies import SINGLE_FRAME
+from bench.core import telemetry
+from bench.core.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share, gpu_cells
+from bench.core.kinds import Kind
+from bench.core.records import CaseResult, Environment, RunRecord, new_folder
+from bench.core.strategies import SINGLE_FRAME
+from bench.gate import upstream
+from bench.gate.rules import CI_LEVEL, RULES, GateReport
 
 SUMMARY_NAME = "summary.md"
 GITHUB_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
@@ -222,7 +223,7 @@ def diffusers_section(run: RunRecord, gate: GateReport) -> list[str]:
         return []
     lines = [DIFFUSERS_HEADING, "", *_diffusers_latent_prep_lines(run, gate, groups), *diffusers_e2e_lines(calls, groups),
              ("The cross-check of diffusers' preprocessing and latents against this package's, with the cause of "
-              "each difference: `python tools/diffusers_crosscheck.py` (bench/crosscheck.py)."), ""]
+              "each difference: `python tools/diffusers_crosscheck.py` (bench/measure/crosscheck.py)."), ""]
     return lines
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.interrupt import Interrupted, deferred_signals
+from bench.core.interrupt import Interrupted, deferred_signals
 from cosmos3.errors import InputError
 
 

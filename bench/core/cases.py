@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from _pytest.mark.expression import Expression  # pytest's own -k grammar (and, or, not, parentheses)
 
-from bench.kinds import Kind
-from bench.records import CaseSpec, matches
+from bench.core.kinds import Kind
+from bench.core.records import CaseSpec, matches
 from cosmos3.errors import InputError
 from cosmos3.stages import ENCODE_STRATEGIES
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.telemetry import GpuReading
+from bench.core.telemetry import GpuReading
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 from cosmos3.paths import check_name, check_preset_label, reason
@@ -156,7 +156,7 @@ class CaseSpec:
     Resolutions read WIDTHxHEIGHT, as in the upstream resolution list (1280x720 is 720p landscape).
     """
 
-    benchmark: str  # a bench.kinds.Kind
+    benchmark: str  # a bench.core.kinds.Kind
     width: int
     height: int
     num_frames: int
@@ -280,7 +280,7 @@ class KernelStat:
 
 @dataclass(frozen=True)
 class WorkCounters:
-    """Per-round work of one case, from profiled rounds beside the timed ones (bench.counters).
+    """Per-round work of one case, from profiled rounds beside the timed ones (bench.measure.counters).
 
     Deterministic for fixed shapes, so runner noise cannot move them. Every count is per round.
     Where rounds disagreed (they should not), a count holds the largest per-round value and
@@ -386,7 +386,7 @@ class CaseResult:
     run_medians_ms: tuple[float, ...] = ()
     # Likewise for the device time of each merged run's profiled rounds.
     run_device_medians_ms: tuple[float, ...] = ()
-    # What the GPU was doing just before the first and just after the last timed round (bench.telemetry);
+    # What the GPU was doing just before the first and just after the last timed round (bench.core.telemetry);
     # None where not read (no NVML, the CPU).
     gpu_before: GpuReading | None = None
     gpu_after: GpuReading | None = None
@@ -623,7 +623,7 @@ def run_from_pytest_benchmark(data: Any, *, source: str = "pytest-benchmark JSON
     """Rebuild the run record from pytest-benchmark's --benchmark-json output (raw data in seconds).
 
     Each benchmark's extra_info holds the CaseResult fields of CASE_INFO_FIELDS, written by
-    bench.harness.record_case; the same typed decoder reads them, so a key on one side only is an error.
+    bench.measure.harness.record_case; the same typed decoder reads them, so a key on one side only is an error.
     """
     try:
         env_data = data["machine_info"]["cosmos3_environment"]

@@ -15,10 +15,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.compare import CompareReport
-from bench.fmt import code
-from bench.records import encode_record, new_folder, write_json_atomic
-from bench.stats import REGRESSION
+from bench.compare.judge import CompareReport
+from bench.core.fmt import code
+from bench.core.records import encode_record, new_folder, write_json_atomic
+from bench.gate.stats import REGRESSION
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 

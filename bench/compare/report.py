@@ -1,6 +1,6 @@
 """Writes a compare's run folder: the raw pairs (compare.json), the workers' logs, and report/ (summary.md, plot).
 
-Like bench.report, it only reads the record and its verdict; it never measures anything.
+Like bench.gate.report, it only reads the record and its verdict; it never measures anything.
 """
 
 from __future__ import annotations
@@ -15,20 +15,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
-from bench.compare import (
-    COMPARE_RECORD,
-    FAILED,
-    PAIR_RULES,
-    CompareRecord,
-    CompareReport,
-    Side,
-    first_line,
-    judge,
-)
-from bench.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci, gpu_cells
-from bench.records import encode_record, new_folder, write_json_atomic
-from bench.report import ENV_ROWS, PLOT_DPI, SUMMARY_NAME, table
-from bench.stats import CI_LEVEL, FASTER, REGRESSION
+from bench.compare.judge import PAIR_RULES, CompareReport, first_line, judge
+from bench.compare.record import COMPARE_RECORD, FAILED, CompareRecord, Side
+from bench.core.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci, gpu_cells
+from bench.core.records import encode_record, new_folder, write_json_atomic
+from bench.gate.report import ENV_ROWS, PLOT_DPI, SUMMARY_NAME, table
+from bench.gate.stats import CI_LEVEL, FASTER, REGRESSION
 
 REPORT_DIR = "report"
 PAIRED_RATIO_PLOT = "paired_ratio.png"
@@ -231,7 +223,7 @@ def plot_paired_ratio(report: CompareReport, path: Path) -> bool:
 
 
 def write_compare_report(report: CompareReport, out_dir: Path) -> Path:
-    """summary.md and the plot in the new folder `out_dir`, all or nothing (as bench.report.write_report)."""
+    """summary.md and the plot in the new folder `out_dir`, all or nothing (as bench.gate.report.write_report)."""
     with new_folder(out_dir) as staging:
         plots = [PAIRED_RATIO_PLOT] if plot_paired_ratio(report, staging / PAIRED_RATIO_PLOT) else []
         (staging / SUMMARY_NAME).write_text(render_summary(report, plots))

@@ -9,7 +9,7 @@ cosmos3 and bench, imported after the fork from its side's PYTHONPATH exactly as
 
 Never where CUDA may be used: CUDA cannot be used in a process forked from one that has initialised it,
 and nothing promises that the libraries' imports leave it alone. With a GPU, workers start as fresh
-interpreters (`python -m bench.worker`), and compare.default_start picks that.
+interpreters (`python -m bench.compare.worker`), and compare.default_start picks that.
 
 This module imports nothing of bench or cosmos3 at import time. A forked worker imports it (from the
 coordinator's sys.path) to unpickle `serve_forked`, which then drops it and imports bench afresh from the
@@ -25,7 +25,7 @@ import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-# What the server imports before it forks: what bench.worker and cosmos3 import that is not theirs.
+# What the server imports before it forks: what bench.compare.worker and cosmos3 import that is not theirs.
 # A name that cannot be imported is skipped (multiprocessing's rule); the worker then imports it itself.
 PRELOAD = (
     "numpy",
@@ -65,7 +65,7 @@ def release_server() -> None:
 
 def serve_forked(requests: Connection, replies: Connection, env: dict[str, str], shim: str, head_root: str,
                  log: str) -> None:
-    """In the forked worker: become what `python -m bench.worker` would be (its own session, its side's
+    """In the forked worker: become what `python -m bench.compare.worker` would be (its own session, its side's
     environment, cwd and sys.path, stdout and stderr into its log), then serve the coordinator's requests."""
     release_server()
     os.setsid()  # as start_new_session does for an exec'd worker: a Ctrl-C reaches the coordinator only
@@ -86,7 +86,7 @@ def serve_forked(requests: Connection, replies: Connection, env: dict[str, str],
     outbox = os.fdopen(os.dup(replies.fileno()), "w", buffering=1, encoding="utf-8")
     requests.close()
     replies.close()
-    from bench import worker  # after the fork and the path: cosmos3 from the side's tree
+    from bench.compare import worker
 
     sys.exit(worker.serve_child(inbox, outbox))
 

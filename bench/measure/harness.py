@@ -1,6 +1,6 @@
 """Measures one benchmark case on pytest-benchmark: synchronised rounds, warm-up excluded, peak memory.
 
-The round policy and the run controls are bench.controls's (torch-free); they are re-exported here, where
+The round policy and the run controls are bench.measure.controls's (torch-free); they are re-exported here, where
 they lived before.
 """
 
@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from bench import collector, telemetry
-from bench.controls import CONTROLS_ENV, MAX_INJECTED_FRACTION, MIN_ROUNDS, RoundPolicy, RunControls  # noqa: F401
-from bench.counters import PROFILED_ROUNDS, profile_rounds
-from bench.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, encode_record
+from bench.core import telemetry
+from bench.core.records import CASE_INFO_FIELDS, CaseSpec, EquivalenceRecord, encode_record
+from bench.measure import collector
+from bench.measure.controls import CONTROLS_ENV, MAX_INJECTED_FRACTION, MIN_ROUNDS, RoundPolicy, RunControls  # noqa: F401
+from bench.measure.counters import PROFILED_ROUNDS, profile_rounds
 from cosmos3.equivalence import check_against_oracle, check_encode_equivalence, fp32_oracle
 from cosmos3.timing import DeviceTimer, synchronize
 
@@ -217,11 +218,11 @@ class CaseRun:
     """One case being measured: THE measuring loop, shared by the pytest benchmarks and compare's worker.
 
     `start` runs the warm-up rounds (the collector as it is, never recorded), wraps `fn` in the case's
-    negative controls (bench.harness.inject), freezes the heap out of garbage collection and notes the
+    negative controls (bench.measure.harness.inject), freezes the heap out of garbage collection and notes the
     memory resident on the device. Each timed round is three phases, so that pytest-benchmark (which
     times `body` itself) and the worker (`timed_round`) run the same code:
 
-    - `before_round`: nothing queued on the device, the collector off (bench.collector);
+    - `before_round`: nothing queued on the device, the collector off (bench.measure.collector);
     - `body`: the round itself; it ends when the device is idle, and an injected slowdown sleeps its
       fraction of the round's own time inside it;
     - `after_round`: the round's garbage collected, `on_round` shown its result, outside the timing.
@@ -255,7 +256,7 @@ class CaseRun:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._resident_gib = torch.cuda.memory_allocated(self.device) / _GIB
         # The GPU's state (clocks, temperature, power, throttling) just before the timed rounds and just after
-        # them (NVML, bench.telemetry; None off CUDA): never read inside a round.
+        # them (NVML, bench.core.telemetry; None off CUDA): never read inside a round.
         self.gpu_before = telemetry.read_device(self.device)
         self._held = contextlib.ExitStack()  # the frozen heap, until finish or close
         self._held.enter_context(collector.frozen_heap())
@@ -345,7 +346,7 @@ def measure(
 
 
 def benchmark_case(benchmark: Any, spec: CaseSpec, work: Any, *, device: torch.device) -> None:
-    """A pytest benchmark of one case: its bench.workloads.Workload measured, its record kept, and the
+    """A pytest benchmark of one case: its bench.measure.workloads.Workload measured, its record kept, and the
     optimisation's equivalence checked on the same request, outside the timed rounds."""
     record_case(benchmark, spec=spec)
     measure(benchmark, work.fn, device=device, case_name=spec.name, policy=work.policy, on_round=work.on_round,

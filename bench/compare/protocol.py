@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.controls import RunControls
-from bench.records import CaseResult, CaseSpec, Environment, decode_record, encode_record
+from bench.core.records import CaseResult, CaseSpec, Environment, decode_record, encode_record
+from bench.measure.controls import RunControls
 from cosmos3 import strict_json
 from cosmos3.errors import InputError
 
