@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from bench.cli import BENCHMARKS_DIR, main
+from bench.cli.child import BENCHMARKS_DIR
+from bench.cli.main import main
 from bench.core.records import load_run, run_to_dict
 from cosmos3.errors import InputError
 

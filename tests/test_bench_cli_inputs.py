@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from bench import cli
-from bench.cli import main
+from bench.cli import child as cli_child
+from bench.cli.child import failed_cases, read_benchmark_json
+from bench.cli.main import main
+from bench.cli.run import baseline_path
 from bench.core.records import save_run
+from bench.measure.controls import CONTROLS_ENV, RoundPolicy, RunControls
 from cosmos3.errors import InputError
 
 
@@ -22,7 +27,7 @@ def never_measure(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("measured although an input was bad")
 
-    monkeypatch.setattr(cli, "run_benchmarks", refuse)
+    monkeypatch.setattr(cli_child, "run_benchmarks", refuse)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +98,7 @@ def test_results_dir_that_is_not_writable(tmp_path, capsys, monkeypatch):
 def test_an_existing_baseline_is_refused_before_measuring(tmp_path, make_case, make_run, capsys):
     from bench.core.environment import device_identity
 
-    _, slug = device_identity(cli.torch.device("cpu"))
+    _, slug = device_identity(torch.device("cpu"))
     save_run(make_run([make_case()], preset="tiny"), tmp_path / slug / "tiny.json")
     assert main(["baseline", "--preset", "tiny", "--baselines-dir", str(tmp_path),
                  "--results-dir", str(tmp_path / "results")]) == 2
@@ -132,10 +137,10 @@ def test_gate_never_edits_the_run_it_gates(tmp_path, make_case, make_run, capsys
 def test_corrupt_child_outputs_are_data_errors(tmp_path):
     (tmp_path / "junit.xml").write_text("<testsuite><testcase")
     with pytest.raises(InputError, match="junit_xml: must be well-formed XML"):
-        cli.failed_cases(tmp_path / "junit.xml")
+        failed_cases(tmp_path / "junit.xml")
     (tmp_path / "pb.json").write_text("{")
     with pytest.raises(InputError, match="pytest_benchmark_json: must be readable JSON"):
-        cli.read_benchmark_json(tmp_path / "pb.json")
+        read_benchmark_json(tmp_path / "pb.json")
 
 
 def test_gate_of_a_folder_without_a_run(tmp_path, capsys):
@@ -144,26 +149,26 @@ def test_gate_of_a_folder_without_a_run(tmp_path, capsys):
 
 
 def test_run_controls_cross_the_process_seam_typed():
-    controls = cli.RunControls(rounds=cli.RoundPolicy(1, 5, 9, 10.0), slowdowns={"e2e[*]": 0.5},
+    controls = RunControls(rounds=RoundPolicy(1, 5, 9, 10.0), slowdowns={"e2e[*]": 0.5},
                                reverted=("single_frame",))
-    env = {cli.CONTROLS_ENV: controls.to_env()}
-    assert cli.RunControls.from_env(env) == controls
+    env = {CONTROLS_ENV: controls.to_env()}
+    assert RunControls.from_env(env) == controls
     with pytest.raises(InputError, match="COSMOS3_BENCH_CONTROLS.slowdown: is not a field of RunControls"):
-        cli.RunControls.from_env({cli.CONTROLS_ENV: json.dumps({"slowdown": {}})})
+        RunControls.from_env({CONTROLS_ENV: json.dumps({"slowdown": {}})})
 
 
 def test_reverting_a_strategy_is_a_recorded_negative_control():
-    controls = cli.RunControls(reverted=("single_frame", "first_frame_2d"))
+    controls = RunControls(reverted=("single_frame", "first_frame_2d"))
     assert controls.strategy_for("single_frame") == "expand"
     assert controls.strategy_for("first_frame_2d") == "single_frame"
     assert controls.strategy_for("expand") == "expand"
     assert controls.active == ("single_frame reverted to expand (diffusers' pipeline: to shipped)", "first_frame_2d reverted to single_frame")
-    assert cli.RunControls().strategy_for("first_frame_2d") == "first_frame_2d"
+    assert RunControls().strategy_for("first_frame_2d") == "first_frame_2d"
 
 
 def test_two_gates_in_one_second_get_two_report_folders(tmp_path, make_case, make_run, monkeypatch):
-    epoch = cli.time.gmtime(0)
-    monkeypatch.setattr(cli.time, "gmtime", lambda *_: epoch)  # the same second, twice
+    epoch = time.gmtime(0)
+    monkeypatch.setattr(time, "gmtime", lambda *_: epoch)  # the same second, twice
     run_dir = tmp_path / "run"
     save_run(make_run([make_case()], preset="tiny"), run_dir / "run.json")
     for _ in range(2):
@@ -205,9 +210,9 @@ def test_a_baseline_path_must_resolve_inside_its_folder(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "bl" / "cpu-x").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(InputError, match="baselines_dir: must stay inside"):
-        cli.baseline_path(tmp_path / "bl", "cpu-x", "tiny")
+        baseline_path(tmp_path / "bl", "cpu-x", "tiny")
     with pytest.raises(InputError, match="run.device_slug: must be one folder name"):
-        cli.baseline_path(tmp_path / "bl", "a/b", "tiny")
+        baseline_path(tmp_path / "bl", "a/b", "tiny")
 
 
 def test_a_merge_refuses_the_same_run_twice(tmp_path, make_case, make_run, capsys):
@@ -319,3 +324,14 @@ def test_every_repeat_folder_is_checked_before_the_first_is_measured(tmp_path, c
                  str(tmp_path / "bl"), "--results-dir", str(tmp_path / "results")]) == 2
     assert "run_id: names a results folder that exists" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["b-2"]  # b-1 was never made
+
+
+def test_the_default_folders_are_the_repository_s():
+    """Without --baselines-dir or --results-dir a run reads the committed baselines and writes under results/,
+    found from where bench is installed (bench.core.environment.REPO_ROOT), not from the working directory."""
+    from bench.cli.options import parse_args
+
+    repo = Path(__file__).resolve().parents[1]
+    args = parse_args(["run"])
+    assert (args.baselines_dir, args.results_dir) == (repo / "baselines", repo / "results")
+    assert (args.baselines_dir / "nvidia-h100-80gb-hbm3" / "wan22.json").is_file()

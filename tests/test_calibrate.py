@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench.calibrate import gate as calibrate
-from bench.cli import main
+from bench.cli.main import main
 from bench.core.records import KernelStat, WorkCounters
 from bench.gate.rules import GateConfig
 from cosmos3.errors import InputError
@@ -441,7 +441,10 @@ The counters rule sees""" + tail
 def test_a_time_budget_stops_starting_runs_and_a_later_call_measures_the_rest(tmp_path, monkeypatch, capsys,
                                                                                 make_case, make_run):
     """run_benchmarks is replaced by one that writes a record and advances a fake clock by 60 s per run."""
-    from bench import cli
+    import time
+
+    from bench.cli import child as cli_child
+    from bench.cli.child import RUN_RECORD
     from bench.core.records import save_run
 
     clock, measured = [0.0], []
@@ -451,11 +454,11 @@ def test_a_time_budget_stops_starting_runs_and_a_later_call_measures_the_rest(tm
         assert run_dir == folder / "runs" / plan.run_id and plan.cases == calibrate.DEFAULT_CASES
         measured.append((plan.run_id, plan.controls.gpu_work, plan.controls.syncs, plan.controls.kernels))
         run = make_run([make_case()])
-        save_run(run, run_dir / cli.RUN_RECORD)
+        save_run(run, run_dir / RUN_RECORD)
         return run, []
 
-    monkeypatch.setattr(cli, "run_benchmarks", fake_run)
-    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cli_child, "run_benchmarks", fake_run)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     folder = tmp_path / "cal"
     (folder / "runs" / "aa-2").mkdir(parents=True)  # what a killed call leaves: a run folder without run.json
     (folder / "runs" / "aa-2" / "interrupted.json").write_text("{}")

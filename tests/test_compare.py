@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import cli
+from bench.cli import compare as cli_compare
+from bench.cli.main import main
 from bench.compare.judge import NOT_PAIR_RULES, PAIR_RULE_NAMES, PAIR_RULES, judge
 from bench.compare.policy import CHECK_GROWTH, MIN_TRIALS, TrialPolicy, stop_reason
 from bench.compare.record import (
@@ -268,11 +269,11 @@ def clone_of(repo: Path, tmp_path: Path) -> Path:
 
 def compare_in(repo: Path, tmp_path: Path, monkeypatch, *args: str) -> int:
     """`python -m bench compare` with `repo` as the head, in this process (its torch is already imported)."""
-    monkeypatch.setattr(cli, "REPO_ROOT", repo)
+    monkeypatch.setattr(cli_compare, "REPO_ROOT", repo)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     for name, value in WORKER_ENV.items():
         monkeypatch.setenv(name, value)
-    return cli.main(["compare", "--preset", "tiny", "--results-dir", str(tmp_path / "results"), *args])
+    return main(["compare", "--preset", "tiny", "--results-dir", str(tmp_path / "results"), *args])
 
 
 def failure_lines(summary: str) -> list[str]:

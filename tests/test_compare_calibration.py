@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from bench import cli
 from bench.calibrate import compare as cc
+from bench.cli.main import main
 from bench.compare import coordinator
 from bench.compare.judge import judge
 from bench.compare.policy import DEFAULT_THRESHOLD
@@ -79,7 +79,7 @@ def test_parse_slowdowns():
 def test_the_command_line_refuses_bad_input_before_measuring(tmp_path, capsys, args, message):
     if "-k" not in args and message != "selects its cases with -k":
         args = [*args, "-k", "latent_prep"]
-    code = cli.main(["calibrate", "--compare", "--preset", "tiny", "--results-dir", str(tmp_path), *args])
+    code = main(["calibrate", "--compare", "--preset", "tiny", "--results-dir", str(tmp_path), *args])
     assert code == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -95,7 +95,7 @@ def test_the_command_line_runs_the_compares_it_plans(tmp_path, monkeypatch, make
         return run(slowdown, len(seen) - 1).record, {}
 
     monkeypatch.setattr(coordinator, "measure_run", fake_measure_run)
-    code = cli.main(["calibrate", "--compare", "--preset", "tiny", "--results-dir", str(tmp_path), "-k",
+    code = main(["calibrate", "--compare", "--preset", "tiny", "--results-dir", str(tmp_path), "-k",
                      "latent_prep and single_frame", "--aa-runs", "2", "--runs-per-size", "1", "--processes", "3",
                      "--calibration-dir", str(tmp_path / "cal")])
     assert code == 0, capsys.readouterr().err

@@ -11,7 +11,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bench import cli
+from bench.cli import compare as cli_compare
+from bench.cli.compare import worker_start_for
+from bench.cli.main import main
 from bench.compare.coordinator import measure_case
 from bench.compare.judge import judge
 from bench.compare.policy import (
@@ -206,16 +208,16 @@ def test_workers_fork_only_where_no_gpu_is_used():
 
 
 def test_fork_is_refused_where_cuda_is_available(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "device_kind", lambda: "cuda")
-    code = cli.main(["compare", "--base", "HEAD", "--preset", "tiny", "-k", "latent_prep",
+    monkeypatch.setattr(cli_compare, "device_kind", lambda: "cuda")
+    code = main(["compare", "--base", "HEAD", "--preset", "tiny", "-k", "latent_prep",
                      "--worker-start", "fork", "--results-dir", str(tmp_path / "results")])
     assert code == 2
     err = capsys.readouterr().err
     assert "error: worker_start" in err and "cannot be fork where CUDA is available" in err, err
     assert not (tmp_path / "results").exists()
-    monkeypatch.setattr(cli, "device_kind", lambda: "cpu")
-    assert cli.worker_start_for(argparse.Namespace(worker_start=None)) == "fork"
-    assert cli.worker_start_for(argparse.Namespace(worker_start="exec")) == "exec"
+    monkeypatch.setattr(cli_compare, "device_kind", lambda: "cpu")
+    assert worker_start_for(argparse.Namespace(worker_start=None)) == "fork"
+    assert worker_start_for(argparse.Namespace(worker_start="exec")) == "exec"
 
 
 def simulated_pair(rng, k, process_sd, trial_sd=0.01, trials_per_pair=4, effect=0.0):

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("transformers")  # the pipeline module imports it (the dev extra installs it)
 
-from bench.cli import main
+from bench.cli.main import main
 from bench.core import cases
 from bench.core.records import CaseSpec, EquivalenceRecord, load_run
 from bench.gate.report import DIFFUSERS_HEADING, diffusers_section

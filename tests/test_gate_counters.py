@@ -125,7 +125,7 @@ def test_every_fewer_and_every_varying_counter_is_listed(make_case, make_run):
 
 def test_a_merged_baseline_says_whose_counters_agreed_in_every_run(make_case, make_run):
     """`bench baseline` from several runs prints this line: the determinism the counter rules rest on."""
-    from bench.cli import counter_agreement
+    from bench.cli.baseline import counter_agreement
 
     def same(seed: int = 0) -> list:  # two runs of one code: the same counts, other samples (merge refuses a copy)
         return [make_case(counters=counters(), seed=seed), make_case(num_frames=33, counters=counters(), seed=seed),

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli
+from bench.cli.options import parse_args, run_controls
 from bench.core import cases
+from bench.core.environment import REPO_ROOT
 from bench.core.records import matches
 from tests.tools import load_tool
 
@@ -38,9 +39,9 @@ def check(argv: list[str]) -> None:
     preset as the child will, and check that each negative control applies to one of them."""
     if argv[:4] == ["python3", "-m", "nox", "-s"]:
         assert argv[5] == "--", argv
-        args = cli.parse_args([SESSIONS[argv[4]], *argv[6:]])
+        args = parse_args([SESSIONS[argv[4]], *argv[6:]])
     elif argv[:3] == ["python3", "-m", "bench"]:
-        args = cli.parse_args(argv[3:])
+        args = parse_args(argv[3:])
     elif argv[:3] == ["python3", "-m", "cosmos3"]:
         from cosmos3 import __main__ as cosmos3_cli
 
@@ -66,8 +67,8 @@ def check(argv: list[str]) -> None:
         calibrate_gate = args.command == "calibrate" and not args.compare  # calibrate --compare selects with -k
         patterns = args.case or (["latent_prep[single_frame-*]", "vae_encode[*-1f]"] if calibrate_gate else [])
         chosen = cases.chosen("wan22", args.grid, args.keyword, patterns)
-        cli.run_controls(args).check_applies(chosen)
-    if args.command == "run" and args.baselines_dir == cli.REPO_ROOT / "baselines" and args.dit_layers is None:
+        run_controls(args).check_applies(chosen)
+    if args.command == "run" and args.baselines_dir == REPO_ROOT / "baselines" and args.dit_layers is None:
         covered(args, {spec.name for spec in chosen})
 
 
@@ -100,7 +101,7 @@ def test_the_compare_calibration_steps_compare_the_720p_single_frame_cases(tmp_p
     """The issue asked for the two 720p single_frame cases of its day; the grid now holds three."""
     for step in ("compare-calib-1", "compare-calib-2"):
         (line,) = dry(step, tmp_path=tmp_path).stdout.splitlines()
-        args = cli.parse_args(["calibrate", *shlex.split(line)[6:]])
+        args = parse_args(["calibrate", *shlex.split(line)[6:]])
         assert args.compare and args.aa_runs == 5 and args.runs_per_size == 0
         chosen = cases.chosen("wan22", args.grid, args.keyword, [])
         assert [s.name for s in chosen] == [f"latent_prep[single_frame-1280x720-{n}f]" for n in (33, 81, 121)]
@@ -275,10 +276,10 @@ def test_the_smoke_measures_the_720p_first_frame_two_compared_cases_and_the_defa
     evidence = tmp_path / "evidence"
     ff = tool("first_frame_speed.py").parse_args(speed[2:])
     assert ff.resolutions == [(1280, 720)] and ff.compile_modes == [] and ff.budget_s < 75  # its cap
-    args = cli.parse_args(["compare", *compare[6:]])
+    args = parse_args(["compare", *compare[6:]])
     assert [c.name for c in cases.chosen("wan22", args.grid, args.keyword, [])] == [
         "latent_prep[single_frame-1280x720-33f]", "latent_prep[single_frame-1280x720-81f]"]
-    args = cli.parse_args(["run", *bench[6:]])
+    args = parse_args(["run", *bench[6:]])
     # The default suite, less diffusers' cases (the diffusers step measures them)
     assert (args.keyword, args.case, args.grid, args.preset) == ("not diffusers", [], "default", "auto")
     assert not args.baselines_dir.exists() and not args.require_baseline  # in-run checks only, on any device

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from bench import cli
+from bench.cli import options as cli_options
+from bench.cli.options import gate_config, parse_args, run_controls
 from bench.core import strategies
 from bench.core.records import CaseSpec
 from bench.gate import rules as gate
@@ -23,10 +24,10 @@ def test_each_strategy_names_labels_the_implementations_run(strategy):
 
 @pytest.mark.parametrize("strategy", strategies.STRATEGIES, ids=lambda s: s.name)
 def test_each_strategy_gets_its_flags_from_its_entry(strategy):
-    args = cli.parse_args(["run", f"--{strategy.revert.replace('_', '-')}",
+    args = parse_args(["run", f"--{strategy.revert.replace('_', '-')}",
                            f"--{strategy.speedup.replace('_', '-')}", "7.5"])
-    assert cli.run_controls(args).reverted == (strategy.name,)
-    config = cli.gate_config(args)
+    assert run_controls(args).reverted == (strategy.name,)
+    config = gate_config(args)
     assert config.min_speedups[strategy.name] == 7.5
     others = {s.name: s.default_min_speedup for s in strategies.STRATEGIES if s is not strategy}
     assert {k: v for k, v in config.min_speedups.items() if k != strategy.name} == others
@@ -55,11 +56,11 @@ def test_a_new_strategy_entry_is_all_the_registry_needs(monkeypatch):
                                 revert="revert_extra", speedup="min_speedup_extra", default_min_speedup=4.0)
     monkeypatch.setattr(strategies, "STRATEGIES", (strategies.SINGLE_FRAME, extra))
     monkeypatch.setattr(gate, "STRATEGIES", (strategies.SINGLE_FRAME, extra))
-    monkeypatch.setattr(cli, "STRATEGIES", (strategies.SINGLE_FRAME, extra))
-    args = cli.parse_args(["run", "--revert-extra", "--min-speedup-extra", "5"])
-    assert cli.run_controls(args).reverted == ("first_frame_2d",)
-    assert cli.gate_config(args).min_speedups == {"single_frame": 2.0, "first_frame_2d": 5.0}
-    assert ("first_frame_2d", "expand") in {(p.new, p.old) for p in gate.strategy_pairs(cli.gate_config(args))}
+    monkeypatch.setattr(cli_options, "STRATEGIES", (strategies.SINGLE_FRAME, extra))
+    args = parse_args(["run", "--revert-extra", "--min-speedup-extra", "5"])
+    assert run_controls(args).reverted == ("first_frame_2d",)
+    assert gate_config(args).min_speedups == {"single_frame": 2.0, "first_frame_2d": 5.0}
+    assert ("first_frame_2d", "expand") in {(p.new, p.old) for p in gate.strategy_pairs(gate_config(args))}
 
 
 def test_a_revert_must_name_a_strategy_and_apply_to_a_case():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from bench.cli.main import main
 from bench.core.records import (
     CaseResult,
     CaseSpec,

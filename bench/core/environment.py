@@ -16,7 +16,7 @@ import torch
 
 from bench.core.records import Environment
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def display_path(path: Path | str) -> str:

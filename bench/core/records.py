@@ -660,7 +660,7 @@ def merge_runs(runs: list[RunRecord]) -> RunRecord:
     The same run twice is refused: it would claim n runs, zero run-to-run noise and counters "identical
     in all n runs" from one measurement. Two runs are the same when their timed samples are: the same
     case names with the same samples_ms, bit for bit (run_fingerprint). Independent measurements never
-    repeat every float; the command line also refuses one run folder named twice (bench.cli).
+    repeat every float; the command line also refuses one run folder named twice (bench.cli.baseline).
     """
     if len(runs) < 2:
         raise InputError("runs", "merging needs at least two runs", len(runs))
