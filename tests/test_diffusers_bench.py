@@ -99,7 +99,7 @@ def test_minus_k_diffusers_selects_one_e2e_request_as_shipped_at_the_e2e_size():
     assert f"{E2E_KIND}[shipped-96x64-17f]" in chosen
     assert [s.name for s in cases.diffusers_e2e_cases("wan22")] == [f"{E2E_KIND}[shipped-1280x720-81f]"]
     assert cases.chosen("tiny", "default", "test_e2e", []) == cases.e2e_cases("tiny")  # ours alone, as before
-    assert list(cases.CASES_BY_KIND)[-2:] == ["e2e", E2E_KIND]  # the whole pipelines run last
+    assert list(cases.KINDS)[-2:] == ["e2e", E2E_KIND]  # the whole pipelines run last
 
 
 def timed_request(models, **call):
@@ -123,14 +123,17 @@ def test_the_call_is_split_at_prepare_latents_and_decode_and_leaves_the_pipeline
 
 
 def test_a_stage_s_time_is_charged_to_that_stage(models, monkeypatch):
-    """The control: one second slept inside prepare_latents shows in latent_preparation, not in the others."""
+    """The control: one second slept inside prepare_latents shows in latent_preparation, not in the others.
+    Both requests run warm (a first request pays for lazy set-up), and 100 ms are left for the noise of a
+    loaded 2-core host: unslept, the stage grows by about nothing."""
+    timed_request(models)
     base = timed_request(models)
     cls = type(models.components.omni)
     shipped = cls.prepare_latents
     monkeypatch.setattr(cls, "prepare_latents", lambda self, *a, **k: (time.sleep(1.0), shipped(self, *a, **k))[1])
     slowed = timed_request(models)
     grew = {stage: slowed.stage_ms[stage] - base.stage_ms[stage] for stage in omni.CALL_STAGES}
-    assert grew["latent_preparation"] >= 990, grew
+    assert grew["latent_preparation"] >= 900, grew
     assert sum(ms for stage, ms in grew.items() if stage != "latent_preparation") < 500, grew
 
 

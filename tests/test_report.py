@@ -117,3 +117,34 @@ def test_a_report_is_all_or_nothing(tmp_path, make_case, make_run, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(run, gate, tmp_path / "report")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_kind_the_registry_plots_has_its_panel(tmp_path, make_case, make_run, monkeypatch):
+    """The frame plots read the registry (bench.core.cases.KINDS, plot_title): ours and diffusers' latent
+    preparation get a panel each, vae_encode (no title) none; a kind whose title is taken away loses its panel."""
+    import dataclasses
+
+    from bench.core.cases import KINDS
+    from bench.core.kinds import Kind
+
+    cases = [make_case(kind, strategy, num_frames=n, median_ms=ms * n, peak_mem_gib=1.0)
+             for kind, old in ((Kind.LATENT_PREP, "expand"), (Kind.DIFFUSERS_PREPARE_LATENTS, "shipped"))
+             for strategy, ms in (("single_frame", 0.1), (old, 1.0)) for n in (33, 81)]
+    run = make_run([*cases, make_case(Kind.VAE_ENCODE, None, peak_mem_gib=1.0)])
+    titles: dict[str, list[str]] = {}
+
+    def keep_titles(fig, path):
+        titles[path.name] = [ax.get_title() for ax in fig.axes]
+        return True
+
+    monkeypatch.setattr(report, "_save", keep_titles)
+    write_report(run, evaluate(run, None, GateConfig()), tmp_path / "both")
+    for plot, what in (("latency_vs_frames", "latency"), ("speedup_vs_frames", "speedup"),
+                       ("peak_memory_vs_frames", "peak memory")):
+        assert titles[f"{plot}.png"] == [f"Latent preparation {what}", f"diffusers prepare_latents {what}"]
+
+    monkeypatch.setitem(KINDS, Kind.DIFFUSERS_PREPARE_LATENTS,
+                        dataclasses.replace(KINDS[Kind.DIFFUSERS_PREPARE_LATENTS], plot_title=None))
+    write_report(run, evaluate(run, None, GateConfig()), tmp_path / "ours")
+    assert titles["latency_vs_frames.png"] == ["Latent preparation latency"]
+    assert titles["speedup_vs_frames.png"] == ["Latent preparation speedup"]

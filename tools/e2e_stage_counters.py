@@ -1,7 +1,7 @@
 """Where does an e2e request's time go, stage by stage? One request profiled, then each stage's counters.
 
-Issue 11 asks why latent preparation costs 25-60 ms more inside the pipeline than in its stage
-benchmark. This profiles one e2e request (after a warm-up request) and, for comparison, the
+Why does latent preparation cost 25-60 ms more inside the pipeline than in its stage benchmark?
+This profiles one e2e request (after a warm-up request) and, for comparison, the
 latent-preparation stage run alone as its benchmark runs it, and prints per stage: wall and device
 time, kernels, host-to-device copies (pageable or pinned), syncs, caching-allocator calls
 (cudaMalloc / cudaFree: the allocator growing or returning memory) and Python's garbage collections
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {}
     events = profiled(lambda: out.setdefault("e2e", pipeline(request())), device)
     table = stage_table(events, out["e2e"].stage_ms, device.type)
-    # The stage alone, as bench/benchmarks/test_latent_prep.py runs it (its input already on the device).
+    # The stage alone, its input already on the device (the latent_prep benchmark starts from host memory).
     stage = Cosmos3LatentPreparationStage(components.vae, encode_strategy=args.strategy, dtype=preset.dtype)
     pixels = seeded_image(width, height, device)
 

@@ -1,4 +1,4 @@
-"""Benchmark fixtures: preset and device, the shared VAE, grid parametrisation, the run's environment."""
+"""Benchmark fixtures: preset and device, the parts the workloads share, grid parametrisation, the run's environment."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from bench.core.environment import collect_environment, run_label
 from bench.core.records import encode_record, matches
 from bench.measure import workloads
 from bench.measure.harness import RunControls, die_with_parent, single_thread_on_cpu
-from cosmos3.components import build_vae
 from cosmos3.presets import get_preset, resolve_preset_name
 
 
@@ -31,7 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
     parent = RunControls.from_env().parent_pid
     if parent is not None:
         die_with_parent(parent)
-    config.addinivalue_line("markers", "cases(kind): parametrise `case` with the preset's grid of that kind")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -40,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     Peak memory includes what earlier cases left resident on the device, so a subset run
     (-k test_latent_prep) must see the same device state as the full run its baseline came from.
     """
-    order = {kind: i for i, kind in enumerate(cases.CASES_BY_KIND)}
+    order = {kind: i for i, kind in enumerate(cases.KINDS)}
 
     def rank(item: pytest.Item) -> int:
         marker = item.get_closest_marker("cases")
@@ -65,7 +63,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is None or "case" not in metafunc.fixturenames:
         return
     preset = resolve_preset_name(metafunc.config.getoption("--preset"))
-    specs = cases.CASES_BY_KIND[marker.args[0]](preset, metafunc.config.getoption("--grid"))
+    specs = cases.KINDS[marker.args[0]].cases(preset, metafunc.config.getoption("--grid"))
     metafunc.parametrize("case", specs, ids=[cases.param_id(s) for s in specs])
 
 
@@ -102,17 +100,8 @@ def weights_dir(pytestconfig: pytest.Config) -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def vae(preset, device, weights_dir):
-    return build_vae(preset, device, weights_dir=weights_dir)
-
-
-@pytest.fixture(scope="module")
-def components(preset, device, vae, weights_dir):
-    """The end-to-end parts (the transformer, diffusers' pipeline over it, the prompt), built per module that
-    asks: e2e and diffusers_e2e each build them and free them when their cases are done."""
-    built = workloads.e2e_components(preset, device, vae, weights_dir)
-    yield built
-    # pytest's fixture cache still holds `built` here: drop the transformer itself so the cache can free it.
-    built.transformer = built.omni = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+def models(preset, device, grid, weights_dir, tmp_path_factory) -> workloads.Models:
+    """The parts every kind's workload is built from, as the compare worker builds them: the VAE, diffusers'
+    pipeline over it, the Cosmos3 transformer (on the first end-to-end case) and the condition images, each
+    built on first use, outside the timed rounds, and kept for the cases after it."""
+    return workloads.Models(preset, device, grid, tmp_path_factory.mktemp("models"), weights_dir=weights_dir)

@@ -115,22 +115,37 @@ def e2e_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     return [CaseSpec(Kind.E2E, w, h, g.e2e_frames, strategy) for (w, h) in g.e2e_resolutions for strategy in g.e2e_strategies]
 
 
-# The kinds in the order they run (stage, component, whole pipeline), each in its own
-# bench/benchmarks/test_<kind>.py: peak memory depends on what earlier cases left resident. diffusers'
-# latent preparation runs beside ours (the same stage, the same VAE); its names start with "diffusers_", so
-# `-k diffusers` selects it and `-k test_latent_prep` does not.
-CASES_BY_KIND: dict[str, Callable[[str, str], list[CaseSpec]]] = {
-    Kind.LATENT_PREP: latent_prep_cases,
-    Kind.DIFFUSERS_PREPARE_LATENTS: diffusers_prepare_latents_cases,
-    Kind.VAE_ENCODE: vae_encode_cases,
-    Kind.E2E: e2e_cases,
-    Kind.DIFFUSERS_E2E: diffusers_e2e_cases,
+@dataclass(frozen=True)
+class KindEntry:
+    """One benchmark kind as the grid and the report know it. Its workload is its entry in
+    bench.measure.workloads.BUILDERS; its pytest test, test_<kind>, is made from this registry by
+    bench/benchmarks/test_kinds.py."""
+
+    cases: Callable[[str, str], list[CaseSpec]]  # its grid axes: (preset, grid name) -> its cases, in run order
+    # The report plots its latency, peak memory and speedups against frames, in a panel of this title; None: not plotted.
+    plot_title: str | None = None
+
+
+# The kinds in the order they run (stage, component, whole pipeline): peak memory depends on what earlier cases
+# left resident. diffusers' latent preparation runs beside ours (the same stage, the same VAE); its names start
+# with "diffusers_", so `-k diffusers` selects it and `-k test_latent_prep` does not.
+KINDS: dict[Kind, KindEntry] = {
+    Kind.LATENT_PREP: KindEntry(latent_prep_cases, plot_title="Latent preparation"),
+    Kind.DIFFUSERS_PREPARE_LATENTS: KindEntry(diffusers_prepare_latents_cases,
+                                              plot_title="diffusers prepare_latents"),
+    Kind.VAE_ENCODE: KindEntry(vae_encode_cases),
+    Kind.E2E: KindEntry(e2e_cases),
+    Kind.DIFFUSERS_E2E: KindEntry(diffusers_e2e_cases),
 }
 
 
 def all_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
     """Every case of the preset's grid, in run order."""
-    return [spec for cases_of in CASES_BY_KIND.values() for spec in cases_of(preset, grid)]
+    return [spec for entry in KINDS.values() for spec in entry.cases(preset, grid)]
+
+
+# The one pytest module of the benchmarks (bench/benchmarks/), which makes a test_<kind> of each kind.
+BENCHMARK_MODULE = "test_kinds.py"
 
 
 def param_id(spec: CaseSpec) -> str:
@@ -140,9 +155,8 @@ def param_id(spec: CaseSpec) -> str:
 
 def keywords(spec: CaseSpec) -> frozenset[str]:
     """The names pytest's -k matches on this case's benchmark item: its node names from the package
-    down (bench, benchmarks, test_<kind>.py, test_<kind>[<id>]) and its marker."""
-    test = f"test_{spec.benchmark}"
-    return frozenset({"bench", "benchmarks", f"{test}.py", f"{test}[{param_id(spec)}]", "cases"})
+    down (bench, benchmarks, the module, test_<kind>[<id>]) and its marker."""
+    return frozenset({"bench", "benchmarks", BENCHMARK_MODULE, f"test_{spec.benchmark}[{param_id(spec)}]", "cases"})
 
 
 def select(specs: list[CaseSpec], expression: str | None) -> list[CaseSpec]:

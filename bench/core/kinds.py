@@ -1,7 +1,8 @@
 """The benchmark kinds: one name each, used everywhere a kind is meant (never a bare string).
 
-A kind names what a case times (its CaseSpec.benchmark, the start of its case name, its pytest module
-bench/benchmarks/test_<kind>.py). StrEnum members are strings: they compare equal to the names in
+A kind names what a case times (its CaseSpec.benchmark, the start of its case name, its pytest test
+test_<kind>). Its grid is its entry in bench.core.cases.KINDS, its workload its entry in
+bench.measure.workloads.BUILDERS. StrEnum members are strings: they compare equal to the names in
 records written before this module, and encode as those names.
 """
 

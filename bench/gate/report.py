@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import matplotlib
 
@@ -14,18 +15,19 @@ import matplotlib.pyplot as plt
 from matplotlib import ticker
 
 from bench.core import telemetry
+from bench.core.cases import KINDS
 from bench.core.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share, gpu_cells
 from bench.core.kinds import Kind
 from bench.core.records import CaseResult, Environment, RunRecord, new_folder
-from bench.core.strategies import SINGLE_FRAME
 from bench.gate import upstream
-from bench.gate.rules import CI_LEVEL, RULES, GateReport
+from bench.gate.rules import CI_LEVEL, RULES, GateReport, SpeedupCheck
 
 SUMMARY_NAME = "summary.md"
 GITHUB_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 PLOT_DPI = 120
 
 Plot = Callable[[RunRecord, GateReport, Path], bool]
+T = TypeVar("T")
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -346,58 +348,86 @@ def _save(fig: plt.Figure, path: Path) -> bool:
     return True
 
 
-def _latent_prep_series(run: RunRecord) -> dict[tuple[str, str], list[CaseResult]]:
-    """(strategy, resolution) -> latent_prep cases sorted by frames."""
+def _frame_series(run: RunRecord, kind: str) -> dict[tuple[str, str], list[CaseResult]]:
+    """(strategy, resolution) -> the kind's cases sorted by frames."""
     series: dict[tuple[str, str], list[CaseResult]] = {}
     for case in run.cases:
-        if case.spec.benchmark == Kind.LATENT_PREP:
+        if case.spec.benchmark == kind:
             series.setdefault((case.spec.strategy or "", case.spec.resolution), []).append(case)
     return {key: sorted(cases, key=lambda c: c.spec.num_frames) for key, cases in series.items()}
 
 
+def _panels(titled: dict[str, T]) -> tuple[plt.Figure, list[tuple[plt.Axes, str, T]]]:
+    """One figure, one panel per plotted kind that has data (side by side), in the registry's order."""
+    fig, axes = plt.subplots(1, len(titled), figsize=(7 * len(titled), 4.5), squeeze=False)
+    return fig, [(ax, title, data) for ax, (title, data) in zip(axes[0], titled.items(), strict=True)]
+
+
+def _plotted(run: RunRecord, keep: Callable[[CaseResult], bool] = lambda c: True
+             ) -> dict[str, dict[tuple[str, str], list[CaseResult]]]:
+    """Plot title -> (strategy, resolution) -> cases, for each kind the registry plots against frames
+    (bench.core.cases.KINDS' plot_title) that has cases `keep` accepts."""
+    out = {}
+    for kind, entry in KINDS.items():
+        series = {key: kept for key, cases in _frame_series(run, kind).items() if (kept := [c for c in cases if keep(c)])}
+        if entry.plot_title is not None and series:
+            out[entry.plot_title] = series
+    return out
+
+
 def plot_latency_vs_frames(run: RunRecord, gate: GateReport, path: Path) -> bool:
-    series = _latent_prep_series(run)
-    if not series:
+    plotted = _plotted(run)
+    if not plotted:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (strategy, resolution), cases in series.items():
-        frames = [c.spec.num_frames for c in cases]
-        medians = [c.median_ms for c in cases]
-        err = [[c.median_ms - c.q1_ms for c in cases], [c.q3_ms - c.median_ms for c in cases]]
-        ax.errorbar(frames, medians, yerr=err, marker="o", capsize=3, label=f"{strategy} {resolution}")
-    ax.set(xlabel="frames", ylabel="median ms (bars: IQR)", yscale="log", title="Latent preparation latency")
-    ax.legend()
+    fig, panels = _panels(plotted)
+    for ax, title, series in panels:
+        for (strategy, resolution), cases in series.items():
+            frames = [c.spec.num_frames for c in cases]
+            medians = [c.median_ms for c in cases]
+            err = [[c.median_ms - c.q1_ms for c in cases], [c.q3_ms - c.median_ms for c in cases]]
+            ax.errorbar(frames, medians, yerr=err, marker="o", capsize=3, label=f"{strategy} {resolution}")
+        ax.set(xlabel="frames", ylabel="median ms (bars: IQR)", yscale="log", title=f"{title} latency")
+        ax.legend()
     return _save(fig, path)
 
 
 def plot_speedup_vs_frames(run: RunRecord, gate: GateReport, path: Path) -> bool:
-    checks = [s for s in gate.speedups if s.benchmark == Kind.LATENT_PREP and (s.new, s.old) == ("single_frame", "expand")]
-    if not checks:
+    """Each optimised strategy's factor over the one it replaced, per resolution, with the factor it must show."""
+    titles = {kind: entry.plot_title for kind, entry in KINDS.items() if entry.plot_title is not None}
+    plotted: dict[str, list[SpeedupCheck]] = {}
+    for check in gate.speedups:
+        if check.benchmark in titles:
+            plotted.setdefault(titles[check.benchmark], []).append(check)
+    if not plotted:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for resolution in dict.fromkeys(s.resolution for s in checks):
-        points = sorted((s.num_frames, s.factor) for s in checks if s.resolution == resolution)
-        ax.plot(*zip(*points), marker="o", label=resolution)
-    required = gate.config.min_speedups[SINGLE_FRAME.name]
-    ax.axhline(required, color="red", linestyle="--", label=f"required {required:g}x")
-    ax.set(xlabel="frames", ylabel="expand / single_frame (median)", yscale="log", title="Latent preparation speedup")
-    ax.legend()
+    fig, panels = _panels(plotted)
+    for ax, title, checks in panels:
+        pairs = list(dict.fromkeys((s.new, s.old) for s in checks))
+        for new, old in pairs:
+            of_pair = [s for s in checks if (s.new, s.old) == (new, old)]
+            for resolution in dict.fromkeys(s.resolution for s in of_pair):
+                points = sorted((s.num_frames, s.factor) for s in of_pair if s.resolution == resolution)
+                ax.plot(*zip(*points), marker="o", label=resolution if len(pairs) == 1 else f"{new} {resolution}")
+            for required in sorted({s.min_factor for s in of_pair if s.min_factor is not None}):
+                label = f"required {required:g}x" if len(pairs) == 1 else f"{new} required {required:g}x"
+                ax.axhline(required, color="red", linestyle="--", label=label)
+        ylabel = f"{pairs[0][1]} / {pairs[0][0]} (median)" if len(pairs) == 1 else "old / new strategy (median)"
+        ax.set(xlabel="frames", ylabel=ylabel, yscale="log", title=f"{title} speedup")
+        ax.legend()
     return _save(fig, path)
 
 
 def plot_peak_memory_vs_frames(run: RunRecord, gate: GateReport, path: Path) -> bool:
-    series = {
-        key: [c for c in cases if c.peak_mem_gib is not None] for key, cases in _latent_prep_series(run).items()
-    }
-    series = {key: cases for key, cases in series.items() if cases}
-    if not series:
+    plotted = _plotted(run, keep=lambda c: c.peak_mem_gib is not None)
+    if not plotted:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (strategy, resolution), cases in series.items():
-        ax.plot([c.spec.num_frames for c in cases], [c.peak_mem_gib for c in cases], marker="o",
-                label=f"{strategy} {resolution}")
-    ax.set(xlabel="frames", ylabel="peak GiB", title="Latent preparation peak memory")
-    ax.legend()
+    fig, panels = _panels(plotted)
+    for ax, title, series in panels:
+        for (strategy, resolution), cases in series.items():
+            ax.plot([c.spec.num_frames for c in cases], [c.peak_mem_gib for c in cases], marker="o",
+                    label=f"{strategy} {resolution}")
+        ax.set(xlabel="frames", ylabel="peak GiB", title=f"{title} peak memory")
+        ax.legend()
     return _save(fig, path)
 
 

@@ -1,8 +1,8 @@
 """The measured code of each benchmark kind: one definition, run by the pytest benchmarks and the compare worker.
 
 A workload is built outside the timed region (models, inputs, stage objects) and returns the
-callable one round times. The pytest benchmarks pass their fixtures in; the compare worker
-builds the same parts once per process (`Models`) and asks `build` for any case. Under
+callable one round times. The pytest benchmarks (bench/benchmarks/test_kinds.py) and the compare
+worker both build the parts once per process (`Models`) and ask `build` for any case. Under
 `python -m bench compare` these functions are the head's, and `cosmos3` is each side's own, so
 a base that lacks what a workload needs fails here (ImportError, AttributeError, TypeError) and
 that case is reported as not comparable. That is why each kind imports the cosmos3 code it
@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan
 
-from bench.core.cases import CASES_BY_KIND, Grid
+from bench.core.cases import KINDS, Grid
 from bench.core.kinds import Kind
 from bench.core.records import CaseSpec, EquivalenceRecord
 from bench.measure.harness import RoundPolicy, RunControls, diffusers_equivalence_for, equivalence_for, seeded_image
@@ -199,14 +199,6 @@ def diffusers_e2e(case: CaseSpec, components: Components, *, steps: int) -> Work
     return workload
 
 
-def e2e_components(preset: Preset, device: torch.device, vae: AutoencoderKLWan,
-                   weights_dir: Path | None = None) -> Components:
-    """The VAE with the Cosmos3 transformer and the fixed prompt's token ids: what the end-to-end cases run."""
-    from cosmos3.components import with_denoiser
-
-    return with_denoiser(preset, device, vae, weights_dir=weights_dir)
-
-
 def write_condition_image(path: Path, width: int, height: int) -> Path:
     """A seeded random RGB image larger than the output, so that preprocessing really resizes and crops."""
     rng = np.random.default_rng(0)
@@ -238,17 +230,19 @@ class Models:
 
     @functools.cached_property
     def components(self) -> Components:
-        """Built on the first end-to-end case only: the Cosmos3 transformer is the largest model."""
-        return e2e_components(self.preset, self.device, self.vae, self.weights_dir)
+        """The VAE with the Cosmos3 transformer and the fixed prompt's token ids: what the end-to-end cases run.
+        Built on the first end-to-end case only: the transformer is the largest model."""
+        from cosmos3.components import with_denoiser
+
+        return with_denoiser(self.preset, self.device, self.vae, weights_dir=self.weights_dir)
 
     @functools.cache  # noqa: B019 (one Models per process; the images must outlive the calls)
     def image_path(self, width: int, height: int) -> Path:
         return write_condition_image(self.scratch_dir / f"condition-{width}x{height}.png", width, height)
 
 
-# Each kind's workload from the parts one process shares (Models): what the compare worker builds for a case.
-# The pytest benchmarks call the same functions with their fixtures; tests/test_cases.py holds every kind of
-# the grid (bench.core.cases.CASES_BY_KIND) to one entry here and one pytest module.
+# Each kind's workload from the parts one process shares (Models), for the pytest benchmarks and the compare
+# worker alike. A test holds every kind of the grid (bench.core.cases.KINDS) to one entry here.
 BUILDERS: dict[str, Callable[[CaseSpec, Models, RunControls], Workload]] = {
     Kind.LATENT_PREP: lambda case, m, controls: latent_prep(case, m.vae, dtype=m.preset.dtype, controls=controls),
     Kind.DIFFUSERS_PREPARE_LATENTS: lambda case, m, controls: diffusers_prepare_latents(
@@ -264,5 +258,5 @@ def build(case: CaseSpec, models: Models, controls: RunControls) -> Workload:
     """The workload of any case, from parts built once per process."""
     builder = BUILDERS.get(case.benchmark)
     if builder is None:
-        raise InputError("case.benchmark", f"has no workload ({', '.join(CASES_BY_KIND)})", case.benchmark)
+        raise InputError("case.benchmark", f"has no workload ({', '.join(KINDS)})", case.benchmark)
     return builder(case, models, controls)
