@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # cosmos3.equivalence imports the stages, which import cosmos
     from cosmos3.equivalence import Agreement
 
 # cosmos3.equivalence's tolerance (one bf16 ulp, normwise), repeated here for the import order above;
-# tests/test_diffusers_bench.py holds them equal.
+# tests/measure/test_diffusers_workloads.py holds them equal.
 DEFAULT_ATOL, DEFAULT_RTOL = 0.0, 2.0**-7
 
 # The ways the pipeline's I2V latents are prepared: as diffusers ships it, and with the one-frame encode.

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.repo import REPO
+
+ROOT = REPO
 RUNNER_TORCH = "2.11.0+cu130"  # a CUDA build's version, as a GPU runner has it
 
 
@@ -88,6 +90,7 @@ class SessionError(Exception):
     pass
 
 
+@pytest.mark.slow  # a fresh venv: a process start (runner_python)
 def test_plan_holds_the_runners_torch_and_lists_what_it_lacks(runner_python, outer_env):
     plan = noxfile.plan_install(runner_python, DEPENDENCIES, outer_env)
     assert plan.torch_version == RUNNER_TORCH
@@ -97,6 +100,7 @@ def test_plan_holds_the_runners_torch_and_lists_what_it_lacks(runner_python, out
     assert plan.has_pip
 
 
+@pytest.mark.slow  # a fresh venv: a process start (runner_python)
 def test_plan_sees_wheels_staged_on_pythonpath_and_what_they_need(runner_python, outer_env, tmp_path):
     # An offline runner: diffusers unpacked with --no-deps to a folder on PYTHONPATH, without huggingface_hub.
     plant(tmp_path, "diffusers", "0.42.1", (
@@ -110,12 +114,14 @@ def test_plan_sees_wheels_staged_on_pythonpath_and_what_they_need(runner_python,
     assert plan.unmet == (noxfile.Unmet("huggingface-hub<3.0,>=1.32.0", None, "diffusers"),)
 
 
+@pytest.mark.slow  # a fresh venv: a process start (runner_python)
 def test_plan_flags_a_version_outside_the_specifier(runner_python, outer_env, tmp_path):
     plant(tmp_path, "diffusers", "0.30.0")
     plan = noxfile.plan_install(runner_python, ["diffusers>=0.35"], {**outer_env, "PYTHONPATH": str(tmp_path)})
     assert plan.unmet == (noxfile.Unmet("diffusers>=0.35", "0.30.0", "pyproject.toml"),)
 
 
+@pytest.mark.slow  # a fresh venv: a process start (runner_python)
 def test_the_runners_torch_is_held_as_it_is_and_its_own_needs_left_alone(runner_python, outer_env, tmp_path):
     # Staged first on PYTHONPATH, this torch shadows the venv's; it is older than pyproject asks for.
     plant(tmp_path, "torch", "2.3.0", ("nvidia-cuda-runtime-cu12==12.1.105; platform_system == 'Linux'",))
@@ -124,6 +130,7 @@ def test_the_runners_torch_is_held_as_it_is_and_its_own_needs_left_alone(runner_
     assert plan.requirements == ["tqdm"]
 
 
+@pytest.mark.slow  # a fresh venv: a process start (runner_python)
 def test_prepare_installs_what_is_lacking_with_torch_held(runner_python, outer_env, tmp_path):
     session = FakeSession(tmp_path)
     # The fake pip installs nothing, so the check after it finds the same gaps and stops the session.

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.repo import REPO
 
 
+@pytest.mark.slow  # each in a fresh interpreter
 @pytest.mark.parametrize("module", ["bench.compare.protocol", "bench.measure.controls", "bench.gate.stats", "bench.calibrate.gate"])
 def test_module_imports_no_torch(module):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

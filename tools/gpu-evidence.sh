@@ -13,7 +13,7 @@
 #
 #     bash tools/gpu-evidence.sh STEP          # one step alone, whatever its marker says (SESSION_S still ends it)
 #     bash tools/gpu-evidence.sh plan          # the calls PLAN needs by the estimates below; runs nothing
-#     DRY_RUN=1 bash tools/gpu-evidence.sh ... # print the commands, run nothing (tests/test_gpu_evidence.py)
+#     DRY_RUN=1 bash tools/gpu-evidence.sh ... # print the commands, run nothing (tests/tools/test_gpu_evidence.py)
 #
 # The plan, call by call, and what each buys: tools/GPU-PLAN.md. Steps: what they measure, the estimated
 # seconds on one H100/H200 (from the H100 logs of 2026-11-23 in results/example/logs/ and per-request times;

@@ -1,0 +1,1 @@
+"""How often the gate and compare raise false alarms, and what they catch: measured, never assumed."""

@@ -17,7 +17,7 @@ from bench.gate.stats import REGRESSION, median_ci
 
 # The rules of the stored-baseline gate that compare applies to the head's records against the base's, by
 # name: an allow-list. A rule added to bench.gate.rules.RULES is applied here only once it is named here; until it
-# is named here or in NOT_PAIR_RULES, with the reason, tests/test_compare.py fails.
+# is named here or in NOT_PAIR_RULES, with the reason, tests/compare/test_compare.py fails.
 PAIR_RULE_NAMES = frozenset({"device_time", "counters", "memory"})
 # The gate's other rules, each with why compare does not apply it.
 NOT_PAIR_RULES = {
@@ -59,7 +59,7 @@ class PairedComparison:
 
 
 @dataclass(frozen=True)
-class CompareReport:
+class CompareReport(gate.Outcome):
     record: CompareRecord
     comparisons: tuple[PairedComparison, ...]
     findings: tuple[gate.Finding, ...]  # PAIR_RULES on the head's records against the base's
@@ -72,14 +72,6 @@ class CompareReport:
                 if u.status == FAILED]
         out += [f.failure for f in self.findings if f.failure]
         return tuple(out)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
 
 def first_line(text: str) -> str:

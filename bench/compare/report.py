@@ -17,9 +17,9 @@ from matplotlib import ticker
 
 from bench.compare.judge import PAIR_RULES, CompareReport, first_line, judge
 from bench.compare.record import COMPARE_RECORD, FAILED, CompareRecord, Side
-from bench.core.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci, gpu_cells
+from bench.core.fmt import DASH, code, fmt_ms, fmt_p, fmt_ratio_ci, gpu_cells, table
 from bench.core.records import encode_record, new_folder, write_json_atomic
-from bench.gate.report import ENV_ROWS, PLOT_DPI, SUMMARY_NAME, table
+from bench.gate.report import ENV_ROWS, PLOT_DPI, SUMMARY_NAME
 from bench.gate.stats import CI_LEVEL, FASTER, REGRESSION
 
 REPORT_DIR = "report"

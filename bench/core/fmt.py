@@ -1,12 +1,21 @@
-"""Number and name formatting shared by the gate's messages and the report's tables."""
+"""Number and name formatting, and markdown tables, shared by the gate's messages, the reports and the cross-check."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 DASH = "—"  # a cell with no value
+# The report's section on diffusers' pipeline; the cross-check's output starts with it too.
+DIFFUSERS_HEADING = "## diffusers Cosmos3OmniPipeline"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A GitHub markdown table as lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
 
 
 def fmt_ms(ms: float | None) -> str:

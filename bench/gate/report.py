@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,7 +16,7 @@ from matplotlib import ticker
 
 from bench.core import telemetry
 from bench.core.cases import KINDS
-from bench.core.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_share, gpu_cells
+from bench.core.fmt import DASH, DIFFUSERS_HEADING, code, fmt_change, fmt_gib, fmt_ms, fmt_share, gpu_cells, table
 from bench.core.kinds import Kind
 from bench.core.records import CaseResult, Environment, RunRecord, new_folder
 from bench.gate import upstream
@@ -28,13 +28,6 @@ PLOT_DPI = 120
 
 Plot = Callable[[RunRecord, GateReport, Path], bool]
 T = TypeVar("T")
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """A GitHub markdown table as lines."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 # ---- summary.md sections -----------------------------------------------------------------------
@@ -199,7 +192,6 @@ def upstream_section(run: RunRecord) -> list[str]:
             *table(header, rows), ""]
 
 
-DIFFUSERS_HEADING = "## diffusers Cosmos3OmniPipeline"
 
 
 def _equivalence_cell(case: CaseResult | None) -> str:

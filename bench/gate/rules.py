@@ -649,8 +649,22 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+class Outcome:
+    """What a verdict's failures mean for the command: it passes with none, and exits 1 with any."""
+
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
 @dataclass(frozen=True)
-class GateReport:
+class GateReport(Outcome):
     findings: tuple[Finding, ...]
     notes: tuple[str, ...]
     baseline_environment: Environment | None
@@ -683,14 +697,6 @@ class GateReport:
     @property
     def missing_names(self) -> tuple[str, ...]:
         return tuple(f.subject for f in self.of(CoverageRule.name) if f.verdict == MISSING)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
 
 def evaluate(

@@ -29,7 +29,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from bench.core.fmt import DASH
+from bench.core.fmt import DASH, DIFFUSERS_HEADING, table
 
 LEVELS = 127.5  # [-1, 1] <-> 8-bit levels, in both implementations
 OURS_RESIZE = "PIL Lanczos over the crop box; cover size rounded; crop offset floor((resized - out) / 2)"
@@ -227,8 +227,6 @@ def _size(size: tuple[int, int] | None) -> str:
 
 
 def markdown(check: CrossCheck) -> str:
-    from bench.gate.report import DIFFUSERS_HEADING, table
-
     pre_rows = [[_size(p.output_size), p.source, _size(p.source_size), _size(p.ours_cover), _size(p.diffusers_cover),
                  f"{p.max_abs_levels:g}", f"{p.mean_abs_levels:.2f}", f"{p.differing_share:.1%}", p.cause]
                 for p in check.preprocessing]
