@@ -1,5 +1,5 @@
-"""Modules that import no torch: the compare protocol and the run controls it carries, the statistics, and
-calibration's analysis. Each is imported in a fresh interpreter, since this one has torch loaded already."""
+"""Modules that import no torch: the compare protocol and the run controls it carries, the statistics, the gate's
+rules (and the kind registry they read), and calibration's analysis. Each is imported in a fresh interpreter, since this one has torch loaded already."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from tests.repo import REPO
 
 
 @pytest.mark.slow  # each in a fresh interpreter
-@pytest.mark.parametrize("module", ["bench.compare.protocol", "bench.measure.controls", "bench.gate.stats", "bench.calibrate.gate"])
+@pytest.mark.parametrize("module", ["bench.compare.protocol", "bench.measure.controls", "bench.gate.stats", "bench.gate.rules",
+                                    "bench.calibrate.gate"])
 def test_module_imports_no_torch(module):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     code = f"import sys, {module}; assert 'torch' not in sys.modules, '{module} imports torch'"

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from _pytest.mark.expression import Expression  # pytest's own -k grammar (and, or, not, parentheses)
 
 from bench.core.kinds import Kind
 from bench.core.records import CaseSpec, matches
 from cosmos3.errors import InputError
-from cosmos3.stages import ENCODE_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,14 @@ UPSTREAM_E2E = {"wan22": (832, 480), "tiny": (64, 48)}
 GRID_NAMES = ("default", "extended")
 
 
+def encode_strategies() -> tuple[str, ...]:
+    """cosmos3's encode strategies, imported when cases are made: the registry itself imports no torch, so the
+    gate reads it without."""
+    from cosmos3.stages import ENCODE_STRATEGIES
+
+    return ENCODE_STRATEGIES
+
+
 def grid_for(preset: str, name: str = "default") -> Grid:
     """The preset's grid; "extended" adds the upstream table's e2e resolution and e2e first_frame_2d."""
     if preset not in GRIDS:
@@ -67,7 +74,7 @@ def grid_for(preset: str, name: str = "default") -> Grid:
     grid = GRIDS[preset]
     if name == "extended":
         grid = dataclasses.replace(grid, e2e_resolutions=(*grid.e2e_resolutions, UPSTREAM_E2E[preset]),
-                                   e2e_strategies=ENCODE_STRATEGIES)
+                                   e2e_strategies=encode_strategies())
     return grid
 
 
@@ -77,7 +84,7 @@ def latent_prep_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
         CaseSpec(Kind.LATENT_PREP, w, h, n, strategy)
         for (w, h) in g.resolutions
         for n in g.latent_prep_frames
-        for strategy in ENCODE_STRATEGIES
+        for strategy in encode_strategies()
     ]
 
 
@@ -117,25 +124,36 @@ def e2e_cases(preset: str, grid: str = "default") -> list[CaseSpec]:
 
 @dataclass(frozen=True)
 class KindEntry:
-    """One benchmark kind as the grid and the report know it. Its workload is its entry in
+    """One benchmark kind as the grid, the gate and the report know it. Its workload is its entry in
     bench.measure.workloads.BUILDERS; its pytest test, test_<kind>, is made from this registry by
     bench/benchmarks/test_kinds.py."""
 
     cases: Callable[[str, str], list[CaseSpec]]  # its grid axes: (preset, grid name) -> its cases, in run order
     # The report plots its latency, peak memory and speedups against frames, in a panel of this title; None: not plotted.
     plot_title: str | None = None
+    # It runs several encode strategies on the same grid, so the gate holds them against each other in the run
+    # (each optimised strategy against the one it replaced, bench.core.strategies).
+    strategies_compared: bool = False
+    # ... and each optimised strategy must reach its --min-* factor here (not end to end, where denoising dilutes it).
+    speedup_gated: bool = False
+    # Its stages that another kind measures alone (same size, frames, strategy): stage name -> that kind.
+    # The gate flags a stage that costs in this kind what its own benchmark does not say.
+    stages_measured_alone: Mapping[str, Kind] = field(default_factory=dict)
 
 
 # The kinds in the order they run (stage, component, whole pipeline): peak memory depends on what earlier cases
 # left resident. diffusers' latent preparation runs beside ours (the same stage, the same VAE); its names start
 # with "diffusers_", so `-k diffusers` selects it and `-k test_latent_prep` does not.
 KINDS: dict[Kind, KindEntry] = {
-    Kind.LATENT_PREP: KindEntry(latent_prep_cases, plot_title="Latent preparation"),
-    Kind.DIFFUSERS_PREPARE_LATENTS: KindEntry(diffusers_prepare_latents_cases,
-                                              plot_title="diffusers prepare_latents"),
+    Kind.LATENT_PREP: KindEntry(latent_prep_cases, plot_title="Latent preparation", strategies_compared=True,
+                                speedup_gated=True),
+    Kind.DIFFUSERS_PREPARE_LATENTS: KindEntry(diffusers_prepare_latents_cases, plot_title="diffusers prepare_latents",
+                                              strategies_compared=True, speedup_gated=True),
     Kind.VAE_ENCODE: KindEntry(vae_encode_cases),
-    Kind.E2E: KindEntry(e2e_cases),
-    Kind.DIFFUSERS_E2E: KindEntry(diffusers_e2e_cases),
+    Kind.E2E: KindEntry(e2e_cases, strategies_compared=True,
+                        stages_measured_alone={"latent_preparation": Kind.LATENT_PREP}),
+    Kind.DIFFUSERS_E2E: KindEntry(diffusers_e2e_cases,
+                                  stages_measured_alone={"latent_preparation": Kind.DIFFUSERS_PREPARE_LATENTS}),
 }
 
 

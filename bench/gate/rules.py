@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from bench.core import telemetry
+from bench.core.cases import KINDS
 from bench.core.fmt import DASH, code, fmt_change, fmt_gib, fmt_ms, fmt_p, fmt_ratio_ci
-from bench.core.kinds import Kind
 from bench.core.records import COUNTERS, CaseResult, Environment, RunRecord, WorkCounters, matches
 from bench.core.strategies import BY_NAME, STRATEGIES
 from bench.gate import stats
@@ -30,12 +30,14 @@ DEFAULT_BOOTSTRAP_RESAMPLES = stats.BOOTSTRAP_RESAMPLES
 # medians in a baseline merged from several runs) before it counts. On a shared H100 VM, leave-one-out
 # over five unchanged runs flagged 4 of 84 comparisons at 2 and none at 3 (docs/statistics.md, docs/history.md).
 DEFAULT_NOISE_K = 3.0
-# Benchmarks that run both encode strategies on the same grid, so they can be compared within a run:
-# ours, and diffusers' Cosmos3OmniPipeline.prepare_latents as shipped and with the single-frame encode patch.
-STRATEGY_BENCHMARKS = (Kind.LATENT_PREP, Kind.DIFFUSERS_PREPARE_LATENTS, Kind.E2E)
-# Only latent preparation must reach min_speedup (in either implementation); end to end the saving is
-# diluted by denoising.
-SPEEDUP_GATED = frozenset({Kind.LATENT_PREP, Kind.DIFFUSERS_PREPARE_LATENTS})
+# From the kind registry (bench.core.cases.KINDS): the kinds that run several encode strategies on the same grid,
+# so they can be compared within a run (ours, diffusers' prepare_latents both ways, e2e); those that must reach
+# min_speedup there (latent preparation, in either implementation: end to end denoising dilutes the saving);
+# and per end-to-end kind, stage name -> the kind that measures that stage alone.
+STRATEGY_BENCHMARKS = tuple(kind for kind, entry in KINDS.items() if entry.strategies_compared)
+SPEEDUP_GATED = frozenset(kind for kind, entry in KINDS.items() if entry.speedup_gated)
+STAGE_BENCHMARKS = {kind: dict(entry.stages_measured_alone) for kind, entry in KINDS.items()
+                    if entry.stages_measured_alone}
 
 # Verdicts. A finding fails the gate when its rule gives it a failure message (regression, too few samples,
 # missing, failed); the others only describe. OK, FASTER, REGRESSION and NOT_SIGNIFICANT, the verdicts of a
@@ -563,11 +565,6 @@ class EquivalenceRule(Rule):
 # something the stage benchmark does not see (or the other way round).
 STAGE_MISMATCH_SHARE = 0.15
 STAGE_MISMATCH_MS = 5.0
-# Per end-to-end kind: e2e stage name -> the benchmark that measures that stage alone (same size, frames, strategy).
-STAGE_BENCHMARKS = {
-    Kind.E2E: {"latent_preparation": Kind.LATENT_PREP},
-    Kind.DIFFUSERS_E2E: {"latent_preparation": Kind.DIFFUSERS_PREPARE_LATENTS},
-}
 INCONSISTENT = "inconsistent"
 
 

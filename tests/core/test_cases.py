@@ -66,6 +66,18 @@ def test_every_kind_is_registered_once_for_its_grid_and_its_workload():
     assert all(spec.benchmark in set(Kind) for spec in cases.all_cases("wan22", "extended"))
 
 
+def test_the_gate_reads_what_it_knows_of_a_kind_from_the_registry():
+    """Which kinds the gate holds strategies against each other in, gates speedups in, and checks stages of,
+    all come from cases.KINDS (and equal what they were when the gate listed them itself)."""
+    from bench.core.kinds import Kind
+    from bench.gate import rules
+
+    assert rules.STRATEGY_BENCHMARKS == (Kind.LATENT_PREP, Kind.DIFFUSERS_PREPARE_LATENTS, Kind.E2E)
+    assert rules.SPEEDUP_GATED == {Kind.LATENT_PREP, Kind.DIFFUSERS_PREPARE_LATENTS}
+    assert rules.STAGE_BENCHMARKS == {Kind.E2E: {"latent_preparation": Kind.LATENT_PREP},
+                                      Kind.DIFFUSERS_E2E: {"latent_preparation": Kind.DIFFUSERS_PREPARE_LATENTS}}
+
+
 # ---- -k: the cases pytest would run ---------------------------------------------------------------
 
 
