@@ -1,4 +1,5 @@
-"""The benchmark grid per preset: parameters and ids are data, read by the benchmark modules."""
+"""The benchmark kinds' registry (KINDS) and the grid per preset: parameters and ids are data, read by the
+benchmarks, the gate and the report."""
 
 from __future__ import annotations
 

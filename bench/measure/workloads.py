@@ -207,6 +207,33 @@ def write_condition_image(path: Path, width: int, height: int) -> Path:
     return path
 
 
+class built_once:  # a decorator, named like functools.cached_property
+    """A part of Models built on first use and then kept, and so is a failed build: every later case that needs
+    the part raises the first build's error again rather than build it again (a bad --weights-dir, or a
+    transformer that does not fit, costs one attempt, as a failed pytest fixture does, not one per case)."""
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self.build = build
+        self.__doc__ = build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, models: Any, owner: type | None = None) -> Any:
+        if models is None:
+            return self
+        kept = models.__dict__.setdefault("_built", {})
+        if self.name not in kept:
+            try:
+                kept[self.name] = (self.build(models), None)
+            except Exception as exc:  # noqa: BLE001 -- kept, and raised again to every case that needs the part
+                kept[self.name] = (None, exc)
+        value, error = kept[self.name]
+        if error is not None:
+            raise error
+        return value
+
+
 class Models:
     """What the workloads share in one process, each part built on first use and then kept."""
 
@@ -218,17 +245,17 @@ class Models:
         self.scratch_dir = Path(scratch_dir)
         self.weights_dir = weights_dir
 
-    @functools.cached_property
+    @built_once
     def vae(self) -> AutoencoderKLWan:
         from cosmos3.components import build_vae
 
         return build_vae(self.preset, self.device, weights_dir=self.weights_dir)
 
-    @functools.cached_property
+    @built_once
     def diffusers_pipeline(self) -> Any:
         return diffusers_pipeline(self.vae)
 
-    @functools.cached_property
+    @built_once
     def components(self) -> Components:
         """The VAE with the Cosmos3 transformer and the fixed prompt's token ids: what the end-to-end cases run.
         Built on the first end-to-end case only: the transformer is the largest model."""

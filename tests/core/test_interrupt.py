@@ -1,4 +1,4 @@
-"""bench.core.interrupt: what a run or a compare stopped by a signal raises and leaves (the processes: test_bench_signals)."""
+"""bench.core.interrupt: what a run or a compare stopped by a signal raises and leaves (the processes: tests/cli/test_signals.py)."""
 
 from __future__ import annotations
 
