@@ -121,10 +121,11 @@ def test_median_ci_is_a_seeded_percentile_bootstrap_of_the_median():
     assert isinstance(low, float) and isinstance(high, float)
 
 
-@pytest.mark.parametrize("seed, resamples", [(0, 2000), (7, 50)])
+@pytest.mark.parametrize("seed, resamples", [(None, None), (7, 50)])
 def test_both_intervals_ask_scipy_for_a_seeded_percentile_bootstrap_at_95_percent(monkeypatch, seed, resamples):
-    """What each interval asks of scipy.stats.bootstrap, read off the call: the medians' lumpy bootstrap
-    distribution often lands on the same end points whatever the seed, so the values alone cannot show it."""
+    """What each interval asks of scipy.stats.bootstrap, read off the call (None: the defaults, seed 0 and 2000
+    resamples): the medians' lumpy bootstrap distribution often lands on the same end points whatever the
+    seed, so the values alone cannot show it."""
     asked = []
 
     def bootstrap(samples, statistic, **options):
@@ -133,13 +134,14 @@ def test_both_intervals_ask_scipy_for_a_seeded_percentile_bootstrap_at_95_percen
 
     monkeypatch.setattr(stats.stats, "bootstrap", bootstrap)
     d = np.array([0.1, 0.2, 0.3])
-    assert stats.median_ci(d, seed=seed, resamples=resamples) == (-1.0, 2.0)
-    assert stats.ratio_ci(d, d, seed=seed, resamples=resamples) == (-1.0, 2.0)
+    given = {} if seed is None else {"seed": seed, "resamples": resamples}
+    assert stats.median_ci(d, **given) == (-1.0, 2.0)
+    assert stats.ratio_ci(d, d, **given) == (-1.0, 2.0)
     for (n, options), samples in zip(asked, (1, 2), strict=True):
         rng = options.pop("rng")
-        assert n == samples and options == {"n_resamples": resamples, "confidence_level": 0.95,
+        assert n == samples and options == {"n_resamples": resamples or 2000, "confidence_level": 0.95,
                                              "method": "percentile", "vectorized": True}
-        assert rng.random() == np.random.default_rng(seed).random()
+        assert rng.random() == np.random.default_rng(seed or 0).random()
 
 
 def test_log_ratios_are_head_over_base():
@@ -157,6 +159,8 @@ def test_log_ratios_are_head_over_base():
     (1.10, 0.001, 1.0, (0.001, None), (stats.REGRESSION, stats.SLOWER)),
     (1.10, 0.001, 1.0, (0.5, None), (stats.NOT_SIGNIFICANT, stats.PROCESS_NOISE)),
     (1.10, 0.5, 1.0, (0.5, None), (stats.NOT_SIGNIFICANT, stats.NOISE)),
+    (1.10, 0.001, 1.0, (0.01, None), (stats.NOT_SIGNIFICANT, stats.PROCESS_NOISE)),  # across p at alpha: no
+    (1.10, 0.01, 1.0, (0.5, None), (stats.NOT_SIGNIFICANT, stats.NOISE)),  # within p at alpha: noise, not process
     (1.05, 0.001, 1.0, (None, None), (stats.OK, stats.SIGNIFICANT)),  # at the limit: not beyond it
     (1.03, 0.001, 1.0, (0.5, None), (stats.OK, stats.NOTHING)),  # the across test does not reject
     (1.03, 0.5, 1.0, (None, None), (stats.OK, stats.NOTHING)),
@@ -164,6 +168,7 @@ def test_log_ratios_are_head_over_base():
     (0.90, 1.0, 0.001, (None, None), (stats.FASTER, stats.NOTHING)),
     (0.90, 1.0, 0.001, (None, 0.001), (stats.FASTER, stats.NOTHING)),
     (0.90, 1.0, 0.001, (None, 0.5), (stats.OK, stats.NOTHING)),
+    (0.90, 1.0, 0.001, (None, 0.01), (stats.OK, stats.NOTHING)),  # across p at alpha: not faster
     (0.90, 1.0, 0.01, (None, None), (stats.OK, stats.NOTHING)),
     (0.96, 1.0, 0.001, (None, None), (stats.OK, stats.NOTHING)),  # faster, but within the allowed
 ])
@@ -193,3 +198,27 @@ def test_wilcoxon_p_is_one_sided_in_the_direction_asked():
     assert stats.wilcoxon_p(d, "less") > 0.99
     assert stats.wilcoxon_p(-d, "less") == pytest.approx(2.0**-10, rel=1e-9)
     assert stats.wilcoxon_p(np.ones(10), "greater") == pytest.approx(2.0**-10, rel=1e-9)  # not a tie: all +1
+
+
+# ---- the guards in front of scipy: what each answers without asking it ------------------------------
+
+
+def refuse(*_args, **_kwargs):
+    raise AssertionError("scipy was asked although the answer needs no test")
+
+
+def test_a_point_interval_and_a_tie_need_no_scipy(monkeypatch):
+    """Every value equal: the median's interval is that point, and a Wilcoxon test on all-zero log ratios is no
+    evidence (p = 1). Both are answered before scipy, whose handling of degenerate samples varies by release
+    (a warning and NaN, or an error)."""
+    monkeypatch.setattr(stats.stats, "bootstrap", refuse)
+    monkeypatch.setattr(stats.stats, "wilcoxon", refuse)
+    assert stats.median_ci(np.full(6, -0.25)) == (-0.25, -0.25)
+    assert stats.median_ci(np.array([0.3])) == (0.3, 0.3)  # one pair
+    assert stats.wilcoxon_p(np.zeros(8), "greater") == 1.0 and stats.wilcoxon_p(np.zeros(8), "less") == 1.0
+
+
+def test_a_nan_from_mann_whitney_is_no_evidence(monkeypatch):
+    """A release of scipy that answers NaN for samples with no difference to rank must not read as a p-value."""
+    monkeypatch.setattr(stats.stats, "mannwhitneyu", lambda *_a, **_k: type("R", (), {"pvalue": math.nan})())
+    assert stats.mann_whitney_p([1.0] * 5, [1.0] * 5, "greater") == 1.0
